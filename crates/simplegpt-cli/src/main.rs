@@ -1,0 +1,292 @@
+//! The `simplegpt` command: a thin shell over the core crate. Parses arguments, resolves
+//! the config, data and device, and prints; all the work is in `simplegpt`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use simplegpt::checkpoint::Checkpoint;
+use simplegpt::data::Dataset;
+use simplegpt::run::RunDir;
+use simplegpt::sample::SampleOptions;
+use simplegpt::train::Trainer;
+use simplegpt::{Config, Error, Result, device};
+
+#[derive(Parser)]
+#[command(name = "simplegpt", version, about = "Train GPTs with SimpleNorm and its baselines on CPU, Vulkan, Metal, CUDA")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model (the embedded corpus and the tiny preset unless told otherwise).
+    Train {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Output directory: config.toml, metrics.jsonl, ckpt.safetensors.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Continue the run in this directory from its checkpoint.
+        #[arg(long, conflicts_with = "out")]
+        resume: Option<PathBuf>,
+    },
+    /// Generate text from a checkpoint.
+    Sample {
+        /// A run directory or a checkpoint file.
+        #[arg(long, default_value = "out")]
+        from: PathBuf,
+        #[arg(long, default_value = "")]
+        prompt: String,
+        /// Number of characters to generate.
+        #[arg(long, default_value_t = 500)]
+        tokens: usize,
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Sample from the k most likely characters only (0: all).
+        #[arg(long, default_value_t = 200)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// List the backends and GPU adapters available here.
+    Devices,
+    /// Measure training speed (ms/step, tokens/s, MFU) for a config on a device.
+    Bench {
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Peak FLOP/s of the device in TFLOP/s, for MFU (nanoGPT uses the A100's 312).
+        #[arg(long, default_value_t = 312.0)]
+        peak_tflops: f64,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A preset: tiny (default), nanogpt-shakespeare-char, simplegpt-shakespeare-char.
+    #[arg(long)]
+    preset: Option<String>,
+    /// A TOML file with [model] and [train] keys over the preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override one key, e.g. --set norm=simple --set lr=3e-3.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// auto, cpu, wgpu, vulkan, metal, dx12 or cuda.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// A UTF-8 text file, or `tinyshakespeare` (downloaded once and cached).
+    #[arg(long)]
+    data: Option<String>,
+}
+
+impl RunArgs {
+    fn explicit_config(&self) -> bool {
+        self.preset.is_some() || self.config.is_some() || !self.set.is_empty()
+    }
+
+    fn config(&self) -> Result<Config> {
+        let mut config = Config::preset(self.preset.as_deref().unwrap_or("tiny"))?;
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Input(format!("cannot read config file {}: {e}", path.display())))?;
+            config = Config::from_toml(&text, config, &path.display().to_string())?;
+        }
+        for s in &self.set {
+            config.set(s)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn data(&self, block_size: usize) -> Result<Dataset> {
+        match self.data.as_deref() {
+            None => Dataset::from_text(&simplegpt::data::default_corpus(), "the embedded corpus", block_size),
+            Some("tinyshakespeare") => Dataset::from_file(&tinyshakespeare()?, block_size),
+            Some(path) => Dataset::from_file(Path::new(path), block_size),
+        }
+    }
+}
+
+const TINYSHAKESPEARE_URL: &str = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt";
+
+/// The tiny Shakespeare file, downloaded (with curl) on first use and cached.
+fn tinyshakespeare() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let cache = home.join(".cache/simplegpt/tinyshakespeare.txt");
+    if cache.exists() {
+        return Ok(cache);
+    }
+    std::fs::create_dir_all(cache.parent().expect("has a parent"))
+        .map_err(|e| Error::Input(format!("cannot create the cache directory for tiny Shakespeare: {e}")))?;
+    eprintln!("downloading tiny Shakespeare from {TINYSHAKESPEARE_URL}");
+    let tmp = cache.with_extension("part");
+    let status = std::process::Command::new("curl")
+        .args(["-fsSL", "--max-time", "60", "-o"])
+        .arg(&tmp)
+        .arg(TINYSHAKESPEARE_URL)
+        .status();
+    match status {
+        Ok(s) if s.success() => {
+            std::fs::rename(&tmp, &cache).map_err(|e| Error::Input(format!("cannot cache tiny Shakespeare: {e}")))?;
+            Ok(cache)
+        }
+        _ => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(Error::Input(format!(
+                "could not download tiny Shakespeare (offline, or curl missing); download \
+                 {TINYSHAKESPEARE_URL} yourself and pass --data PATH"
+            )))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // A panic is a bug in simplegpt or a backend: say so in one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("error: internal error ({info}); please report it");
+    }));
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train { run, out, resume } => train(run, out, resume),
+        Command::Sample { from, prompt, tokens, temperature, top_k, seed, device } => {
+            let path = if from.is_dir() { from.join(simplegpt::run::CHECKPOINT_FILE) } else { from };
+            let ckpt = Checkpoint::read(&path)?;
+            let opened = device::open(&device)?;
+            let model = ckpt.model(&opened.device)?;
+            let opts = SampleOptions { prompt, max_new_tokens: tokens, temperature, top_k, seed };
+            let text = pollster::block_on(simplegpt::sample::generate(&model, &ckpt.tokenizer, ckpt.config.model.block_size, &opts))?;
+            println!("{text}");
+            Ok(())
+        }
+        Command::Devices => {
+            println!("backends in this build: cpu (burn flex), wgpu (vulkan, metal, dx12){}",
+                if cfg!(feature = "cuda") { ", cuda" } else { " (cuda: rebuild with --features cuda)" });
+            let adapters = device::list_adapters();
+            if adapters.is_empty() {
+                println!("no wgpu adapters found (no Vulkan/Metal/DX12 driver); --device cpu works everywhere");
+            }
+            for a in adapters {
+                println!("  {a}");
+            }
+            match device::open("auto") {
+                Ok(d) => println!("--device auto picks: {}", d.description),
+                Err(e) => println!("--device auto: {e}"),
+            }
+            Ok(())
+        }
+        Command::Bench { run, warmup, steps, peak_tflops } => {
+            let config = run.config()?;
+            let data = run.data(config.model.block_size)?;
+            let opened = device::open(&run.device)?;
+            eprintln!("bench on {}: {} warm-up + {steps} timed steps", opened.description, warmup);
+            let r = simplegpt::bench::bench(config, data, &opened.device, warmup, steps, peak_tflops * 1e12)?;
+            println!(
+                "device {} | params {:.2}M | {:.2} ms/step | {:.0} tokens/s | MFU {:.1}% (of {peak_tflops} TFLOP/s)",
+                opened.description,
+                r.params as f64 / 1e6,
+                r.ms_per_step,
+                r.tokens_per_sec,
+                r.mfu * 100.0
+            );
+            Ok(())
+        }
+    }
+}
+
+fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>) -> Result<()> {
+    let (mut trainer, dir, opened) = match &resume {
+        Some(dir_path) => {
+            let dir = RunDir::create(dir_path)?;
+            let ckpt = Checkpoint::read(&dir.checkpoint_path())?;
+            if args.explicit_config() {
+                let asked = args.config()?;
+                let mut stored = ckpt.config.clone();
+                stored.model.vocab_size = asked.model.vocab_size;
+                if asked != stored {
+                    return Err(Error::Input(format!(
+                        "the checkpoint in {} is from another config; resume without --preset/--config/--set \
+                         (the run's own config.toml is used)",
+                        dir_path.display()
+                    )));
+                }
+            }
+            let data = args.data(ckpt.config.model.block_size)?;
+            let opened = device::open(&args.device)?;
+            let trainer = Trainer::resume(&ckpt, data, &opened.device)?;
+            dir.truncate_metrics(trainer.progress.step)?;
+            eprintln!("resuming {} at step {}", dir_path.display(), trainer.progress.step);
+            (trainer, dir, opened)
+        }
+        None => {
+            let config = args.config()?;
+            let data = args.data(config.model.block_size)?;
+            let dir = RunDir::create(&out)?;
+            let opened = device::open(&args.device)?;
+            let trainer = Trainer::new(config, data, &opened.device)?;
+            dir.start(&trainer)?;
+            (trainer, dir, opened)
+        }
+    };
+    let m = &trainer.config.model;
+    eprintln!(
+        "training {:.2}M parameters ({} layers, d {}, {} heads, norm {:?}, residual {}) on {} -> {}",
+        m.num_params() as f64 / 1e6,
+        m.n_layer,
+        m.n_embd,
+        m.n_head,
+        m.norm,
+        m.residual,
+        opened.description,
+        dir.path.display()
+    );
+    let bar = ProgressBar::new(trainer.config.train.max_steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]").expect("valid template"),
+    );
+    bar.set_position(trainer.progress.step as u64);
+    let mut last_loss = String::new();
+    trainer.run_to_dir(&dir, |_, r| {
+        bar.set_position(r.step as u64);
+        if let Some(loss) = r.loss {
+            last_loss = format!("loss {loss:.4}");
+        }
+        let tps = r.tokens_per_sec.map(|v| format!(" | {:.0} tok/s", v)).unwrap_or_default();
+        bar.set_message(format!("{last_loss}{tps}"));
+        if let (Some(tl), Some(vl)) = (r.train_loss, r.val_loss) {
+            bar.println(format!("step {}: train loss {tl:.4}, val loss {vl:.4}", r.step));
+        }
+        if let Some(why) = &r.diverged {
+            bar.println(format!("step {}: diverged ({why}); stopping", r.step));
+        }
+    })?;
+    bar.finish_and_clear();
+    let p = &trainer.progress;
+    match p.diverged_at {
+        Some(s) => println!("diverged at step {s}; records in {}", dir.path.display()),
+        None => println!(
+            "done: {} steps, best val loss {}; run in {}",
+            trainer.config.train.max_steps,
+            p.best_val_loss.map_or("n/a".into(), |v| format!("{v:.4}")),
+            dir.path.display()
+        ),
+    }
+    Ok(())
+}

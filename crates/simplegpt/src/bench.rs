@@ -1,0 +1,63 @@
+//! `simplegpt bench`: the speed of training steps for a config on a device, measured after
+//! warm-up (shader compilation, allocator growth) with no read-back inside the timed steps.
+
+use burn::tensor::Device;
+use serde::Serialize;
+use web_time::Instant;
+
+use crate::config::Config;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::train::Trainer;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub steps: usize,
+    pub ms_per_step: f64,
+    pub tokens_per_sec: f64,
+    /// Model FLOPs per second / `peak_flops` (nanoGPT's `estimate_mfu`).
+    pub mfu: f64,
+    pub params: usize,
+}
+
+/// nanoGPT's FLOPs per token for a forward and backward pass: 6N plus the attention
+/// products, 12 L H Q T (PaLM appendix B).
+pub fn flops_per_token(config: &Config) -> f64 {
+    let m = &config.model;
+    let n = m.num_params() as f64;
+    let (l, h, q, t) = (m.n_layer as f64, m.n_head as f64, (m.n_embd / m.n_head) as f64, m.block_size as f64);
+    6.0 * n + 12.0 * l * h * q * t
+}
+
+pub fn bench(mut config: Config, data: Dataset, device: &Device, warmup: usize, steps: usize, peak_flops: f64) -> Result<BenchResult> {
+    if steps == 0 {
+        return Err(Error::Input("--steps must be at least 1".into()));
+    }
+    // Only training steps: no evaluation, no logging, no checkpoint inside the window.
+    config.train.max_steps = warmup + steps + 1;
+    config.train.eval_interval = usize::MAX;
+    config.train.log_interval = usize::MAX;
+    config.train.diag_interval = usize::MAX;
+    config.train.checkpoint = false;
+    let mut trainer = Trainer::new(config, data, device)?;
+    trainer.progress.step = 1; // step 0 would evaluate and log
+    let sync = |t: &Trainer| t.device.sync().map_err(|e| Error::Backend(format!("device failed: {e:?}")));
+    for _ in 0..warmup {
+        pollster::block_on(trainer.step())?;
+    }
+    sync(&trainer)?;
+    let start = Instant::now();
+    for _ in 0..steps {
+        pollster::block_on(trainer.step())?;
+    }
+    sync(&trainer)?;
+    let secs = start.elapsed().as_secs_f64();
+    let tokens = (steps * trainer.tokens_per_step()) as f64;
+    Ok(BenchResult {
+        steps,
+        ms_per_step: secs * 1e3 / steps as f64,
+        tokens_per_sec: tokens / secs,
+        mfu: flops_per_token(&trainer.config) * tokens / secs / peak_flops,
+        params: trainer.config.model.num_params(),
+    })
+}

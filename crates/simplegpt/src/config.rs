@@ -1,0 +1,350 @@
+//! Run configuration: one plain struct for the model, one for training, presets as data,
+//! and `key=value` overrides (as nanoGPT's configurator). Everything that shapes a run is
+//! here, and the resolved config is written next to every run.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Where the normalisation goes. Each variant is a few lines in `model::Block::forward`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// GPT-2 / nanoGPT: LayerNorm on each sublayer's input.
+    PreLn,
+    /// LLaMA: RMSNorm on each sublayer's input.
+    PreRms,
+    /// Pre-RMS plus RMSNorm on q and k (over the full width) right after their projections.
+    PreRmsQk,
+    /// Original Transformer: LayerNorm after each residual add.
+    PostLn,
+    /// SimpleGPT: RMSNorm right after every linear map, no pre-norm.
+    Simple,
+    /// No normalisation at all.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlpKind {
+    /// nanoGPT: Linear(4d) -> GELU -> Linear(d).
+    Gelu,
+    /// LLaMA: SiLU-gated, hidden width 2/3 of 4d so parameters match the GELU MLP.
+    Swiglu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PosKind {
+    /// nanoGPT: a learned position embedding added to the token embedding.
+    Learned,
+    /// LLaMA: rotary position encoding applied to q and k.
+    Rope,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// 0 means "take it from the data's tokenizer" (the resolved config records the number).
+    pub vocab_size: usize,
+    pub block_size: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    pub dropout: f64,
+    pub bias: bool,
+    pub tie_weights: bool,
+    pub norm: NormKind,
+    pub residual: bool,
+    pub mlp: MlpKind,
+    pub pos: PosKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub seed: u64,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub max_steps: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: usize,
+    /// The cosine reaches `min_lr` here (nanoGPT's `lr_decay_iters`).
+    pub lr_decay_steps: usize,
+    pub weight_decay: f64,
+    /// nanoGPT decays only weights of rank >= 2; the SimpleGPT reference decays everything.
+    pub decay_all: bool,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global gradient-norm clip (one norm over all parameters); 0 disables it.
+    pub grad_clip: f64,
+    pub log_interval: usize,
+    pub eval_interval: usize,
+    pub eval_iters: usize,
+    /// Every this many steps: per-parameter gradient norms and per-block activation RMS.
+    pub diag_interval: usize,
+    /// A loss above `diverge_factor` x the first logged loss (or NaN/inf) ends the run.
+    pub diverge_factor: f64,
+    /// Write a checkpoint at every evaluation (and at the end).
+    pub checkpoint: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+}
+
+pub const PRESETS: &[(&str, &str)] = &[
+    ("tiny", "the blog's one-layer model: d 64, 2 heads, context 64, batch 32"),
+    ("nanogpt-shakespeare-char", "nanoGPT's config/train_shakespeare_char.py, exactly"),
+    ("simplegpt-shakespeare-char", "the same with SimpleNorm (untied head, reference init)"),
+];
+
+impl Config {
+    pub fn preset(name: &str) -> Result<Config> {
+        let nanogpt = Config {
+            model: ModelConfig {
+                vocab_size: 0,
+                block_size: 256,
+                n_layer: 6,
+                n_head: 6,
+                n_embd: 384,
+                dropout: 0.2,
+                bias: false,
+                tie_weights: true,
+                norm: NormKind::PreLn,
+                residual: true,
+                mlp: MlpKind::Gelu,
+                pos: PosKind::Learned,
+            },
+            train: TrainConfig {
+                seed: 1337,
+                batch_size: 64,
+                grad_accum: 1,
+                max_steps: 5000,
+                lr: 1e-3,
+                min_lr: 1e-4,
+                warmup_steps: 100,
+                lr_decay_steps: 5000,
+                weight_decay: 0.1,
+                decay_all: false,
+                beta1: 0.9,
+                beta2: 0.99,
+                eps: 1e-8,
+                grad_clip: 1.0,
+                log_interval: 10,
+                eval_interval: 250,
+                eval_iters: 200,
+                diag_interval: 250,
+                diverge_factor: 4.0,
+                checkpoint: true,
+            },
+        };
+        match name {
+            "nanogpt-shakespeare-char" => Ok(nanogpt),
+            "simplegpt-shakespeare-char" => {
+                let mut c = nanogpt;
+                c.model.norm = NormKind::Simple;
+                // The reference initialises the embedding N(0, 1) and the head with std
+                // d^-0.5: one matrix cannot have both, so SimpleGPT keeps them separate.
+                c.model.tie_weights = false;
+                Ok(c)
+            }
+            "tiny" => {
+                let mut c = nanogpt;
+                c.model.block_size = 64;
+                c.model.n_layer = 1;
+                c.model.n_head = 2;
+                c.model.n_embd = 64;
+                c.model.dropout = 0.0;
+                c.train.batch_size = 32;
+                c.train.max_steps = 2000;
+                c.train.lr_decay_steps = 2000;
+                c.train.eval_interval = 200;
+                c.train.eval_iters = 20;
+                c.train.diag_interval = 200;
+                Ok(c)
+            }
+            _ => Err(Error::Input(format!(
+                "unknown preset '{name}'; the presets are: {}",
+                PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// Read a TOML file. Keys it leaves out keep the values of `base` (a preset).
+    pub fn from_toml(text: &str, base: Config, origin: &str) -> Result<Config> {
+        let overrides: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| Error::Input(format!("{origin}: bad TOML: {}", e.message())))?;
+        let mut merged = toml::Table::try_from(&base).expect("a Config always serialises");
+        for (section, value) in overrides {
+            match (merged.get_mut(&section), value) {
+                (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => dst.extend(src),
+                _ => {
+                    return Err(Error::Input(format!(
+                        "{origin}: unknown section '{section}'; expected [model] and [train]"
+                    )));
+                }
+            }
+        }
+        toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Input(format!("{origin}: {}", e.message())))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Config always serialises")
+    }
+
+    /// Apply one `section.key=value` or `key=value` override (the key is looked up in
+    /// [model] then [train]). The value is parsed as TOML, so `norm=simple`, `lr=3e-3`
+    /// and `residual=false` all work without quotes.
+    pub fn set(&mut self, assignment: &str) -> Result<()> {
+        let (key, raw) = assignment.split_once('=').ok_or_else(|| {
+            Error::Input(format!("--set '{assignment}': expected key=value, e.g. --set lr=3e-3"))
+        })?;
+        let key = key.trim();
+        let raw = raw.trim();
+        let mut table = toml::Table::try_from(&*self).expect("a Config always serialises");
+        let (section, field) = match key.split_once('.') {
+            Some((s, f)) => (s.to_string(), f.to_string()),
+            None => {
+                let found = ["model", "train"].into_iter().find(|s| {
+                    table[*s].as_table().is_some_and(|t| t.contains_key(key))
+                });
+                match found {
+                    Some(s) => (s.to_string(), key.to_string()),
+                    None => return Err(unknown_key(key)),
+                }
+            }
+        };
+        let Some(toml::Value::Table(section_table)) = table.get_mut(&section) else {
+            return Err(unknown_key(key));
+        };
+        let Some(old) = section_table.get(&field) else {
+            return Err(unknown_key(key));
+        };
+        let value = parse_value(raw, old);
+        section_table.insert(field, value);
+        *self = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            Error::Input(format!("--set {key}={raw}: bad value ({})", e.message()))
+        })?;
+        Ok(())
+    }
+
+    /// Checks that the numbers make a model and a run; called before anything is built.
+    pub fn validate(&self) -> Result<()> {
+        let m = &self.model;
+        let t = &self.train;
+        let bad = |msg: String| Err(Error::Input(msg));
+        if m.n_head == 0 || m.n_embd == 0 || m.n_layer == 0 || m.block_size == 0 {
+            return bad("n_head, n_embd, n_layer and block_size must all be at least 1".into());
+        }
+        if m.n_embd % m.n_head != 0 {
+            return bad(format!(
+                "n_embd ({}) must be divisible by n_head ({}); pick e.g. n_embd={}",
+                m.n_embd,
+                m.n_head,
+                m.n_embd.div_ceil(m.n_head) * m.n_head
+            ));
+        }
+        if m.pos == PosKind::Rope && (m.n_embd / m.n_head) % 2 != 0 {
+            return bad(format!("rope needs an even head size; n_embd/n_head is {}", m.n_embd / m.n_head));
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", m.dropout));
+        }
+        if t.batch_size == 0 || t.grad_accum == 0 {
+            return bad("batch_size and grad_accum must be at least 1".into());
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) || t.min_lr < 0.0 {
+            return bad(format!("lr must be a positive number and min_lr >= 0 (lr={}, min_lr={})", t.lr, t.min_lr));
+        }
+        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) || t.eps <= 0.0 {
+            return bad("beta1 and beta2 must be in [0, 1) and eps > 0".into());
+        }
+        if t.log_interval == 0 || t.eval_interval == 0 || t.eval_iters == 0 || t.diag_interval == 0 {
+            return bad("log_interval, eval_interval, eval_iters and diag_interval must be at least 1".into());
+        }
+        if t.diverge_factor <= 1.0 {
+            return bad(format!("diverge_factor must be > 1, got {}", t.diverge_factor));
+        }
+        Ok(())
+    }
+}
+
+fn unknown_key(key: &str) -> Error {
+    let model = toml::Table::try_from(&Config::preset("tiny").unwrap().model).unwrap();
+    let train = toml::Table::try_from(&Config::preset("tiny").unwrap().train).unwrap();
+    let keys: Vec<&String> = model.keys().chain(train.keys()).collect();
+    Error::Input(format!(
+        "unknown config key '{key}'; known keys: {}",
+        keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+    ))
+}
+
+/// A bare word for a string field (`norm=simple`) is taken as that string.
+fn parse_value(raw: &str, old: &toml::Value) -> toml::Value {
+    let parsed: Option<toml::Value> = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"));
+    match (parsed, old) {
+        // An integer where a float is expected (lr=1) is still a float.
+        (Some(toml::Value::Integer(i)), toml::Value::Float(_)) => toml::Value::Float(i as f64),
+        (Some(v), _) => v,
+        (None, _) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_parses_every_kind_of_value() {
+        let mut c = Config::preset("tiny").unwrap();
+        c.set("norm=simple").unwrap();
+        c.set("lr=3e-3").unwrap();
+        c.set("train.lr=1").unwrap();
+        c.set("residual=false").unwrap();
+        c.set("n_layer=3").unwrap();
+        assert_eq!(c.model.norm, NormKind::Simple);
+        assert_eq!(c.train.lr, 1.0);
+        assert!(!c.model.residual);
+        assert_eq!(c.model.n_layer, 3);
+    }
+
+    #[test]
+    fn set_rejects_unknown_keys_and_bad_values() {
+        let mut c = Config::preset("tiny").unwrap();
+        assert!(c.set("n_layers=3").unwrap_err().to_string().contains("unknown config key"));
+        assert!(c.set("norm=layernorm").unwrap_err().to_string().contains("bad value"));
+        assert!(c.set("n_layer=-1").unwrap_err().to_string().contains("bad value"));
+        assert!(c.set("n_layer").unwrap_err().to_string().contains("key=value"));
+    }
+
+    #[test]
+    fn toml_overrides_a_preset_and_round_trips() {
+        let base = Config::preset("tiny").unwrap();
+        let c = Config::from_toml("[model]\nnorm = \"post_ln\"\n", base.clone(), "x.toml").unwrap();
+        assert_eq!(c.model.norm, NormKind::PostLn);
+        assert_eq!(c.train, base.train);
+        let again = Config::from_toml(&c.to_toml(), Config::preset("tiny").unwrap(), "y").unwrap();
+        assert_eq!(again, c);
+        assert!(Config::from_toml("[model\n", base.clone(), "z").is_err());
+        assert!(Config::from_toml("[optim]\nlr=1\n", base, "z").is_err());
+    }
+
+    #[test]
+    fn validate_names_the_problem() {
+        let mut c = Config::preset("tiny").unwrap();
+        c.model.n_embd = 65;
+        assert!(c.validate().unwrap_err().to_string().contains("divisible by n_head"));
+    }
+}

@@ -1,0 +1,213 @@
+//! Data: a character tokenizer, the train/val split (first 90% / last 10%, as nanoGPT),
+//! seeded random batches, and the embedded default corpus.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::rng::Stream;
+
+/// Character-level tokenizer: the sorted set of characters in the corpus (as nanoGPT's
+/// shakespeare_char/prepare.py). Saved with every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tokenizer {
+    pub chars: Vec<char>,
+}
+
+impl Tokenizer {
+    pub fn from_text(text: &str) -> Self {
+        let mut chars: Vec<char> = text.chars().collect();
+        chars.sort_unstable();
+        chars.dedup();
+        Tokenizer { chars }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.chars.len()
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        text.chars()
+            .map(|ch| {
+                self.chars.binary_search(&ch).map(|i| i as u32).map_err(|_| {
+                    Error::Input(format!("character {ch:?} is not in the model's vocabulary"))
+                })
+            })
+            .collect()
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> String {
+        ids.iter().map(|&i| self.chars.get(i as usize).copied().unwrap_or('\u{fffd}')).collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Val,
+}
+
+/// A tokenized corpus split 90/10.
+pub struct Dataset {
+    pub tokenizer: Tokenizer,
+    pub train: Vec<u32>,
+    pub val: Vec<u32>,
+}
+
+/// One batch as flat row-major token ids: `x[b*T + t]` predicts `y[b*T + t]`.
+pub struct Batch {
+    pub x: Vec<u32>,
+    pub y: Vec<u32>,
+    pub batch_size: usize,
+    pub block_size: usize,
+}
+
+impl Dataset {
+    /// `name` says where the text came from, for error messages.
+    pub fn from_text(text: &str, name: &str, block_size: usize) -> Result<Dataset> {
+        if text.is_empty() {
+            return Err(Error::Input(format!("{name} is empty; give a UTF-8 text file with some text in it")));
+        }
+        let tokenizer = Tokenizer::from_text(text);
+        let ids = tokenizer.encode(text)?;
+        let n = ids.len() * 9 / 10;
+        let (train, val) = (ids[..n].to_vec(), ids[n..].to_vec());
+        // A batch needs block_size + 1 consecutive tokens (inputs and shifted targets).
+        if val.len() <= block_size {
+            return Err(Error::Input(format!(
+                "{name} is too short for block_size {block_size}: it has {} characters, and its \
+                 last 10% (the validation split, {} characters) must be longer than the block; \
+                 use more text or a smaller block (--set block_size=...)",
+                ids.len(),
+                val.len()
+            )));
+        }
+        Ok(Dataset { tokenizer, train, val })
+    }
+
+    /// Reads a UTF-8 text file.
+    pub fn from_file(path: &std::path::Path, block_size: usize) -> Result<Dataset> {
+        let bytes = std::fs::read(path).map_err(crate::error::io("cannot read data file", path))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            Error::Input(format!(
+                "data file {} is not UTF-8 text (invalid byte at offset {}); convert it, e.g. \
+                 with iconv -t UTF-8",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
+        Dataset::from_text(&text, &format!("data file {}", path.display()), block_size)
+    }
+
+    /// Batch number `index` of the stream `purpose` ("train", "eval-val", ...): a pure
+    /// function of its arguments, so a resumed run sees exactly the batches the
+    /// uninterrupted run would have.
+    pub fn batch(&self, split: Split, purpose: &str, seed: u64, index: u64, batch_size: usize, block_size: usize) -> Batch {
+        let data = match split {
+            Split::Train => &self.train,
+            Split::Val => &self.val,
+        };
+        let mut rng = Stream::new(seed, purpose, index);
+        let mut x = Vec::with_capacity(batch_size * block_size);
+        let mut y = Vec::with_capacity(batch_size * block_size);
+        for _ in 0..batch_size {
+            let start = rng.below(data.len() - block_size);
+            x.extend_from_slice(&data[start..start + block_size]);
+            y.extend_from_slice(&data[start + 1..start + 1 + block_size]);
+        }
+        Batch { x, y, batch_size, block_size }
+    }
+}
+
+/// The embedded default corpus: plays in the layout of tiny Shakespeare (a speaker's name,
+/// a colon, lines of verse, a blank line) written by a small grammar from a fixed seed.
+/// It has real structure at every scale a small model can learn (spelling, agreement,
+/// speaker turns) and needs no download. About 300 kB.
+pub fn default_corpus() -> String {
+    const NAMES: &[&str] = &["KING", "QUEEN", "DUKE", "HERALD", "NURSE", "FOOL", "CAPTAIN", "SERVANT", "LADY", "PRIEST"];
+    const ADJ: &[&str] = &["old", "young", "gentle", "bold", "noble", "weary", "fair", "dark", "proud", "sweet", "cruel", "honest"];
+    const NOUN_S: &[&str] = &["king", "queen", "sword", "crown", "heart", "night", "ship", "letter", "horse", "friend", "storm", "garden"];
+    const NOUN_P: &[&str] = &["kings", "queens", "swords", "crowns", "hearts", "nights", "ships", "letters", "horses", "friends", "storms", "gardens"];
+    const VERB_S: &[&str] = &["loves", "fears", "keeps", "finds", "breaks", "calls", "sees", "seeks", "holds", "leaves"];
+    const VERB_P: &[&str] = &["love", "fear", "keep", "find", "break", "call", "see", "seek", "hold", "leave"];
+    const ADV: &[&str] = &["tonight", "again", "in silence", "with honour", "before the dawn", "for ever", "at last"];
+    const OPEN: &[&str] = &["O", "Alas", "Good", "Hark", "Nay", "Ay", "Come"];
+
+    let mut rng = Stream::new(2026, "default-corpus", 0);
+    let mut pick = |list: &[&'static str]| list[rng.below(list.len())];
+    let mut out = String::new();
+    while out.len() < 300_000 {
+        out.push_str(pick(NAMES));
+        out.push_str(":\n");
+        let lines = 1 + pick(&["1", "2", "2", "3", "4"]).parse::<usize>().unwrap();
+        for line in 0..lines {
+            let plural = pick(&["s", "p"]) == "p";
+            let (subject, verb) = if plural { (pick(NOUN_P), pick(VERB_P)) } else { (pick(NOUN_S), pick(VERB_S)) };
+            let article = if plural { pick(&["the", "my", "our", "these"]) } else { pick(&["the", "my", "a", "this"]) };
+            let mut sentence = format!("{article} {} {subject} {verb} ", pick(ADJ));
+            let object_plural = pick(&["s", "p"]) == "p";
+            let object = if object_plural { pick(NOUN_P) } else { pick(NOUN_S) };
+            sentence.push_str(&format!("{} {} {object}", pick(&["the", "thy", "his", "her"]), pick(ADJ)));
+            if pick(&["a", "b", "c"]) == "a" {
+                sentence.push(' ');
+                sentence.push_str(pick(ADV));
+            }
+            let mut sentence = if line == 0 && pick(&["a", "b"]) == "a" {
+                format!("{}, {sentence}", pick(OPEN))
+            } else {
+                sentence
+            };
+            if let Some(first) = sentence.get(0..1) {
+                sentence.replace_range(0..1, &first.to_uppercase());
+            }
+            out.push_str(&sentence);
+            out.push_str(if line + 1 == lines { pick(&[".", "!", "?"]) } else { pick(&[",", ";"]) });
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizer_round_trips_and_rejects_unknown_chars() {
+        let t = Tokenizer::from_text("hello, world\n");
+        assert_eq!(t.vocab_size(), 9);
+        let ids = t.encode("hello world").unwrap();
+        assert_eq!(t.decode(&ids), "hello world");
+        assert!(t.encode("HELLO").is_err());
+    }
+
+    #[test]
+    fn split_is_90_10_and_batches_are_shifted_and_seeded() {
+        let text: String = (0..1000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let d = Dataset::from_text(&text, "test", 8).unwrap();
+        assert_eq!((d.train.len(), d.val.len()), (900, 100));
+        let b = d.batch(Split::Train, "train", 1, 5, 4, 8);
+        assert_eq!(b.x.len(), 32);
+        for i in 0..4 {
+            assert_eq!(&b.x[i * 8 + 1..i * 8 + 8], &b.y[i * 8..i * 8 + 7]);
+        }
+        assert_eq!(b.x, d.batch(Split::Train, "train", 1, 5, 4, 8).x);
+        assert_ne!(b.x, d.batch(Split::Train, "train", 1, 6, 4, 8).x);
+    }
+
+    #[test]
+    fn too_short_or_empty_data_is_an_input_error() {
+        assert!(Dataset::from_text("", "x", 8).unwrap_err().to_string().contains("empty"));
+        let e = Dataset::from_text("abcdefghij", "x", 8).unwrap_err().to_string();
+        assert!(e.contains("too short for block_size 8"), "{e}");
+    }
+
+    #[test]
+    fn default_corpus_is_fixed_and_structured() {
+        let a = default_corpus();
+        assert_eq!(a, default_corpus());
+        assert!(a.len() >= 300_000);
+        assert!(a.starts_with(char::is_uppercase) && a.contains(":\n") && a.contains("\n\n"));
+        assert!(Tokenizer::from_text(&a).vocab_size() < 60);
+    }
+}

@@ -1,0 +1,25 @@
+//! simplegpt: GPT training with SimpleNorm and its baselines, one model and one trainer for
+//! every device (CPU, Vulkan/Metal/DX12 through wgpu, CUDA, WebGPU in the browser).
+//!
+//! Where things are: `model` (the GPT and every norm variant), `train` (the loop),
+//! `optim` (AdamW, clipping, schedule), `data` (tokenizer, batches, the embedded corpus),
+//! `config` (presets and overrides), `checkpoint` and `run` (what a run writes), `sample`,
+//! `bench`, `device`.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+#[cfg(not(target_family = "wasm"))]
+pub mod device;
+pub mod error;
+pub mod model;
+pub mod optim;
+pub mod rng;
+#[cfg(not(target_family = "wasm"))]
+pub mod run;
+pub mod sample;
+pub mod train;
+
+pub use config::Config;
+pub use error::{Error, Result};

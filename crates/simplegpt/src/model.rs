@@ -1,0 +1,344 @@
+//! The GPT, in one file that reads in the order the data flows (as nanoGPT's model.py):
+//! `Norm`, `Attention`, `Mlp`, `Block`, `Gpt`. Every normalisation variant of the study is a
+//! few visible lines in `Block::forward` (pre/post norms) and in the `*_norm` fields of
+//! `Attention` and `Mlp` (SimpleNorm's norm after each linear, QK-norm).
+//!
+//! Shapes: B batch, T time (context), C channels (n_embd), nh heads, hs head size (C / nh),
+//! V vocabulary. Linear weights are stored [in, out] (burn's layout; torch's is [out, in]).
+//!
+//! Weights are drawn on the CPU from the seed (`rng::Stream`) and then moved to the device,
+//! so every backend starts from bit-identical weights.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Linear, RotaryEncoding, RotaryEncodingConfig};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
+
+use crate::config::{MlpKind, ModelConfig, NormKind, PosKind};
+use crate::rng::Stream;
+
+const NORM_EPS: f64 = 1e-5;
+
+/// LayerNorm (`rms = false`) or RMSNorm (`rms = true`), each with a learnable gain.
+#[derive(Module, Debug)]
+pub struct Norm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    pub rms: bool,
+}
+
+impl Norm {
+    fn new(d: usize, rms: bool, bias: bool, device: &Device) -> Self {
+        Norm {
+            weight: Param::from_data(TensorData::new(vec![1.0f32; d], [d]), device),
+            bias: (bias && !rms).then(|| Param::from_data(TensorData::new(vec![0.0f32; d], [d]), device)),
+            rms,
+        }
+    }
+
+    /// Normalises over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let x = if self.rms {
+            let rms = (x.clone().square().mean_dim(D - 1) + NORM_EPS).sqrt();
+            x / rms
+        } else {
+            let x = x.clone() - x.mean_dim(D - 1);
+            let std = (x.clone().square().mean_dim(D - 1) + NORM_EPS).sqrt();
+            x / std
+        };
+        let x = x * self.weight.val().unsqueeze();
+        match &self.bias {
+            Some(b) => x + b.val().unsqueeze(),
+            None => x,
+        }
+    }
+}
+
+/// Causal multi-head self-attention. `q_norm`/`k_norm` are QK-norm (pre_rms_qk, simple) over
+/// the whole width before RoPE; `v_norm`/`o_norm` complete SimpleNorm's "norm after every
+/// linear".
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
+    pub v_norm: Option<Norm>,
+    pub o_norm: Option<Norm>,
+    pub attn_dropout: Dropout,
+    pub resid_dropout: Dropout,
+    pub n_head: usize,
+}
+
+impl Attention {
+    pub fn forward(&self, x: Tensor<3>, rope: Option<&RotaryEncoding>) -> Tensor<3> {
+        let [b, t, c] = x.dims();
+        let (nh, hs) = (self.n_head, c / self.n_head);
+        let q = norm_opt(&self.q_norm, self.q.forward(x.clone()));
+        let k = norm_opt(&self.k_norm, self.k.forward(x.clone()));
+        let v = norm_opt(&self.v_norm, self.v.forward(x));
+        // [B, T, C] -> [B, nh, T, hs]
+        let heads = |y: Tensor<3>| y.reshape([b, t, nh, hs]).swap_dims(1, 2);
+        let (mut q, mut k, v) = (heads(q), heads(k), heads(v));
+        if let Some(rope) = rope {
+            q = rope.forward(q);
+            k = rope.forward(k);
+        }
+        // [B, nh, T, T]: each position attends to itself and the past only.
+        let att = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hs as f64).sqrt());
+        let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &att.device());
+        let att = att.mask_fill(future.unsqueeze::<4>().expand([b, nh, t, t]), f32::NEG_INFINITY);
+        let att = self.attn_dropout.forward(activation::softmax(att, 3));
+        let y = att.matmul(v).swap_dims(1, 2).reshape([b, t, c]);
+        self.resid_dropout.forward(norm_opt(&self.o_norm, self.o.forward(y)))
+    }
+}
+
+/// The feed-forward sublayer: GELU (`fc -> gelu -> proj`) or SwiGLU
+/// (`proj(silu(fc x) * gate x)`). Under SimpleNorm each linear's output is normalised,
+/// the norm sitting before the activation as in the reference.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub fc: Linear,
+    pub gate: Option<Linear>,
+    pub proj: Linear,
+    pub fc_norm: Option<Norm>,
+    pub gate_norm: Option<Norm>,
+    pub proj_norm: Option<Norm>,
+    pub dropout: Dropout,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = norm_opt(&self.fc_norm, self.fc.forward(x.clone()));
+        let h = match &self.gate {
+            None => activation::gelu(h),
+            Some(gate) => activation::silu(h) * norm_opt(&self.gate_norm, gate.forward(x)),
+        };
+        self.dropout.forward(norm_opt(&self.proj_norm, self.proj.forward(h)))
+    }
+}
+
+/// One transformer block. `ln_1`/`ln_2` exist for the pre- and post-norm variants only.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub ln_1: Option<Norm>,
+    pub attn: Attention,
+    pub ln_2: Option<Norm>,
+    pub mlp: Mlp,
+    pub post_norm: bool,
+    pub residual: bool,
+}
+
+impl Block {
+    pub fn forward(&self, x: Tensor<3>, rope: Option<&RotaryEncoding>) -> Tensor<3> {
+        // Residual (`x + f(x)`) or not (`f(x)`), the blog's ablation.
+        let add = |x: Tensor<3>, fx: Tensor<3>| if self.residual { x + fx } else { fx };
+        if self.post_norm {
+            // Post-LN (original Transformer): normalise after the residual add.
+            let h = norm_opt(&self.ln_1, add(x.clone(), self.attn.forward(x, rope)));
+            norm_opt(&self.ln_2, add(h.clone(), self.mlp.forward(h)))
+        } else {
+            // Pre-norm (GPT-2, LLaMA): normalise each sublayer's input. SimpleNorm and `none`
+            // have no ln_1/ln_2, so this is also their block: x + attn(x), h + mlp(h).
+            let h = add(x.clone(), self.attn.forward(norm_opt(&self.ln_1, x), rope));
+            add(h.clone(), self.mlp.forward(norm_opt(&self.ln_2, h)))
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt {
+    /// Token embedding [V, C]; with tied weights it is also the LM head.
+    pub wte: Param<Tensor<2>>,
+    /// Learned position embedding [block_size, C] (None with RoPE).
+    pub wpe: Option<Param<Tensor<2>>>,
+    pub drop: Dropout,
+    pub blocks: Vec<Block>,
+    pub ln_f: Option<Norm>,
+    /// Untied LM head [C, V]; None when tied to `wte`.
+    pub lm_head: Option<Param<Tensor<2>>>,
+    pub rope: Option<RotaryEncoding>,
+}
+
+impl Gpt {
+    /// idx [B, T] token ids -> logits [B, T, V].
+    pub fn forward(&self, idx: Tensor<2, Int>) -> Tensor<3> {
+        self.forward_traced(idx, None)
+    }
+
+    /// As `forward`, also pushing the RMS of each block's output into `block_rms` (detached,
+    /// one scalar tensor per block) for the activation diagnostics.
+    pub fn forward_traced(&self, idx: Tensor<2, Int>, mut block_rms: Option<&mut Vec<Tensor<1>>>) -> Tensor<3> {
+        let [b, t] = idx.dims();
+        let [v, c] = self.wte.val().dims();
+        // [B, T] -> [B*T, C] by row selection (the embedding lookup), then [B, T, C].
+        let mut x: Tensor<3> = self.wte.val().select(0, idx.reshape([b * t])).reshape([b, t, c]);
+        if let Some(wpe) = &self.wpe {
+            x = x + wpe.val().slice([0..t]).unsqueeze::<3>();
+        }
+        x = self.drop.forward(x);
+        for block in &self.blocks {
+            x = block.forward(x, self.rope.as_ref());
+            if let Some(rms) = block_rms.as_deref_mut() {
+                rms.push(x.clone().detach().square().mean().sqrt());
+            }
+        }
+        let x = norm_opt(&self.ln_f, x);
+        let head = match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.wte.val().transpose(),
+        };
+        x.reshape([b * t, c]).matmul(head).reshape([b, t, v])
+    }
+
+    /// Mean cross-entropy of logits [B, T, V] against targets [B, T].
+    pub fn loss(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
+        let [b, t, v] = logits.dims();
+        let logp = activation::log_softmax(logits.reshape([b * t, v]), 1);
+        logp.gather(1, targets.reshape([b * t, 1])).mean().neg()
+    }
+}
+
+/// Draws each weight tensor from its own seeded stream, numbered in creation order.
+struct Weights<'a> {
+    seed: u64,
+    count: u64,
+    bias: bool,
+    device: &'a Device,
+}
+
+impl Weights<'_> {
+    fn normal(&mut self, shape: [usize; 2], std: f64, truncate: bool) -> Param<Tensor<2>> {
+        self.count += 1;
+        let data = Stream::new(self.seed, "init", self.count).normal_vec(shape[0] * shape[1], std, truncate);
+        Param::from_data(TensorData::new(data, shape), self.device)
+    }
+
+    fn linear(&mut self, d_in: usize, d_out: usize, std: f64) -> Linear {
+        Linear {
+            weight: self.normal([d_in, d_out], std, false),
+            bias: self.bias.then(|| Param::from_data(TensorData::new(vec![0.0f32; d_out], [d_out]), self.device)),
+        }
+    }
+}
+
+fn norm_opt<const D: usize>(norm: &Option<Norm>, x: Tensor<D>) -> Tensor<D> {
+    match norm {
+        Some(n) => n.forward(x),
+        None => x,
+    }
+}
+
+impl ModelConfig {
+    /// Hidden width of the MLP: 4C for GELU; for SwiGLU 2/3 of that (rounded up to a
+    /// multiple of 8), which keeps the parameter count equal with its third matrix.
+    pub fn mlp_hidden(&self) -> usize {
+        match self.mlp {
+            MlpKind::Gelu => 4 * self.n_embd,
+            MlpKind::Swiglu => (8 * self.n_embd / 3).div_ceil(8) * 8,
+        }
+    }
+
+    /// Builds the model with its initial weights drawn from `seed` on the CPU.
+    ///
+    /// Init: nanoGPT's (all weights N(0, 0.02), output projections N(0, 0.02/sqrt(2 n_layer)),
+    /// biases 0) for every variant but `simple`, which uses the SimpleGPT reference's
+    /// (embedding N(0, 1); q, k, v and the MLP's input linears 0.02; o and the MLP's output
+    /// 0.02/sqrt(2 (layer+1)); head truncated normal with std C^-0.5).
+    pub fn init(&self, seed: u64, device: &Device) -> Gpt {
+        assert!(self.vocab_size > 0, "vocab_size is resolved from the data before init");
+        let (c, v, hidden) = (self.n_embd, self.vocab_size, self.mlp_hidden());
+        let simple = self.norm == NormKind::Simple;
+        let mut w = Weights { seed, count: 0, bias: self.bias, device };
+        let rms = self.norm != NormKind::PreLn && self.norm != NormKind::PostLn;
+        let norm = |on: bool| on.then(|| Norm::new(c, rms, self.bias, device));
+        let pre_or_post = matches!(self.norm, NormKind::PreLn | NormKind::PreRms | NormKind::PreRmsQk | NormKind::PostLn);
+        let qk = matches!(self.norm, NormKind::PreRmsQk | NormKind::Simple);
+        let dropout = || DropoutConfig::new(self.dropout).init();
+
+        let wte_std = if !simple {
+            0.02
+        } else if self.tie_weights {
+            // Tied under SimpleNorm: the matrix is also the head, so it takes the head's scale.
+            (c as f64).powf(-0.5)
+        } else {
+            1.0
+        };
+        let wte = w.normal([v, c], wte_std, simple && self.tie_weights);
+        let wpe = (self.pos == PosKind::Learned).then(|| w.normal([self.block_size, c], 0.02, false));
+        let blocks = (0..self.n_layer)
+            .map(|layer| {
+                let out_std = if simple {
+                    0.02 / (2.0 * (layer + 1) as f64).sqrt()
+                } else {
+                    0.02 / (2.0 * self.n_layer as f64).sqrt()
+                };
+                let hidden_norm = || simple.then(|| Norm::new(hidden, true, false, device));
+                Block {
+                    ln_1: norm(pre_or_post),
+                    attn: Attention {
+                        q: w.linear(c, c, 0.02),
+                        k: w.linear(c, c, 0.02),
+                        v: w.linear(c, c, 0.02),
+                        o: w.linear(c, c, out_std),
+                        q_norm: qk.then(|| Norm::new(c, true, false, device)),
+                        k_norm: qk.then(|| Norm::new(c, true, false, device)),
+                        v_norm: norm(simple),
+                        o_norm: norm(simple),
+                        attn_dropout: dropout(),
+                        resid_dropout: dropout(),
+                        n_head: self.n_head,
+                    },
+                    ln_2: norm(pre_or_post),
+                    mlp: Mlp {
+                        fc: w.linear(c, hidden, 0.02),
+                        gate: (self.mlp == MlpKind::Swiglu).then(|| w.linear(c, hidden, 0.02)),
+                        proj: w.linear(hidden, c, out_std),
+                        fc_norm: hidden_norm(),
+                        gate_norm: if self.mlp == MlpKind::Swiglu { hidden_norm() } else { None },
+                        proj_norm: norm(simple),
+                        dropout: dropout(),
+                    },
+                    post_norm: self.norm == NormKind::PostLn,
+                    residual: self.residual,
+                }
+            })
+            .collect();
+        // Post-LN's last block already ends in a norm; `none` has none anywhere.
+        let ln_f = norm(!matches!(self.norm, NormKind::PostLn | NormKind::None));
+        let lm_head = (!self.tie_weights).then(|| {
+            let std = if simple { (c as f64).powf(-0.5) } else { 0.02 };
+            w.normal([c, v], std, simple)
+        });
+        let rope = (self.pos == PosKind::Rope)
+            .then(|| RotaryEncodingConfig::new(self.block_size, c / self.n_head).init(device));
+        Gpt { wte, wpe, drop: dropout(), blocks, ln_f, lm_head, rope }
+    }
+
+    /// Parameter count (tied weights once), as nanoGPT's `get_num_params(non_embedding=False)`.
+    pub fn num_params(&self) -> usize {
+        let (c, v, h) = (self.n_embd, self.vocab_size, self.mlp_hidden());
+        let lin = |i: usize, o: usize| i * o + if self.bias { o } else { 0 };
+        let norm_p = |d: usize, rms: bool| d + if self.bias && !rms { d } else { 0 };
+        let rms = !matches!(self.norm, NormKind::PreLn | NormKind::PostLn);
+        let (pre, qk, simple) = (
+            matches!(self.norm, NormKind::PreLn | NormKind::PreRms | NormKind::PreRmsQk | NormKind::PostLn),
+            matches!(self.norm, NormKind::PreRmsQk | NormKind::Simple),
+            self.norm == NormKind::Simple,
+        );
+        let swiglu = self.mlp == MlpKind::Swiglu;
+        let block = 4 * lin(c, c)
+            + lin(c, h) * if swiglu { 2 } else { 1 }
+            + lin(h, c)
+            + if pre { 2 * norm_p(c, rms) } else { 0 }
+            + if qk { 2 * c } else { 0 }
+            + if simple { 2 * c + c + h * if swiglu { 2 } else { 1 } } else { 0 };
+        v * c
+            + if self.pos == PosKind::Learned { self.block_size * c } else { 0 }
+            + self.n_layer * block
+            + if matches!(self.norm, NormKind::PostLn | NormKind::None) { 0 } else { norm_p(c, rms) }
+            + if self.tie_weights { 0 } else { c * v }
+    }
+}

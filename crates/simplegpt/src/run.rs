@@ -1,0 +1,124 @@
+//! A run directory on disk: the resolved `config.toml`, `metrics.jsonl` (one JSON object per
+//! logged step) and `ckpt.safetensors`, and the loop that fills it. Native only: the browser
+//! keeps its records in memory and exports them in the same JSON format.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::data::Dataset;
+use crate::error::{Error, Result, io};
+use crate::train::{StepRecord, Trainer};
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const CHECKPOINT_FILE: &str = "ckpt.safetensors";
+
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// Creates (or reuses) `path` and checks that it is writable by writing the config.
+    pub fn create(path: &Path) -> Result<RunDir> {
+        std::fs::create_dir_all(path).map_err(|e| {
+            Error::Input(format!("cannot create output directory {}: {e}; choose another with --out", path.display()))
+        })?;
+        let probe = path.join(".write-test");
+        std::fs::write(&probe, b"").map_err(|e| {
+            Error::Input(format!("output directory {} is not writable: {e}; choose another with --out", path.display()))
+        })?;
+        let _ = std::fs::remove_file(probe);
+        Ok(RunDir { path: path.to_path_buf() })
+    }
+
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.path.join(CHECKPOINT_FILE)
+    }
+
+    /// A fresh run: writes config.toml and starts metrics.jsonl empty.
+    pub fn start(&self, trainer: &Trainer) -> Result<()> {
+        checkpoint::write_atomic(&self.path.join(CONFIG_FILE), trainer.config.to_toml().as_bytes())?;
+        checkpoint::write_atomic(&self.path.join(METRICS_FILE), b"")
+    }
+
+    /// A resumed run: drops the records the interrupted run logged after its checkpoint,
+    /// so metrics.jsonl reads as one uninterrupted run.
+    pub fn truncate_metrics(&self, next_step: usize) -> Result<()> {
+        let kept: Vec<String> = read_metrics(&self.path.join(METRICS_FILE))?
+            .into_iter()
+            .filter(|r| r.step < next_step)
+            .map(|r| serde_json::to_string(&r).expect("serialisable"))
+            .collect();
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        checkpoint::write_atomic(&self.path.join(METRICS_FILE), text.as_bytes())
+    }
+
+    pub fn append(&self, record: &StepRecord) -> Result<()> {
+        let path = self.path.join(METRICS_FILE);
+        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&path).map_err(io("cannot open", &path))?;
+        let line = serde_json::to_string(record).expect("serialisable");
+        writeln!(f, "{line}").map_err(io("cannot write", &path))
+    }
+
+    pub fn save_checkpoint(&self, trainer: &Trainer) -> Result<()> {
+        let bytes = pollster::block_on(checkpoint::to_bytes(trainer))?;
+        checkpoint::write_atomic(&self.checkpoint_path(), &bytes)
+    }
+}
+
+/// Reads a metrics.jsonl file.
+pub fn read_metrics(path: &Path) -> Result<Vec<StepRecord>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::Io(format!("cannot read {}", path.display()), e)),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| Error::Input(format!("{} line {}: not a metrics record ({e})", path.display(), i + 1)))
+        })
+        .collect()
+}
+
+impl Trainer {
+    /// Continues the run saved in `ckpt` on `device`. The data must be the data it was
+    /// trained on (same characters).
+    pub fn resume(ckpt: &Checkpoint, data: Dataset, device: &Device) -> Result<Trainer> {
+        if data.tokenizer != ckpt.tokenizer {
+            return Err(Error::Input(
+                "the data's characters differ from the checkpoint's vocabulary: resume with the \
+                 same --data the run was started with"
+                    .into(),
+            ));
+        }
+        let mut trainer = Trainer::new(ckpt.config.clone(), data, device)?;
+        trainer.model = ckpt.model(&trainer.device)?;
+        trainer.optimizer = ckpt.optimizer(&trainer.device.clone().inner());
+        trainer.progress = ckpt.progress.clone();
+        Ok(trainer)
+    }
+
+    /// Trains to the end (or divergence), logging to `dir` and checkpointing at every
+    /// evaluation and at the end. `on_record` sees each logged record (progress display).
+    pub fn run_to_dir(&mut self, dir: &RunDir, mut on_record: impl FnMut(&Trainer, &StepRecord)) -> Result<()> {
+        while !self.finished() {
+            let Some(record) = pollster::block_on(self.step())? else { continue };
+            dir.append(&record)?;
+            on_record(self, &record);
+            let evaluated = record.val_loss.is_some();
+            if self.config.train.checkpoint && (evaluated || self.finished()) {
+                dir.save_checkpoint(self)?;
+            }
+        }
+        Ok(())
+    }
+}

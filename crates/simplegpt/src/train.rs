@@ -1,0 +1,277 @@
+//! The training loop: one `Trainer` for every device, native and browser. `step()` is
+//! async because every read-back from the device is (`into_data_async`): the browser
+//! awaits it between steps, the CLI drives it with a blocking executor. Nothing is read
+//! back on a step that is not logged, so the device is never stalled to print a number.
+
+use std::collections::BTreeMap;
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use web_time::Instant;
+
+use crate::config::Config;
+use crate::data::{Batch, Dataset, Split};
+use crate::error::{Error, Result};
+use crate::model::Gpt;
+use crate::optim::{AdamW, GradSum, learning_rate};
+
+/// One line of `metrics.jsonl`: what happened at one logged step. Fields that were not
+/// measured at this step are absent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: usize,
+    pub lr: f64,
+    /// Training loss of this step's batch (mean over its micro-batches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Estimated over `eval_iters` batches of each split, at evaluation steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// Global gradient norm before clipping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Gradient norm of each parameter, by path (diagnostic steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norms: Option<BTreeMap<String, f64>>,
+    /// RMS of the activations leaving each block (diagnostic steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub act_rms: Option<Vec<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_sec: Option<f64>,
+    /// Set on the record at which the run was found to diverge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<String>,
+}
+
+/// The state a checkpoint must restore for a resumed run to continue bit for bit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The next step to run.
+    pub step: usize,
+    pub first_loss: Option<f64>,
+    pub best_val_loss: Option<f64>,
+    pub diverged_at: Option<usize>,
+}
+
+pub struct Trainer {
+    pub config: Config,
+    pub data: Dataset,
+    /// The autodiff device the model trains on.
+    pub device: Device,
+    pub model: Gpt,
+    pub optimizer: AdamW,
+    pub progress: Progress,
+    last_log: Option<(Instant, usize)>,
+}
+
+impl Trainer {
+    /// A fresh run: weights drawn from the seed. `config.model.vocab_size` is resolved from
+    /// the data here when it is 0.
+    pub fn new(mut config: Config, data: Dataset, device: &Device) -> Result<Trainer> {
+        let vocab = data.tokenizer.vocab_size();
+        if config.model.vocab_size == 0 {
+            config.model.vocab_size = vocab;
+        } else if config.model.vocab_size < vocab {
+            return Err(Error::Input(format!(
+                "vocab_size {} is smaller than the data's {vocab} distinct characters; \
+                 leave vocab_size at 0 to take it from the data",
+                config.model.vocab_size
+            )));
+        }
+        config.validate()?;
+        let device = device.clone().autodiff();
+        let model = config.model.init(config.train.seed, &device);
+        Ok(Trainer { config, data, device, model, optimizer: AdamW::default(), progress: Progress::default(), last_log: None })
+    }
+
+    pub fn finished(&self) -> bool {
+        self.progress.step > self.config.train.max_steps || self.progress.diverged_at.is_some()
+    }
+
+    pub fn tokens_per_step(&self) -> usize {
+        let t = &self.config.train;
+        t.batch_size * t.grad_accum * self.config.model.block_size
+    }
+
+    /// Runs step `progress.step`: evaluation if due, then (unless this is the step after
+    /// the last) one optimizer update over `grad_accum` micro-batches. Returns the record
+    /// when the step is logged.
+    pub async fn step(&mut self) -> Result<Option<StepRecord>> {
+        if self.finished() {
+            return Ok(None);
+        }
+        let cfg = self.config.train.clone();
+        let step = self.progress.step;
+        let last = step == cfg.max_steps;
+        let lr = learning_rate(step, &cfg);
+        let mut record = StepRecord { step, lr, ..Default::default() };
+        let mut logged = false;
+
+        if step % cfg.eval_interval == 0 || last {
+            let (train_loss, val_loss) = self.estimate_loss(step).await?;
+            record.train_loss = Some(train_loss);
+            record.val_loss = Some(val_loss);
+            if val_loss.is_finite() && self.progress.best_val_loss.is_none_or(|b| val_loss < b) {
+                self.progress.best_val_loss = Some(val_loss);
+            }
+            logged = true;
+        }
+        if last {
+            self.progress.step += 1;
+            let val_loss = record.val_loss;
+            self.check_divergence(&mut record, val_loss);
+            return Ok(Some(record));
+        }
+
+        let log = step % cfg.log_interval == 0;
+        let diag = step % cfg.diag_interval == 0;
+        // Dropout masks come from the device RNG, reseeded from (seed, step) so that a
+        // resumed run draws the masks the uninterrupted run drew.
+        self.device.seed(crate::rng::fnv1a(&[cfg.seed.to_le_bytes(), (step as u64).to_le_bytes()].concat()));
+
+        let mut grads = GradSum::default();
+        let mut loss_sum: Option<Tensor<1>> = None;
+        let mut block_rms = Vec::new();
+        for micro in 0..cfg.grad_accum {
+            let index = (step * cfg.grad_accum + micro) as u64;
+            let batch = self.data.batch(Split::Train, "train", cfg.seed, index, cfg.batch_size, self.config.model.block_size);
+            let (x, y) = self.upload(&batch, &self.device);
+            let trace = (diag && micro == 0).then_some(&mut block_rms);
+            let logits = self.model.forward_traced(x, trace);
+            let loss = Gpt::loss(logits, y);
+            let g = loss.backward();
+            grads.add(&self.model, &g);
+            let loss = loss.detach().inner();
+            loss_sum = Some(match loss_sum {
+                Some(s) => s + loss,
+                None => loss,
+            });
+        }
+        let loss = loss_sum.expect("grad_accum >= 1") / cfg.grad_accum as f64;
+
+        // The mean gradient over micro-steps, then clipped to one global norm.
+        let accum = 1.0 / cfg.grad_accum as f64;
+        let grad_norm = grads.global_norm() * accum;
+        let scale = if cfg.grad_clip > 0.0 {
+            (grad_norm.clone().recip() * cfg.grad_clip).clamp_max(1.0) * accum
+        } else {
+            grad_norm.ones_like() * accum
+        };
+        let norms = diag.then(|| grads.norms());
+        self.model = self.optimizer.update(self.model.clone(), grads, scale, lr, &cfg);
+        self.progress.step += 1;
+
+        if log || diag {
+            let mut scalars = vec![loss, grad_norm];
+            let n_params = norms.as_ref().map_or(0, |n| n.len());
+            if let Some(norms) = &norms {
+                scalars.extend(norms.iter().map(|(_, n)| n.clone() * accum));
+            }
+            scalars.extend(block_rms.iter().map(|r| r.clone().inner()));
+            let values = read_scalars(scalars).await?;
+            record.loss = Some(values[0]);
+            record.grad_norm = Some(values[1]);
+            if let Some(norms) = norms {
+                record.grad_norms = Some(norms.into_iter().map(|(p, _)| p).zip(values[2..2 + n_params].iter().copied()).collect());
+            }
+            if !block_rms.is_empty() {
+                record.act_rms = Some(values[2 + n_params..].to_vec());
+            }
+            if self.progress.first_loss.is_none() {
+                self.progress.first_loss = Some(values[0]);
+            }
+            let now = Instant::now();
+            if let Some((then, then_step)) = self.last_log {
+                let secs = now.duration_since(then).as_secs_f64();
+                if secs > 0.0 {
+                    record.tokens_per_sec = Some((step - then_step) as f64 * self.tokens_per_step() as f64 / secs);
+                }
+            }
+            self.last_log = Some((now, step));
+            logged = true;
+        }
+        let (loss, val_loss) = (record.loss, record.val_loss);
+        let diverged = self.check_divergence(&mut record, loss) || self.check_divergence(&mut record, val_loss);
+        Ok((logged || diverged).then_some(record))
+    }
+
+    /// Marks the run diverged when `loss` is NaN/inf or far above the first logged loss.
+    /// Returns whether the record should be emitted because of it.
+    fn check_divergence(&mut self, record: &mut StepRecord, loss: Option<f64>) -> bool {
+        let Some(loss) = loss else { return false };
+        if self.progress.diverged_at.is_some() {
+            return false;
+        }
+        let limit = self.progress.first_loss.map(|f| f * self.config.train.diverge_factor);
+        let why = if !loss.is_finite() {
+            Some(format!("loss is {loss}"))
+        } else if limit.is_some_and(|l| loss > l) {
+            Some(format!(
+                "loss {loss:.4} is above {} x the first loss {:.4}",
+                self.config.train.diverge_factor,
+                self.progress.first_loss.unwrap()
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => {
+                self.progress.diverged_at = Some(record.step);
+                record.diverged = Some(why);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Mean loss over `eval_iters` batches of each split, with dropout off. The batches
+    /// depend on (seed, step) only.
+    async fn estimate_loss(&self, step: usize) -> Result<(f64, f64)> {
+        let model = self.model.valid();
+        let device = self.device.clone().inner();
+        let (t, b) = (self.config.model.block_size, self.config.train.batch_size);
+        let mut sums = Vec::new();
+        for (split, purpose) in [(Split::Train, "eval-train"), (Split::Val, "eval-val")] {
+            let mut sum: Option<Tensor<1>> = None;
+            for i in 0..self.config.train.eval_iters {
+                let index = (step * self.config.train.eval_iters + i) as u64;
+                let batch = self.data.batch(split, purpose, self.config.train.seed, index, b, t);
+                let (x, y) = self.upload(&batch, &device);
+                let loss = Gpt::loss(model.forward(x), y);
+                sum = Some(match sum {
+                    Some(s) => s + loss,
+                    None => loss,
+                });
+            }
+            sums.push(sum.expect("eval_iters >= 1") / self.config.train.eval_iters as f64);
+        }
+        let v = read_scalars(sums).await?;
+        Ok((v[0], v[1]))
+    }
+
+    fn upload(&self, batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+        let shape = [batch.batch_size, batch.block_size];
+        let ids = |v: &[u32]| {
+            let data = TensorData::new(v.iter().map(|&i| i as i32).collect::<Vec<i32>>(), shape);
+            Tensor::<2, Int>::from_data(data, device)
+        };
+        (ids(&batch.x), ids(&batch.y))
+    }
+}
+
+/// Reads scalar tensors back with one transfer.
+pub async fn read_scalars(scalars: Vec<Tensor<1>>) -> Result<Vec<f64>> {
+    let all = Tensor::cat(scalars, 0);
+    let data = all
+        .into_data_async()
+        .await
+        .map_err(|e| Error::Backend(format!("reading results from the device failed: {e:?}")))?;
+    let values: Vec<f32> = data
+        .convert::<f32>()
+        .try_into_vec()
+        .map_err(|e| Error::Backend(format!("unexpected data from the device: {e:?}")))?;
+    Ok(values.into_iter().map(f64::from).collect())
+}

@@ -1,0 +1,169 @@
+//! End-to-end tests of the `simplegpt` binary: a run writes its directory, sampling reads
+//! it, a killed run resumes to the uninterrupted run's numbers, and every kind of bad input
+//! gets a one-line error and a non-zero exit, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_simplegpt"));
+    c.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    c
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("simplegpt-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A quick run of the tiny preset on the embedded corpus, on the CPU.
+const QUICK: &[&str] = &[
+    "--device", "cpu", "--set", "n_embd=32", "--set", "block_size=32", "--set", "batch_size=8",
+    "--set", "eval_interval=10", "--set", "eval_iters=2", "--set", "log_interval=1",
+    "--set", "diag_interval=10", "--set", "warmup_steps=5",
+];
+
+fn train(out: &Path, steps: usize, extra: &[&str]) -> Command {
+    let mut c = bin();
+    c.arg("train").args(QUICK).args(["--set", &format!("max_steps={steps}"), "--set", &format!("lr_decay_steps={steps}")]);
+    c.arg("--out").arg(out).args(extra);
+    c
+}
+
+fn ok(mut c: Command) -> Output {
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{:?} failed: {}", c, String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The numbers of a record that must not depend on wall-clock time.
+fn numbers(records: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.as_object_mut().unwrap().remove("tokens_per_sec");
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn train_writes_a_run_directory_and_sample_reads_it() {
+    let dir = tmp("train");
+    ok(train(&dir, 20, &[]));
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(config.contains("[model]") && config.contains("norm = \"pre_ln\""), "{config}");
+    assert!(!config.contains("vocab_size = 0"), "the resolved vocab size is recorded");
+    let records = metrics(&dir);
+    assert_eq!(records.len(), 21, "steps 0..19 logged, plus the final evaluation at 20");
+    let first = &records[0];
+    for key in ["step", "lr", "loss", "val_loss", "train_loss", "grad_norm", "grad_norms", "act_rms"] {
+        assert!(first.get(key).is_some(), "step 0 has {key}: {first}");
+    }
+    assert!(records[5]["tokens_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(dir.join("ckpt.safetensors").exists());
+    assert!(!dir.join("ckpt.tmp").exists(), "no temp file left behind");
+
+    let out = ok({
+        let mut c = bin();
+        c.args(["sample", "--tokens", "40", "--prompt", "KING:\n", "--from"]).arg(&dir);
+        c
+    });
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("KING:\n") && text.trim_end().chars().count() >= 30, "{text:?}");
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_uninterrupted_runs_numbers() {
+    let steps = 300;
+    let full = tmp("full");
+    ok(train(&full, steps, &["--set", "dropout=0.1"]));
+
+    let part = tmp("part");
+    let mut child = train(&part, steps, &["--set", "dropout=0.1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    // Kill it once it has passed a checkpoint (every 10 steps) and is mid-way.
+    while metrics(&part).len() < 75 && start.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(metrics(&part).len() < steps, "the run was interrupted");
+
+    let mut resume = bin();
+    resume.args(["train", "--device", "cpu", "--resume"]).arg(&part);
+    ok(resume);
+    assert_eq!(numbers(&metrics(&part)), numbers(&metrics(&full)));
+}
+
+/// Runs the binary and checks for a clean one-line error containing `expect`.
+fn fails(args: &[&str], expect: &str) {
+    let out = bin().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!stderr.contains("panicked") && !stderr.contains("internal error"), "{args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: one line expected, got {stderr}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(expect), "{args:?}: {stderr}");
+}
+
+#[test]
+fn bad_input_gets_a_one_line_error() {
+    let dir = tmp("bad");
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    std::fs::write(p("empty.txt"), "").unwrap();
+    std::fs::write(p("latin1.txt"), b"caf\xe9 au lait\n".repeat(100)).unwrap();
+    std::fs::write(p("short.txt"), "just a few words\n").unwrap();
+    std::fs::write(p("bad.toml"), "[model\nnorm = ").unwrap();
+    std::fs::write(p("file"), "not a directory").unwrap();
+    let out = p("out");
+    let quick = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["train", "--out", &out].iter().map(|s| s.to_string()).collect();
+        v.extend(QUICK.iter().map(|s| s.to_string()));
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&str], expect: &str| {
+        let args = quick(extra);
+        fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), expect);
+    };
+
+    run(&["--data", &p("missing.txt")], "cannot read data file");
+    run(&["--data", &p("empty.txt")], "is empty");
+    run(&["--data", &p("latin1.txt")], "is not UTF-8");
+    run(&["--data", &p("short.txt")], "too short for block_size 32");
+    run(&["--preset", "gpt5"], "unknown preset 'gpt5'");
+    run(&["--set", "norm=layernorm"], "bad value");
+    run(&["--device", "tpu"], "unknown device 'tpu'");
+    run(&["--config", &p("bad.toml")], "bad TOML");
+    run(&["--config", &p("nothere.toml")], "cannot read config file");
+    run(&["--set", "n_layers=2"], "unknown config key 'n_layers'");
+    run(&["--set", "lr=fast"], "bad value");
+    run(&["--set", "n_head=3"], "divisible by n_head");
+    if !cfg!(feature = "cuda") {
+        run(&["--device", "cuda"], "no CUDA support");
+    }
+    run(&["--device", "metal"], "no metal GPU adapter");
+    fails(&["train", "--out", &format!("{}/sub", p("file")), "--device", "cpu"], "cannot create output directory");
+
+    // Checkpoints: from another config, and corrupted.
+    let run_dir = p("run");
+    ok(train(Path::new(&run_dir), 5, &[]));
+    fails(&["train", "--device", "cpu", "--resume", &run_dir, "--set", "n_layer=2"], "from another config");
+    std::fs::write(Path::new(&run_dir).join("ckpt.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!").unwrap();
+    fails(&["sample", "--from", &run_dir], "corrupted");
+    fails(&["train", "--device", "cpu", "--resume", &run_dir], "corrupted");
+    fails(&["sample", "--from", &p("nothing")], "cannot read checkpoint");
+}
