@@ -21,14 +21,14 @@ fn tmp(name: &str) -> PathBuf {
 
 /// A quick run of the tiny preset on the embedded corpus, on the CPU.
 const QUICK: &[&str] = &[
-    "--device", "cpu", "--set", "n_embd=32", "--set", "block_size=32", "--set", "batch_size=8",
+    "--set", "n_embd=32", "--set", "block_size=32", "--set", "batch_size=8",
     "--set", "eval_interval=10", "--set", "eval_iters=2", "--set", "log_interval=1",
     "--set", "diag_interval=10", "--set", "warmup_steps=5",
 ];
 
 fn train(out: &Path, steps: usize, extra: &[&str]) -> Command {
     let mut c = bin();
-    c.arg("train").args(QUICK).args(["--set", &format!("max_steps={steps}"), "--set", &format!("lr_decay_steps={steps}")]);
+    c.args(["train", "--device", "cpu"]).args(QUICK).args(["--set", &format!("max_steps={steps}"), "--set", &format!("lr_decay_steps={steps}")]);
     c.arg("--out").arg(out).args(extra);
     c
 }
@@ -132,6 +132,9 @@ fn bad_input_gets_a_one_line_error() {
     let quick = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = ["train", "--out", &out].iter().map(|s| s.to_string()).collect();
         v.extend(QUICK.iter().map(|s| s.to_string()));
+        if !extra.contains(&"--device") {
+            v.extend(["--device".to_string(), "cpu".to_string()]);
+        }
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };

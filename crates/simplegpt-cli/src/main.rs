@@ -150,6 +150,11 @@ fn tinyshakespeare() -> Result<PathBuf> {
 }
 
 fn main() -> ExitCode {
+    // Vulkan and EGL loaders print errors to stderr when this is unset (headless servers).
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: nothing else runs yet; no other thread can be reading the environment.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
     // A panic is a bug in simplegpt or a backend: say so in one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error ({info}); please report it");
@@ -270,11 +275,16 @@ fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>) -> Result<()> {
         }
         let tps = r.tokens_per_sec.map(|v| format!(" | {:.0} tok/s", v)).unwrap_or_default();
         bar.set_message(format!("{last_loss}{tps}"));
-        if let (Some(tl), Some(vl)) = (r.train_loss, r.val_loss) {
-            bar.println(format!("step {}: train loss {tl:.4}, val loss {vl:.4}", r.step));
-        }
-        if let Some(why) = &r.diverged {
-            bar.println(format!("step {}: diverged ({why}); stopping", r.step));
+        // Evaluations and divergence get a line of their own, above the bar.
+        let line = match (&r.diverged, r.train_loss, r.val_loss) {
+            (Some(why), _, _) => Some(format!("step {}: diverged ({why}); stopping", r.step)),
+            (None, Some(tl), Some(vl)) => Some(format!("step {}: train loss {tl:.4}, val loss {vl:.4}", r.step)),
+            _ => None,
+        };
+        match line {
+            Some(line) if bar.is_hidden() => eprintln!("{line}"),
+            Some(line) => bar.println(line),
+            None => {}
         }
     })?;
     bar.finish_and_clear();

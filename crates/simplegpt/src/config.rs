@@ -180,7 +180,10 @@ impl Config {
     pub fn from_toml(text: &str, base: Config, origin: &str) -> Result<Config> {
         let overrides: toml::Table = text
             .parse()
-            .map_err(|e: toml::de::Error| Error::Input(format!("{origin}: bad TOML: {}", e.message())))?;
+            .map_err(|e: toml::de::Error| {
+                let line = e.span().map_or(0, |s| text[..s.start].lines().count().max(1));
+                Error::Input(format!("{origin}: bad TOML at line {line}: {}", one_line(e.message())))
+            })?;
         let mut merged = toml::Table::try_from(&base).expect("a Config always serialises");
         for (section, value) in overrides {
             match (merged.get_mut(&section), value) {
@@ -194,7 +197,7 @@ impl Config {
         }
         toml::Value::Table(merged)
             .try_into()
-            .map_err(|e: toml::de::Error| Error::Input(format!("{origin}: {}", e.message())))
+            .map_err(|e: toml::de::Error| Error::Input(format!("{origin}: {}", one_line(e.message()))))
     }
 
     pub fn to_toml(&self) -> String {
@@ -232,7 +235,7 @@ impl Config {
         let value = parse_value(raw, old);
         section_table.insert(field, value);
         *self = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            Error::Input(format!("--set {key}={raw}: bad value ({})", e.message()))
+            Error::Input(format!("--set {key}={raw}: bad value ({})", one_line(e.message())))
         })?;
         Ok(())
     }
@@ -276,6 +279,10 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn unknown_key(key: &str) -> Error {

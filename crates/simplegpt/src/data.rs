@@ -47,6 +47,7 @@ pub enum Split {
 }
 
 /// A tokenized corpus split 90/10.
+#[derive(Debug)]
 pub struct Dataset {
     pub tokenizer: Tokenizer,
     pub train: Vec<u32>,
@@ -175,7 +176,7 @@ mod tests {
     #[test]
     fn tokenizer_round_trips_and_rejects_unknown_chars() {
         let t = Tokenizer::from_text("hello, world\n");
-        assert_eq!(t.vocab_size(), 9);
+        assert_eq!(t.vocab_size(), 10); // h e l o , space w r d newline
         let ids = t.encode("hello world").unwrap();
         assert_eq!(t.decode(&ids), "hello world");
         assert!(t.encode("HELLO").is_err());

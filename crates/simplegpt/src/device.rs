@@ -18,13 +18,15 @@ pub struct Opened {
     /// "cpu (flex)", "wgpu Vulkan: NVIDIA H100", ...
     pub description: String,
     pub backend: String,
+    /// A software rasteriser (lavapipe, SwiftShader): real GPU code, CPU speed.
+    pub software: bool,
 }
 
 /// Opens a device by name. `auto` prefers CUDA (when built with it), then a wgpu GPU,
 /// then the CPU.
 pub fn open(name: &str) -> Result<Opened> {
     match name {
-        "cpu" => Ok(Opened { device: Device::flex(), description: "cpu (burn flex)".into(), backend: "cpu".into() }),
+        "cpu" => Ok(Opened { device: Device::flex(), description: "cpu (burn flex)".into(), backend: "cpu".into(), software: false }),
         "wgpu" => open_wgpu(WgpuBackend::Auto, "wgpu"),
         "vulkan" => open_wgpu(WgpuBackend::Vulkan, "vulkan"),
         "metal" => open_wgpu(WgpuBackend::Metal, "metal"),
@@ -37,8 +39,8 @@ pub fn open(name: &str) -> Result<Opened> {
                 return Ok(d);
             }
             match open_wgpu(WgpuBackend::Auto, "wgpu") {
-                // A software rasteriser (lavapipe, SwiftShader) is slower than the CPU backend.
-                Ok(d) if !d.description.contains("(cpu)") => Ok(d),
+                // A software rasteriser is slower than the CPU backend.
+                Ok(d) if !d.software => Ok(d),
                 _ => open("cpu"),
             }
         }
@@ -60,8 +62,9 @@ fn open_wgpu(api: WgpuBackend, name: &str) -> Result<Opened> {
         ))
     })?;
     let info = setup.adapter.get_info();
-    let description = format!("{name}: {} ({:?}, {:?})", info.name, setup.backend, info.device_type).replace("Cpu)", "cpu)");
-    let d = Opened { device, description, backend: name.to_string() };
+    let description = format!("{name}: {} ({:?}, {:?})", info.name, setup.backend, info.device_type);
+    let software = info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu;
+    let d = Opened { device, description, backend: name.to_string(), software };
     opened.insert(name.to_string(), d.clone());
     Ok(d)
 }
@@ -81,7 +84,7 @@ fn open_cuda() -> Result<Opened> {
     let result = std::panic::catch_unwind(probe);
     std::panic::set_hook(hook);
     match result {
-        Ok(device) => Ok(Opened { device, description: "cuda: GPU 0".into(), backend: "cuda".into() }),
+        Ok(device) => Ok(Opened { device, description: "cuda: GPU 0".into(), backend: "cuda".into(), software: false }),
         Err(_) => Err(Error::Input(
             "no CUDA GPU is available (no NVIDIA driver or device found); use --device wgpu or cpu".into(),
         )),

@@ -31,7 +31,7 @@ fn pattern(b: usize, t: usize, vocab: usize, stride: usize, device: &Device) -> 
 }
 
 fn values(t: Tensor<3>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
+    t.into_data().convert::<f32>().try_into_vec().unwrap()
 }
 
 #[test]
@@ -103,18 +103,19 @@ impl ModuleMapper for ScaleLinears {
 
 #[test]
 fn simplenorm_output_does_not_depend_on_the_scale_of_the_linear_weights() {
-    // Norm(W x) = Norm(a W x) for a > 0: the property that gives SimpleGPT its stable
-    // activations. Pre-LN has no such invariance.
+    // Norm(a W x) = Norm(W x) for a > 0: the property that gives SimpleGPT its stable
+    // activations. Compared at x10 and x100 so that RMSNorm's eps (1e-5, negligible next to
+    // the mean square of either) does not blur it. Pre-LN has no such invariance.
     let device = Device::flex();
     let x = || tokens(2, 8, 11, &device);
     let diff = |norm| {
         let model: Gpt = small(norm).model.init(3, &device);
-        let before = values(model.forward(x()));
-        let after = values(model.map(&mut ScaleLinears(7.0, Vec::new())).forward(x()));
-        before.iter().zip(&after).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)
+        let a = values(model.clone().map(&mut ScaleLinears(10.0, Vec::new())).forward(x()));
+        let b = values(model.map(&mut ScaleLinears(100.0, Vec::new())).forward(x()));
+        a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)
     };
-    assert!(diff(NormKind::Simple) < 1e-4, "simple: {}", diff(NormKind::Simple));
-    assert!(diff(NormKind::PreLn) > 1e-2, "pre_ln: {}", diff(NormKind::PreLn));
+    assert!(diff(NormKind::Simple) < 1e-3, "simple: {}", diff(NormKind::Simple));
+    assert!(diff(NormKind::PreLn) > 1e-1, "pre_ln: {}", diff(NormKind::PreLn));
 }
 
 #[test]
@@ -131,8 +132,8 @@ fn gradients_match_finite_differences() {
         let grads = loss.backward();
         // The first attention's q weight: check its largest-gradient entries.
         let w = model.blocks[0].attn.q.weight.val();
-        let g: Vec<f32> = w.grad(&grads).unwrap().into_data().convert::<f32>().into_vec().unwrap();
-        let w0: Vec<f32> = w.clone().inner().into_data().convert::<f32>().into_vec().unwrap();
+        let g: Vec<f32> = w.grad(&grads).unwrap().into_data().convert::<f32>().try_into_vec().unwrap();
+        let w0: Vec<f32> = w.clone().inner().into_data().convert::<f32>().try_into_vec().unwrap();
         let shape = w.dims();
         let mut order: Vec<usize> = (0..g.len()).collect();
         order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
@@ -142,7 +143,7 @@ fn gradients_match_finite_differences() {
             let mut m = model.valid();
             m.blocks[0].attn.q.weight = Param::from_data(TensorData::new(w1, shape), &plain);
             let l = Gpt::loss(m.forward(x_plain.clone()), y_plain.clone());
-            l.into_data().convert::<f32>().into_vec::<f32>().unwrap()[0] as f64
+            l.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()[0] as f64
         };
         for &i in order.iter().take(5) {
             let h = 1e-2f32;

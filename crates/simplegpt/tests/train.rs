@@ -1,6 +1,8 @@
 //! The trainer on real devices: it learns, it is deterministic, a resumed run equals the
 //! uninterrupted one, and the wgpu backend (lavapipe's Vulkan in CI) agrees with the CPU.
 
+use std::sync::Mutex;
+
 use burn::tensor::Device;
 use simplegpt::Config;
 use simplegpt::checkpoint::{self, Checkpoint};
@@ -14,7 +16,7 @@ The slings and arrows of outrageous fortune,\n\
 Or to take arms against a sea of troubles\n\
 And by opposing end them. To die: to sleep;\n";
 
-/// CPU vs wgpu: the largest absolute loss difference allowed over the steps below.
+/// CPU vs wgpu: the largest absolute loss difference allowed over the 40 steps below.
 /// Both run f32; they differ only in the order of floating-point reductions.
 const CROSS_BACKEND_TOLERANCE: f64 = 2e-3;
 
@@ -39,7 +41,12 @@ fn data(c: &Config) -> Dataset {
     Dataset::from_text(&TEXT.repeat(4), "test text", c.model.block_size).unwrap()
 }
 
+/// The backends' RNG (dropout masks) is one per process, reseeded by every trainer at every
+/// step: runs in this test binary take turns so that none draws from another's stream.
+static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn run(c: &Config, device: &Device) -> Vec<StepRecord> {
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut t = Trainer::new(c.clone(), data(c), device).unwrap();
     let mut records = Vec::new();
     while !t.finished() {
@@ -56,7 +63,7 @@ fn losses(records: &[StepRecord]) -> Vec<f64> {
 
 #[test]
 fn a_tiny_model_learns_a_short_text() {
-    let c = config(150);
+    let c = config(300);
     let records = run(&c, &Device::flex());
     let l = losses(&records);
     let (first, last) = (l[0], *l.last().unwrap());
@@ -89,6 +96,7 @@ fn a_resumed_run_equals_the_uninterrupted_run() {
     let device = Device::flex();
     let full = run(&c, &device);
 
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut first = Trainer::new(c.clone(), data(&c), &device).unwrap();
     let mut records = Vec::new();
     while first.progress.step < 13 {
@@ -135,12 +143,12 @@ fn cpu_and_wgpu_agree_within_tolerance() {
         ),
     };
     eprintln!("wgpu adapter: {}", device.description);
-    let c = config(30);
+    let c = config(40);
     let cpu = losses(&run(&c, &Device::flex()));
     let gpu = losses(&run(&c, &device.device));
     assert_eq!(cpu.len(), gpu.len());
     let max_diff = cpu.iter().zip(&gpu).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     eprintln!("max |loss_cpu - loss_wgpu| over {} steps: {max_diff:e}", cpu.len());
     assert!(max_diff <= CROSS_BACKEND_TOLERANCE, "max difference {max_diff}");
-    assert!(cpu.last().unwrap() < &(0.8 * cpu[0]), "and both learned");
+    assert!(cpu.last().unwrap() < &(cpu[0] - 0.5), "and both learned: {cpu:?}");
 }
