@@ -170,3 +170,57 @@ fn bad_input_gets_a_one_line_error() {
     fails(&["train", "--device", "cpu", "--resume", &run_dir], "corrupted");
     fails(&["sample", "--from", &p("nothing")], "cannot read checkpoint");
 }
+
+#[test]
+fn repro_passes_identical_runs_and_names_what_differs() {
+    let dir = tmp("repro");
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        ok(train(&out, 12, extra));
+        out
+    };
+    let a = run("a", &[]);
+    let b = run("b", &[]);
+    let header = std::fs::read_to_string(a.join("run.json")).unwrap();
+    for key in ["config_hash", "init_checksum", "data_checksum", "batches_checksum", "backend", "adapter", "burn_version", "target"] {
+        assert!(header.contains(key), "run.json has {key}: {header}");
+    }
+
+    let repro = |x: &Path, y: &Path| {
+        let mut c = bin();
+        c.arg("repro").arg(x).arg(y);
+        c.output().unwrap()
+    };
+    let same = repro(&a, &b);
+    let text = String::from_utf8_lossy(&same.stdout);
+    assert!(same.status.success() && text.contains("PASS: bitwise identical"), "{text}");
+
+    let text_file = dir.join("other.txt");
+    std::fs::write(&text_file, "Another text altogether, long enough for a block of 32.\n".repeat(40)).unwrap();
+    for (name, extra, differs) in [
+        ("seed", vec!["--set", "seed=7"], "seed"),
+        ("config", vec!["--set", "n_head=4"], "config"),
+        ("data", vec!["--data", text_file.to_str().unwrap()], "data"),
+    ] {
+        let other = run(name, &extra);
+        let out = repro(&a, &other);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{name}: {text}");
+        let line = text.lines().find(|l| l.trim_start().starts_with(differs)).unwrap();
+        assert!(line.ends_with("DIFFERENT"), "{name}: {text}");
+        assert!(text.contains("verdict: FAIL"), "{text}");
+    }
+}
+
+#[test]
+fn repro_runs_one_config_on_the_cpu_and_on_wgpu() {
+    let out = bin()
+        .args(["repro", "--backends", "cpu,wgpu", "--steps", "12"])
+        .args(QUICK)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("initial weights") && text.contains("verdict: PASS"), "{text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("10 ")), "the loss table: {text}");
+}

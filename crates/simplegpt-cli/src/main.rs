@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use simplegpt::checkpoint::Checkpoint;
 use simplegpt::data::Dataset;
+use simplegpt::record::{self, RunHeader, RunRecord};
 use simplegpt::run::RunDir;
 use simplegpt::sample::SampleOptions;
 use simplegpt::train::Trainer;
@@ -55,6 +56,23 @@ enum Command {
     },
     /// List the backends and GPU adapters available here.
     Devices,
+    /// Compare two run records (run directories or exported JSON), or run one config on
+    /// several backends here (--backends cpu,wgpu) and compare them.
+    Repro {
+        /// Two run records: A (the reference) and B.
+        records: Vec<PathBuf>,
+        /// Run the config on each of these devices and compare them with the first.
+        #[arg(long, value_delimiter = ',')]
+        backends: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Steps to train with --backends.
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// The largest relative loss difference |a - b| / max(|a|, |b|) that still passes.
+        #[arg(long, default_value_t = 1e-3)]
+        tolerance: f64,
+    },
     /// Measure training speed (ms/step, tokens/s, MFU) for a config on a device.
     Bench {
         #[command(flatten)]
@@ -197,6 +215,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Repro { records, backends, run, steps, tolerance } => repro(records, backends, run, steps, tolerance),
         Command::Bench { run, warmup, steps, peak_tflops } => {
             let config = run.config()?;
             let data = run.data(config.model.block_size)?;
@@ -204,11 +223,12 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("bench on {}: {} warm-up + {steps} timed steps", opened.description, warmup);
             let r = simplegpt::bench::bench(config, data, &opened.device, warmup, steps, peak_tflops * 1e12)?;
             println!(
-                "device {} | params {:.2}M | {:.2} ms/step | {:.0} tokens/s | MFU {:.1}% (of {peak_tflops} TFLOP/s)",
+                "device {} | params {:.2}M | {:.2} ms/step | {:.0} tokens/s | {:.3} TFLOP/s | MFU {:.2}% (of {peak_tflops} TFLOP/s)",
                 opened.description,
                 r.params as f64 / 1e6,
                 r.ms_per_step,
                 r.tokens_per_sec,
+                r.mfu * peak_tflops,
                 r.mfu * 100.0
             );
             Ok(())
@@ -246,7 +266,8 @@ fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>) -> Result<()> {
             let dir = RunDir::create(&out)?;
             let opened = device::open(&args.device)?;
             let trainer = Trainer::new(config, data, &opened.device)?;
-            dir.start(&trainer)?;
+            let header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
+            dir.start(&trainer, &header)?;
             (trainer, dir, opened)
         }
     };
@@ -299,4 +320,68 @@ fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+fn repro(records: Vec<PathBuf>, backends: Vec<String>, args: RunArgs, steps: usize, tolerance: f64) -> Result<()> {
+    let runs: Vec<(String, RunRecord)> = match (records.len(), backends.len()) {
+        (2, 0) => records
+            .iter()
+            .map(|p| Ok((p.display().to_string(), record::read(p)?)))
+            .collect::<Result<_>>()?,
+        (0, n) if n >= 2 => {
+            let mut config = args.config()?;
+            config.train.max_steps = steps;
+            config.train.log_interval = 1;
+            config.train.eval_interval = steps.max(1);
+            config.train.checkpoint = false;
+            let mut runs = Vec::new();
+            for name in &backends {
+                let opened = device::open(name)?;
+                eprintln!("running {steps} steps on {}", opened.description);
+                let data = args.data(config.model.block_size)?;
+                let mut trainer = Trainer::new(config.clone(), data, &opened.device)?;
+                let header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
+                let mut steps = Vec::new();
+                while !trainer.finished() {
+                    steps.extend(pollster::block_on(trainer.step())?);
+                }
+                runs.push((opened.description.clone(), RunRecord { header, steps }));
+            }
+            print_loss_table(&runs);
+            runs
+        }
+        _ => {
+            return Err(Error::Input(
+                "give two run records (simplegpt repro RUN_A RUN_B) or at least two backends \
+                 (simplegpt repro --backends cpu,wgpu --preset tiny --steps 50)"
+                    .into(),
+            ));
+        }
+    };
+    let (name_a, a) = &runs[0];
+    let mut all_passed = true;
+    for (name_b, b) in &runs[1..] {
+        let c = record::compare(a, b, tolerance);
+        println!("A: {name_a} ({}, {})\nB: {name_b} ({}, {})", a.header.backend, a.header.target, b.header.backend, b.header.target);
+        println!("{c}");
+        all_passed &= c.passed();
+    }
+    if all_passed { Ok(()) } else { Err(Error::Input("the runs do not reproduce each other (see above)".into())) }
+}
+
+/// Loss per backend at a few steps, the first backend's column first.
+fn print_loss_table(runs: &[(String, RunRecord)]) {
+    let header: Vec<String> = runs.iter().map(|(_, r)| format!("{:>14}", r.header.backend)).collect();
+    println!("{:>6} {}", "step", header.join(" "));
+    let steps: Vec<usize> = runs[0].1.steps.iter().filter(|r| r.loss.is_some()).map(|r| r.step).collect();
+    let shown: Vec<usize> = steps.iter().copied().filter(|s| s % 10 == 0 || Some(s) == steps.last()).collect();
+    for step in shown {
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|(_, r)| {
+                r.steps.iter().find(|x| x.step == step).and_then(|x| x.loss).map_or(format!("{:>14}", "-"), |l| format!("{l:>14.8}"))
+            })
+            .collect();
+        println!("{step:>6} {}", cells.join(" "));
+    }
 }

@@ -51,7 +51,8 @@ pub fn named_params<M: Module>(model: &M) -> Vec<(String, Tensor<1>, Vec<usize>)
     c.1
 }
 
-async fn read_f32(t: Tensor<1>) -> Result<Vec<f32>> {
+/// Reads a flat tensor back to the host.
+pub async fn read_f32(t: Tensor<1>) -> Result<Vec<f32>> {
     let data = t
         .into_data_async()
         .await

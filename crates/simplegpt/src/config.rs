@@ -140,7 +140,7 @@ impl Config {
                 eval_interval: 250,
                 eval_iters: 200,
                 diag_interval: 250,
-                diverge_factor: 4.0,
+                diverge_factor: 1.5,
                 checkpoint: true,
             },
         };

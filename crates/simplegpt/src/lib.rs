@@ -3,9 +3,10 @@
 //!
 //! Where things are: `model` (the GPT and every norm variant), `train` (the loop),
 //! `optim` (AdamW, clipping, schedule), `data` (tokenizer, batches, the embedded corpus),
-//! `config` (presets and overrides), `checkpoint` and `run` (what a run writes), `sample`,
-//! `bench`, `device`.
+//! `config` (presets and overrides), `checkpoint`, `record` and `run` (what a run writes
+//! and how two runs compare), `sample`, `bench`, `device`.
 
+#[cfg(not(target_family = "wasm"))]
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod device;
 pub mod error;
 pub mod model;
 pub mod optim;
+pub mod record;
 pub mod rng;
 #[cfg(not(target_family = "wasm"))]
 pub mod run;

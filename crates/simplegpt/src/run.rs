@@ -1,6 +1,7 @@
-//! A run directory on disk: the resolved `config.toml`, `metrics.jsonl` (one JSON object per
-//! logged step) and `ckpt.safetensors`, and the loop that fills it. Native only: the browser
-//! keeps its records in memory and exports them in the same JSON format.
+//! A run directory on disk: the resolved `config.toml`, the run header `run.json` (see
+//! `record`), `metrics.jsonl` (one JSON object per logged step) and `ckpt.safetensors`,
+//! and the loop that fills it. Native only: the browser keeps its records in memory and
+//! exports them in the same JSON format.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,9 +11,11 @@ use burn::tensor::Device;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::Dataset;
 use crate::error::{Error, Result, io};
+use crate::record::RunHeader;
 use crate::train::{StepRecord, Trainer};
 
 pub const CONFIG_FILE: &str = "config.toml";
+pub const HEADER_FILE: &str = "run.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_FILE: &str = "ckpt.safetensors";
 
@@ -38,9 +41,11 @@ impl RunDir {
         self.path.join(CHECKPOINT_FILE)
     }
 
-    /// A fresh run: writes config.toml and starts metrics.jsonl empty.
-    pub fn start(&self, trainer: &Trainer) -> Result<()> {
+    /// A fresh run: writes config.toml and the run header, and starts metrics.jsonl empty.
+    pub fn start(&self, trainer: &Trainer, header: &RunHeader) -> Result<()> {
         checkpoint::write_atomic(&self.path.join(CONFIG_FILE), trainer.config.to_toml().as_bytes())?;
+        let header = serde_json::to_string_pretty(header).expect("serialisable");
+        checkpoint::write_atomic(&self.path.join(HEADER_FILE), header.as_bytes())?;
         checkpoint::write_atomic(&self.path.join(METRICS_FILE), b"")
     }
 

@@ -1,0 +1,210 @@
+//! Run records: a header that pins down everything a run's numbers depend on (config, seed,
+//! the initial weights, the data and the first batches, as checksums; backend, adapter,
+//! precision, versions, target), followed by the per-step metrics. Native runs write the
+//! header as `run.json` beside `metrics.jsonl`; the browser exports header and steps as one
+//! JSON object of the same shape. `repro` compares any two.
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{named_params, read_f32};
+use crate::data::Split;
+use crate::error::{Error, Result};
+use crate::rng::fnv1a;
+use crate::train::{StepRecord, Trainer};
+use crate::Config;
+
+pub const FORMAT: &str = "simplegpt-run-1";
+/// The burn version this build is pinned to (Cargo.toml says `=0.22.1`).
+pub const BURN_VERSION: &str = "0.22.1";
+/// How many training batches `batches_checksum` covers.
+pub const CHECKSUM_BATCHES: usize = 4;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunHeader {
+    pub format: String,
+    pub config: Config,
+    /// FNV-1a 64 of the config's TOML.
+    pub config_hash: String,
+    pub seed: u64,
+    /// FNV-1a 64 over every initial weight (path, then its f32 bytes), read back from the device.
+    pub init_checksum: String,
+    /// FNV-1a 64 over the vocabulary and the token ids of both splits.
+    pub data_checksum: String,
+    /// FNV-1a 64 over the token ids of the first training batches.
+    pub batches_checksum: String,
+    pub backend: String,
+    pub adapter: String,
+    pub precision: String,
+    pub simplegpt_version: String,
+    pub burn_version: String,
+    /// e.g. "x86_64-linux", "wasm32-unknown".
+    pub target: String,
+}
+
+/// A whole run: its header and its logged steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub header: RunHeader,
+    pub steps: Vec<StepRecord>,
+}
+
+fn hex(h: u64) -> String {
+    format!("{h:016x}")
+}
+
+fn hash_ids(ids: &[u32]) -> u64 {
+    fnv1a(&ids.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>())
+}
+
+impl RunHeader {
+    /// The header of `trainer`'s run, taken before its first step (the weights are read
+    /// back from the device, so the checksum is of what the device really holds).
+    pub async fn new(trainer: &Trainer, backend: &str, adapter: &str) -> Result<RunHeader> {
+        let mut bytes = Vec::new();
+        for (path, t, _) in named_params(&trainer.model) {
+            bytes.extend_from_slice(path.as_bytes());
+            bytes.extend(read_f32(t).await?.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        let data = &trainer.data;
+        let vocab: String = data.tokenizer.chars.iter().collect();
+        let data_hash = fnv1a(&[vocab.as_bytes(), &hash_ids(&data.train).to_le_bytes(), &hash_ids(&data.val).to_le_bytes()].concat());
+        let (cfg, t) = (&trainer.config.train, trainer.config.model.block_size);
+        let mut batch_ids = Vec::new();
+        for i in 0..CHECKSUM_BATCHES {
+            let b = data.batch(Split::Train, "train", cfg.seed, i as u64, cfg.batch_size, t);
+            batch_ids.extend(b.x);
+            batch_ids.extend(b.y);
+        }
+        let target = format!("{}-{}", std::env::consts::ARCH, if cfg!(target_family = "wasm") { "unknown" } else { std::env::consts::OS });
+        Ok(RunHeader {
+            format: FORMAT.into(),
+            config: trainer.config.clone(),
+            config_hash: hex(fnv1a(trainer.config.to_toml().as_bytes())),
+            seed: cfg.seed,
+            init_checksum: hex(fnv1a(&bytes)),
+            data_checksum: hex(data_hash),
+            batches_checksum: hex(hash_ids(&batch_ids)),
+            backend: backend.into(),
+            adapter: adapter.into(),
+            precision: "f32".into(),
+            simplegpt_version: env!("CARGO_PKG_VERSION").into(),
+            burn_version: BURN_VERSION.into(),
+            target,
+        })
+    }
+}
+
+/// How two runs compare.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    /// (what, value in A, value in B) for everything that must be identical.
+    pub identity: Vec<(&'static str, String, String)>,
+    pub steps_compared: usize,
+    pub max_abs: f64,
+    pub max_abs_step: Option<usize>,
+    pub max_rel: f64,
+    /// The first step whose relative loss difference exceeds the tolerance.
+    pub first_past_tolerance: Option<usize>,
+    pub tolerance: f64,
+}
+
+impl Comparison {
+    pub fn identity_ok(&self) -> bool {
+        self.identity.iter().all(|(_, a, b)| a == b)
+    }
+
+    pub fn passed(&self) -> bool {
+        self.identity_ok() && self.first_past_tolerance.is_none() && self.steps_compared > 0
+    }
+
+    pub fn bitwise(&self) -> bool {
+        self.passed() && self.max_abs == 0.0
+    }
+}
+
+/// Compares B against A: identity fields, then the loss at every step both logged.
+/// `tolerance` bounds the relative difference |a - b| / max(|a|, |b|).
+pub fn compare(a: &RunRecord, b: &RunRecord, tolerance: f64) -> Comparison {
+    let (ha, hb) = (&a.header, &b.header);
+    let identity = vec![
+        ("config", ha.config_hash.clone(), hb.config_hash.clone()),
+        ("seed", ha.seed.to_string(), hb.seed.to_string()),
+        ("initial weights", ha.init_checksum.clone(), hb.init_checksum.clone()),
+        ("data", ha.data_checksum.clone(), hb.data_checksum.clone()),
+        ("first batches", ha.batches_checksum.clone(), hb.batches_checksum.clone()),
+    ];
+    let losses_b: std::collections::BTreeMap<usize, f64> =
+        b.steps.iter().filter_map(|r| r.loss.map(|l| (r.step, l))).collect();
+    let mut c = Comparison {
+        identity,
+        steps_compared: 0,
+        max_abs: 0.0,
+        max_abs_step: None,
+        max_rel: 0.0,
+        first_past_tolerance: None,
+        tolerance,
+    };
+    for r in &a.steps {
+        let (Some(la), Some(&lb)) = (r.loss, losses_b.get(&r.step)) else { continue };
+        c.steps_compared += 1;
+        let abs = if la == lb { 0.0 } else { (la - lb).abs() };
+        let rel = if abs == 0.0 { 0.0 } else { abs / la.abs().max(lb.abs()) };
+        // NaN on one side only is a difference, and an infinite one.
+        let (abs, rel) = if abs.is_nan() { (f64::INFINITY, f64::INFINITY) } else { (abs, rel) };
+        if abs > c.max_abs {
+            c.max_abs = abs;
+            c.max_abs_step = Some(r.step);
+        }
+        c.max_rel = c.max_rel.max(rel);
+        if rel > tolerance && c.first_past_tolerance.is_none() {
+            c.first_past_tolerance = Some(r.step);
+        }
+    }
+    c
+}
+
+impl std::fmt::Display for Comparison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (what, a, b) in &self.identity {
+            let verdict = if a == b { "same" } else { "DIFFERENT" };
+            writeln!(f, "  {what:<16} {a:<18} {b:<18} {verdict}")?;
+        }
+        writeln!(f, "  steps compared   {}", self.steps_compared)?;
+        let at = self.max_abs_step.map_or(String::new(), |s| format!(" (step {s})"));
+        writeln!(f, "  max |loss diff|  {:e}{at}, max relative {:e}", self.max_abs, self.max_rel)?;
+        match self.first_past_tolerance {
+            Some(s) => writeln!(f, "  first step past tolerance {:e}: {s}", self.tolerance)?,
+            None => writeln!(f, "  no step past tolerance {:e}", self.tolerance)?,
+        }
+        let verdict = if !self.identity_ok() {
+            "FAIL: the runs differ in what must be identical"
+        } else if self.steps_compared == 0 {
+            "FAIL: no logged step in common"
+        } else if self.first_past_tolerance.is_some() {
+            "FAIL: the losses part ways"
+        } else if self.bitwise() {
+            "PASS: bitwise identical losses"
+        } else {
+            "PASS: within tolerance"
+        };
+        write!(f, "verdict: {verdict}")
+    }
+}
+
+/// Reads a run record: a run directory (run.json + metrics.jsonl) or one JSON file (the
+/// browser's export).
+#[cfg(not(target_family = "wasm"))]
+pub fn read(path: &std::path::Path) -> Result<RunRecord> {
+    use crate::run::{HEADER_FILE, METRICS_FILE, read_metrics};
+    if path.is_dir() {
+        let header_path = path.join(HEADER_FILE);
+        let text = std::fs::read_to_string(&header_path).map_err(crate::error::io("cannot read run header", &header_path))?;
+        let header = serde_json::from_str(&text)
+            .map_err(|e| Error::Input(format!("{} is not a simplegpt run header ({e})", header_path.display())))?;
+        return Ok(RunRecord { header, steps: read_metrics(&path.join(METRICS_FILE))? });
+    }
+    let text = std::fs::read_to_string(path).map_err(crate::error::io("cannot read run record", path))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::Input(format!("{} is not a simplegpt run record (a run directory or an exported JSON) ({e})", path.display()))
+    })
+}
