@@ -224,3 +224,42 @@ fn repro_runs_one_config_on_the_cpu_and_on_wgpu() {
     assert!(text.contains("initial weights") && text.contains("verdict: PASS"), "{text}");
     assert!(text.lines().any(|l| l.trim_start().starts_with("10 ")), "the loss table: {text}");
 }
+
+/// Runs tests/reference_gpt.py (numpy) on an export; returns its loss per batch.
+fn reference_losses(export: &Path) -> Vec<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference_gpt.py");
+    let out = Command::new("python3").arg(script).arg(export).output().expect("python3 runs");
+    assert!(out.status.success(), "reference failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect()
+}
+
+#[test]
+fn an_independent_numpy_model_gets_the_same_first_loss_from_the_exported_weights() {
+    let dir = tmp("interop");
+    for (name, extra) in [
+        ("pre_ln", vec!["--set", "bias=true"]),
+        ("simple", vec!["--set", "norm=simple", "--set", "mlp=swiglu"]),
+        ("post_ln", vec!["--set", "norm=post_ln", "--set", "residual=false"]),
+        ("pre_rms_qk", vec!["--set", "norm=pre_rms_qk", "--set", "n_layer=2"]),
+    ] {
+        let export = dir.join(format!("{name}.safetensors"));
+        let mut c = bin();
+        c.args(["export", "--batches", "1", "--out"]).arg(&export).args(QUICK).args(&extra);
+        ok(c);
+        let run_dir = dir.join(name);
+        ok(train(&run_dir, 1, &extra));
+        let ours = metrics(&run_dir)[0]["loss"].as_f64().unwrap();
+        let reference = reference_losses(&export)[0];
+        assert!((ours - reference).abs() < 1e-4 * reference, "{name}: simplegpt {ours}, numpy {reference}");
+
+        // And back: a run started from the exported weights has the same initial weights.
+        let imported = dir.join(format!("{name}-imported"));
+        let mut c = train(&imported, 1, &extra);
+        c.arg("--init-from").arg(&export).args(["--set", "seed=99"]);
+        ok(c);
+        let header = |d: &Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(d.join("run.json")).unwrap()).unwrap()
+        };
+        assert_eq!(header(&imported)["init_checksum"], header(&run_dir)["init_checksum"], "{name}");
+    }
+}

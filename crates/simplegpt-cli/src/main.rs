@@ -12,7 +12,9 @@ use simplegpt::record::{self, RunHeader, RunRecord};
 use simplegpt::run::RunDir;
 use simplegpt::sample::SampleOptions;
 use simplegpt::train::Trainer;
-use simplegpt::{Config, Error, Result, device};
+use burn::module::Module;
+use burn::tensor::Device;
+use simplegpt::{Config, Error, Result, device, interop};
 
 #[derive(Parser)]
 #[command(name = "simplegpt", version, about = "Train GPTs with SimpleNorm and its baselines on CPU, Vulkan, Metal, CUDA")]
@@ -33,6 +35,25 @@ enum Command {
         /// Continue the run in this directory from its checkpoint.
         #[arg(long, conflicts_with = "out")]
         resume: Option<PathBuf>,
+        /// Start from these weights (a safetensors file in the names `export` writes)
+        /// instead of the seeded initialisation.
+        #[arg(long, conflicts_with = "resume")]
+        init_from: Option<PathBuf>,
+    },
+    /// Write weights in PyTorch names and layout (safetensors), with the first training
+    /// batches, to replay a run in another framework.
+    Export {
+        #[command(flatten)]
+        run: RunArgs,
+        /// A run directory or checkpoint to export; without it, the initial weights of the
+        /// config and seed.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Also write the token ids of the first N training batches.
+        #[arg(long, default_value_t = 0)]
+        batches: usize,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Generate text from a checkpoint.
     Sample {
@@ -188,7 +209,29 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train { run, out, resume } => train(run, out, resume),
+        Command::Train { run, out, resume, init_from } => train(run, out, resume, init_from),
+        Command::Export { run, from, batches, out } => {
+            let (config, model, tokenizer, data) = match from {
+                Some(from) => {
+                    let path = if from.is_dir() { from.join(simplegpt::run::CHECKPOINT_FILE) } else { from };
+                    let ckpt = Checkpoint::read(&path)?;
+                    let data = run.data(ckpt.config.model.block_size)?;
+                    (ckpt.config.clone(), ckpt.model(&Device::flex())?, ckpt.tokenizer.clone(), data)
+                }
+                None => {
+                    let config = run.config()?;
+                    let data = run.data(config.model.block_size)?;
+                    let trainer = Trainer::new(config, data, &Device::flex())?;
+                    let model = trainer.model.valid();
+                    (trainer.config, model, trainer.data.tokenizer.clone(), trainer.data)
+                }
+            };
+            let batches = (batches > 0).then_some((&data, batches));
+            let bytes = pollster::block_on(interop::export(&model, &config, &tokenizer, batches))?;
+            simplegpt::checkpoint::write_atomic(&out, &bytes)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
         Command::Sample { from, prompt, tokens, temperature, top_k, seed, device } => {
             let path = if from.is_dir() { from.join(simplegpt::run::CHECKPOINT_FILE) } else { from };
             let ckpt = Checkpoint::read(&path)?;
@@ -236,7 +279,7 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>) -> Result<()> {
+fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option<PathBuf>) -> Result<()> {
     let (mut trainer, dir, opened) = match &resume {
         Some(dir_path) => {
             let dir = RunDir::create(dir_path)?;
@@ -265,7 +308,11 @@ fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>) -> Result<()> {
             let data = args.data(config.model.block_size)?;
             let dir = RunDir::create(&out)?;
             let opened = device::open(&args.device)?;
-            let trainer = Trainer::new(config, data, &opened.device)?;
+            let mut trainer = Trainer::new(config, data, &opened.device)?;
+            if let Some(path) = &init_from {
+                let bytes = std::fs::read(path).map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
+                trainer.model = interop::import(trainer.model, &bytes, &path.display().to_string(), &trainer.device)?;
+            }
             let header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
             dir.start(&trainer, &header)?;
             (trainer, dir, opened)

@@ -171,10 +171,10 @@ impl std::fmt::Display for Comparison {
         }
         writeln!(f, "  steps compared   {}", self.steps_compared)?;
         let at = self.max_abs_step.map_or(String::new(), |s| format!(" (step {s})"));
-        writeln!(f, "  max |loss diff|  {:e}{at}, max relative {:e}", self.max_abs, self.max_rel)?;
+        writeln!(f, "  max |loss diff|  {:.2e}{at}, max relative {:.2e}", self.max_abs, self.max_rel)?;
         match self.first_past_tolerance {
-            Some(s) => writeln!(f, "  first step past tolerance {:e}: {s}", self.tolerance)?,
-            None => writeln!(f, "  no step past tolerance {:e}", self.tolerance)?,
+            Some(s) => writeln!(f, "  first step past tolerance {:.0e}: {s}", self.tolerance)?,
+            None => writeln!(f, "  no step past tolerance {:.0e}", self.tolerance)?,
         }
         let verdict = if !self.identity_ok() {
             "FAIL: the runs differ in what must be identical"

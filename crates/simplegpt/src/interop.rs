@@ -1,0 +1,135 @@
+//! Weights in PyTorch's names and layout, for replaying a run in another framework.
+//!
+//! Names are the model's field paths with `.weight` on embeddings and the head:
+//! `wte.weight` [V, C], `wpe.weight` [T, C], `blocks.{i}.ln_1.weight`,
+//! `blocks.{i}.attn.{q,k,v,o}.weight` [out, in], `blocks.{i}.attn.{q,k,v,o}_norm.weight`,
+//! `blocks.{i}.mlp.{fc,gate,proj}.weight` [out, in], `blocks.{i}.mlp.{fc,gate,proj}_norm.weight`,
+//! `ln_f.weight`, `lm_head.weight` [V, C] (absent when tied to `wte`); `.bias` beside each
+//! weight when `bias = true`. Linear weights are stored [out, in] as `torch.nn.Linear`'s
+//! (burn's are [in, out]), so `y = x @ W.T`.
+//!
+//! An export may also hold the training batches of the first steps, `batches.x` and
+//! `batches.y` (i32, [N, B, T]), and carries the config (TOML) and vocabulary (JSON) in its
+//! metadata.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::checkpoint::{named_params, read_f32};
+use crate::config::Config;
+use crate::data::{Dataset, Split, Tokenizer};
+use crate::error::{Error, Result};
+use crate::model::Gpt;
+
+const FORMAT: &str = "simplegpt-weights-1";
+
+/// The PyTorch name of a parameter at `path`, and whether its layout is transposed there.
+pub fn torch_name(path: &str, rank: usize) -> (String, bool) {
+    match path {
+        "wte" | "wpe" => (format!("{path}.weight"), false),
+        "lm_head" => ("lm_head.weight".into(), true),
+        _ => (path.to_string(), rank == 2),
+    }
+}
+
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Serialises `model`'s weights (PyTorch names and layout), and the first `n_batches`
+/// training batches of `data` when given, as safetensors bytes.
+pub async fn export(model: &Gpt, config: &Config, tokenizer: &Tokenizer, batches: Option<(&Dataset, usize)>) -> Result<Vec<u8>> {
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (path, t, shape) in named_params(model) {
+        let values = read_f32(t).await?;
+        let (name, transposed) = torch_name(&path, shape.len());
+        let (shape, values) = if transposed {
+            (vec![shape[1], shape[0]], transpose(&values, shape[0], shape[1]))
+        } else {
+            (shape, values)
+        };
+        tensors.push((name, Dtype::F32, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+    }
+    if let Some((data, n)) = batches {
+        let (t, cfg) = (config.model.block_size, &config.train);
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let b = data.batch(Split::Train, "train", cfg.seed, i as u64, cfg.batch_size, t);
+            xs.extend(b.x.iter().flat_map(|&v| (v as i32).to_le_bytes()));
+            ys.extend(b.y.iter().flat_map(|&v| (v as i32).to_le_bytes()));
+        }
+        let shape = vec![n, cfg.batch_size, t];
+        tensors.push(("batches.x".into(), Dtype::I32, shape.clone(), xs));
+        tensors.push(("batches.y".into(), Dtype::I32, shape, ys));
+    }
+    let metadata: HashMap<String, String> = [
+        ("format".to_string(), FORMAT.to_string()),
+        ("config".to_string(), config.to_toml()),
+        ("tokenizer".to_string(), serde_json::to_string(tokenizer).expect("serialisable")),
+        ("layout".to_string(), "pytorch: linear weights [out, in]".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, b)| (name.clone(), TensorView::new(*dtype, shape.clone(), b).expect("consistent shape")))
+        .collect();
+    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Backend(format!("serialising weights: {e}")))
+}
+
+/// Replaces every weight of `model` with the one of the same PyTorch name in `bytes`
+/// (a file written by `export`, or by any framework that follows the names above).
+pub fn import(model: Gpt, bytes: &[u8], origin: &str, device: &Device) -> Result<Gpt> {
+    let bad = |why: String| Error::Input(format!("{origin}: {why}"));
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let mut mapper = Import { path: Vec::new(), st: &st, device, error: None, origin };
+    let model = model.map(&mut mapper);
+    match mapper.error {
+        Some(e) => Err(e),
+        None => Ok(model),
+    }
+}
+
+struct Import<'a> {
+    path: Vec<String>,
+    st: &'a SafeTensors<'a>,
+    device: &'a Device,
+    error: Option<Error>,
+    origin: &'a str,
+}
+
+impl ModuleMapper for Import<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dims = param.val().dims().to_vec();
+        let (name, transposed) = torch_name(&self.path.join("."), D);
+        let expected: Vec<usize> = if transposed { vec![dims[1], dims[0]] } else { dims.clone() };
+        let found = self.st.tensor(&name).ok().filter(|v| v.dtype() == Dtype::F32 && v.shape() == expected.as_slice());
+        let Some(view) = found else {
+            self.error.get_or_insert_with(|| {
+                Error::Input(format!("{}: no f32 tensor {name} of shape {expected:?} for this config", self.origin))
+            });
+            return param;
+        };
+        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values = if transposed { transpose(&values, expected[0], expected[1]) } else { values };
+        let (id, _, mapper) = param.consume();
+        let t = Tensor::<D>::from_data(TensorData::new(values, dims), self.device);
+        let t = if self.device.is_autodiff() { t.require_grad() } else { t };
+        Param::from_mapped_value(id, t, mapper)
+    }
+}
