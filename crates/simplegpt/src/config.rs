@@ -187,7 +187,16 @@ impl Config {
         let mut merged = toml::Table::try_from(&base).expect("a Config always serialises");
         for (section, value) in overrides {
             match (merged.get_mut(&section), value) {
-                (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => dst.extend(src),
+                (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => {
+                    for (key, v) in src {
+                        // `lr = 1` or `dropout = 0` where a float is expected is still a float.
+                        let v = match (dst.get(&key), v) {
+                            (Some(toml::Value::Float(_)), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
+                            (_, v) => v,
+                        };
+                        dst.insert(key, v);
+                    }
+                }
                 _ => {
                     return Err(Error::Input(format!(
                         "{origin}: unknown section '{section}'; expected [model] and [train]"
@@ -339,7 +348,7 @@ mod tests {
     #[test]
     fn toml_overrides_a_preset_and_round_trips() {
         let base = Config::preset("tiny").unwrap();
-        let c = Config::from_toml("[model]\nnorm = \"post_ln\"\n", base.clone(), "x.toml").unwrap();
+        let c = Config::from_toml("[model]\nnorm = \"post_ln\"\ndropout = 0\n", base.clone(), "x.toml").unwrap();
         assert_eq!(c.model.norm, NormKind::PostLn);
         assert_eq!(c.train, base.train);
         let again = Config::from_toml(&c.to_toml(), Config::preset("tiny").unwrap(), "y").unwrap();

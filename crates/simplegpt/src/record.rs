@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{named_params, read_f32};
 use crate::data::Split;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::rng::fnv1a;
 use crate::train::{StepRecord, Trainer};
 use crate::Config;
@@ -195,6 +195,7 @@ impl std::fmt::Display for Comparison {
 /// browser's export).
 #[cfg(not(target_family = "wasm"))]
 pub fn read(path: &std::path::Path) -> Result<RunRecord> {
+    use crate::error::Error;
     use crate::run::{HEADER_FILE, METRICS_FILE, read_metrics};
     if path.is_dir() {
         let header_path = path.join(HEADER_FILE);

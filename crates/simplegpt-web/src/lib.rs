@@ -1,0 +1,135 @@
+//! The browser's binding: a thin shell over the core crate. JavaScript opens a device once
+//! (WebGPU, or the CPU backend as a fallback), then drives one `Run` per variant, awaiting
+//! `step()` between animation frames so the page never freezes. Records cross the boundary
+//! as JSON in the same format the native CLI writes.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use js_sys::Promise;
+use simplegpt::Config;
+use simplegpt::data::Dataset;
+use simplegpt::record::RunHeader;
+use simplegpt::sample::{SampleOptions, generate};
+use simplegpt::train::Trainer;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+struct Opened {
+    device: Device,
+    backend: String,
+    adapter: String,
+}
+
+thread_local! {
+    static DEVICE: RefCell<Option<Rc<Opened>>> = const { RefCell::new(None) };
+}
+
+fn js_err(e: impl std::fmt::Display) -> JsValue {
+    JsValue::from_str(&e.to_string())
+}
+
+fn device() -> Result<Rc<Opened>, JsValue> {
+    DEVICE.with(|d| d.borrow().clone()).ok_or_else(|| js_err("call open_device first"))
+}
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// Opens WebGPU when `webgpu` is true (the page checks `navigator.gpu` and
+/// `requestAdapter()` first: asking for it where there is none panics), else the CPU
+/// backend. Resolves to JSON `{backend, adapter}`.
+#[wasm_bindgen]
+pub fn open_device(webgpu: bool) -> Promise {
+    future_to_promise(async move {
+        let opened = if webgpu {
+            let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(js_err)?;
+            let info = setup.adapter.get_info();
+            Opened { device, backend: "webgpu".into(), adapter: format!("{} ({:?})", info.name, info.device_type) }
+        } else {
+            Opened { device: Device::flex(), backend: "cpu".into(), adapter: "burn flex (wasm)".into() }
+        };
+        let json = serde_json::json!({ "backend": opened.backend, "adapter": opened.adapter }).to_string();
+        DEVICE.with(|d| *d.borrow_mut() = Some(Rc::new(opened)));
+        Ok(JsValue::from_str(&json))
+    })
+}
+
+/// The embedded default corpus.
+#[wasm_bindgen]
+pub fn default_corpus() -> String {
+    simplegpt::data::default_corpus()
+}
+
+/// A preset plus `key=value` overrides, as config JSON; throws the CLI's message on bad input.
+#[wasm_bindgen]
+pub fn resolve_config(preset: &str, overrides: Vec<String>) -> Result<String, JsValue> {
+    let mut config = Config::preset(preset).map_err(js_err)?;
+    for o in &overrides {
+        config.set(o).map_err(js_err)?;
+    }
+    config.validate().map_err(js_err)?;
+    Ok(serde_json::to_string(&config).expect("serialisable"))
+}
+
+/// One training run on the opened device.
+#[wasm_bindgen]
+pub struct Run {
+    trainer: Rc<RefCell<Trainer>>,
+    header: String,
+}
+
+#[wasm_bindgen]
+impl Run {
+    /// Builds the model for `config_json` on `text` (weights drawn from the seed) and its run
+    /// header. Resolves to a `Run`.
+    pub fn create(config_json: String, text: String) -> Promise {
+        future_to_promise(async move {
+            let opened = device()?;
+            let config: Config = serde_json::from_str(&config_json).map_err(js_err)?;
+            let data = Dataset::from_text(&text, "the text", config.model.block_size).map_err(js_err)?;
+            let trainer = Trainer::new(config, data, &opened.device).map_err(js_err)?;
+            let header = RunHeader::new(&trainer, &opened.backend, &opened.adapter).await.map_err(js_err)?;
+            let header = serde_json::to_string(&header).expect("serialisable");
+            Ok(Run { trainer: Rc::new(RefCell::new(trainer)), header }.into())
+        })
+    }
+
+    /// The run header (JSON), as `run.json` natively.
+    pub fn header(&self) -> String {
+        self.header.clone()
+    }
+
+    pub fn finished(&self) -> bool {
+        self.trainer.borrow().finished()
+    }
+
+    /// One step; resolves to the step's record (JSON) when it was logged, else `null`.
+    pub fn step(&self) -> Promise {
+        let trainer = self.trainer.clone();
+        future_to_promise(async move {
+            // One step at a time: the page awaits each before asking for the next.
+            #[allow(clippy::await_holding_refcell_ref)]
+            let record = trainer.borrow_mut().step().await.map_err(js_err)?;
+            Ok(record.map_or(JsValue::NULL, |r| JsValue::from_str(&serde_json::to_string(&r).expect("serialisable"))))
+        })
+    }
+
+    /// Text from the model as it is now.
+    pub fn sample(&self, prompt: String, tokens: usize, seed: u64) -> Promise {
+        let trainer = self.trainer.clone();
+        future_to_promise(async move {
+            let (model, tokenizer, block) = {
+                let t = trainer.borrow();
+                (t.model.valid(), t.data.tokenizer.clone(), t.config.model.block_size)
+            };
+            let opts = SampleOptions { prompt, max_new_tokens: tokens, temperature: 0.8, top_k: 20, seed };
+            let text = generate(&model, &tokenizer, block, &opts).await.map_err(js_err)?;
+            Ok(JsValue::from_str(&text))
+        })
+    }
+}

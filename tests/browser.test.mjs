@@ -1,0 +1,117 @@
+// The demo page in a real headless Chromium: a tiny two-variant comparison trains on WebGPU
+// (SwiftShader here), its numbers match a native CPU run of the same config, and with
+// WebGPU unavailable the page falls back to the CPU backend and says so.
+//
+// Needs: web/pkg built (web/build.sh), Debian's chromium, playwright-core (npm), and the
+// native binary in SIMPLEGPT_BIN (cargo builds it for the Rust tests).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import { serve } from '../web/serve.mjs';
+
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const OUT = process.env.SIMPLEGPT_TEST_OUT ?? join(tmpdir(), 'simplegpt-browser');
+// Without network: keep Chromium from reaching out; WebGPU on a CPU adapter needs the flag.
+const QUIET = ['--no-sandbox', '--disable-background-networking', '--disable-component-update',
+  '--disable-sync', '--disable-quic', '--no-first-run'];
+
+let server;
+let base;
+before(async () => {
+  mkdirSync(OUT, { recursive: true });
+  server = await serve(0);
+  base = `http://127.0.0.1:${server.address().port}/`;
+});
+after(() => server.close());
+
+async function runPage(args, query) {
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args, headless: true });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
+    const logs = [];
+    page.on('console', (m) => logs.push(m.text()));
+    page.on('pageerror', (e) => logs.push(`pageerror: ${e}`));
+    await page.goto(base + query);
+    await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), null, { timeout: 15 * 60 * 1000 });
+    const state = await page.evaluate(() => ({
+      state: document.body.dataset.state,
+      error: document.body.dataset.error,
+      notice: document.getElementById('backend').textContent,
+      results: window.simplegptResults,
+      records: window.simplegptRecords(),
+    }));
+    return { page, state, logs, browser };
+  } catch (e) {
+    await browser.close();
+    throw e;
+  }
+}
+
+/// The page's config (JSON) as the CLI's TOML.
+function toToml(config) {
+  const value = (v) => (typeof v === 'number' && Number.isInteger(v) ? String(v) : JSON.stringify(v));
+  return Object.entries(config)
+    .map(([section, table]) => `[${section}]\n${Object.entries(table).map(([k, v]) => `${k} = ${value(v)}`).join('\n')}\n`)
+    .join('\n');
+}
+
+test('a two-variant comparison trains on WebGPU, every step, and matches a native CPU run', async () => {
+  const steps = 6;
+  const { page, state, logs, browser } = await runPage(['--enable-unsafe-webgpu', ...QUIET],
+    `?compare=residual&preset=micro&steps=${steps}&seed=1&autostart=1`);
+  try {
+    await page.screenshot({ path: join(OUT, 'webgpu.png'), fullPage: true });
+    assert.equal(state.state, 'done', `${state.error}\n${logs.join('\n')}`);
+    const r = state.results;
+    assert.equal(r.backend, 'webgpu', `the WebGPU adapter was used, not the CPU fallback: ${state.notice}`);
+    assert.match(state.notice, /^WebGPU: /);
+    assert.equal(r.variants.length, 2);
+    for (const v of r.variants) {
+      assert.deepEqual(v.steps, [...Array(steps).keys()], `${v.name}: every step`);
+      assert.ok(v.loss.every(Number.isFinite), `${v.name}: finite losses ${v.loss}`);
+      assert.ok(v.loss[steps - 1] < v.loss[0], `${v.name}: the loss falls ${v.loss}`);
+      assert.equal(v.diverged_at, null);
+    }
+    assert.notDeepEqual(r.variants[0].loss, r.variants[1].loss);
+
+    // The same config and seed natively on the CPU: `simplegpt repro` must pass.
+    const bin = process.env.SIMPLEGPT_BIN;
+    assert.ok(bin, 'SIMPLEGPT_BIN names the native simplegpt binary');
+    const dir = mkdtempSync(join(tmpdir(), 'simplegpt-native-'));
+    const record = state.records[0];
+    writeFileSync(join(dir, 'config.toml'), toToml(record.header.config));
+    writeFileSync(join(OUT, 'browser-record.json'), JSON.stringify(record));
+    execFileSync(bin, ['train', '--device', 'cpu', '--config', join(dir, 'config.toml'), '--out', join(dir, 'run')], { stdio: 'pipe' });
+    const report = execFileSync(bin, ['repro', join(dir, 'run'), join(OUT, 'browser-record.json')]).toString();
+    console.log(report);
+    assert.match(report, /verdict: PASS/);
+  } finally {
+    await browser.close();
+  }
+});
+
+test('without WebGPU the page falls back to the CPU and says so', async () => {
+  const { page, state, logs, browser } = await runPage(QUIET, '?compare=residual&preset=micro&steps=3&seed=2&autostart=1');
+  try {
+    await page.screenshot({ path: join(OUT, 'cpu-fallback.png'), fullPage: true });
+    assert.equal(state.state, 'done', `${state.error}\n${logs.join('\n')}`);
+    assert.equal(state.results.backend, 'cpu');
+    assert.match(state.notice, /^CPU fallback/);
+    assert.ok(await page.isVisible('#backend.fallback'));
+    for (const v of state.results.variants) assert.deepEqual(v.steps, [0, 1, 2]);
+  } finally {
+    await browser.close();
+  }
+});
+
+test('a bad query parameter is an error on the page, not a hang', async () => {
+  const { state, browser } = await runPage(QUIET, '?compare=nonsense&preset=micro&steps=3&autostart=1');
+  await browser.close();
+  assert.equal(state.state, 'error');
+  assert.match(state.error, /unknown comparison 'nonsense'/);
+});

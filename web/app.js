@@ -1,0 +1,311 @@
+// The demo page: picks a device, trains the variants of a comparison one after another with
+// the core's trainer (compiled to wasm), and draws what happens. All training is in Rust;
+// this file is controls, charts and bookkeeping.
+
+import init, { open_device, default_corpus, resolve_config, Run } from './pkg/simplegpt_web.js';
+
+// Each comparison: the variants (config overrides) and, for the stress test, its own LR.
+const COMPARISONS = {
+  residual: {
+    variants: [
+      { name: 'residual', set: ['residual=true'] },
+      { name: 'no residual', set: ['residual=false'] },
+    ],
+  },
+  norms: {
+    variants: [
+      { name: 'pre-LN', set: ['norm=pre_ln'] },
+      { name: 'post-LN', set: ['norm=post_ln'] },
+      { name: 'pre-RMS + QK-norm', set: ['norm=pre_rms_qk'] },
+      { name: 'SimpleNorm', set: ['norm=simple'] },
+    ],
+  },
+  lr: {
+    // Constant and high: pre-LN fails at it, SimpleNorm trains (see the README's pair).
+    lr: 1.0,
+    variants: [
+      { name: 'pre-LN', set: ['norm=pre_ln'] },
+      { name: 'SimpleNorm', set: ['norm=simple'] },
+    ],
+  },
+};
+
+// Small enough for a laptop GPU; `micro` is quick even on a software adapter.
+const PRESETS = {
+  micro: ['n_embd=32', 'block_size=32', 'batch_size=8'],
+  tiny: [],
+  small: ['n_layer=4'],
+};
+
+const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#17becf', '#8c564b', '#e377c2'];
+
+const $ = (id) => document.getElementById(id);
+const state = { device: null, text: null, stop: false, results: null };
+
+function setState(name, message) {
+  document.body.dataset.state = name;
+  $('status').textContent = message;
+  if (name === 'error') document.body.dataset.error = message;
+  else delete document.body.dataset.error;
+}
+
+// ---------------------------------------------------------------------------- device
+
+async function openDevice(allowWebGpu) {
+  let reason = null;
+  if (!allowWebGpu) reason = 'WebGPU was turned off for this page (?backend=cpu)';
+  else if (!navigator.gpu) reason = 'this browser has no WebGPU (navigator.gpu is missing)';
+  else {
+    try {
+      if (!(await navigator.gpu.requestAdapter())) reason = 'the browser granted no WebGPU adapter';
+    } catch (e) {
+      reason = `requesting a WebGPU adapter failed: ${e}`;
+    }
+  }
+  const device = JSON.parse(await open_device(reason === null));
+  const notice = $('backend');
+  if (reason === null) {
+    notice.textContent = `WebGPU: ${device.adapter}`;
+    notice.classList.remove('fallback');
+  } else {
+    notice.textContent = `CPU fallback (slower): ${reason}`;
+    notice.classList.add('fallback');
+  }
+  return device;
+}
+
+// ---------------------------------------------------------------------------- charts
+
+// Draws line series [{name, color, xs, ys}] on a canvas; non-finite points break the line.
+function drawChart(canvas, series, { logY = false } = {}) {
+  const ctx = canvas.getContext('2d');
+  const { width: w, height: h } = canvas;
+  const pad = { l: 52, r: 10, t: 10, b: 28 };
+  ctx.clearRect(0, 0, w, h);
+  const tf = (y) => (logY ? Math.log10(y) : y);
+  const pts = series.flatMap((s) => s.ys.map((y, i) => [s.xs[i], y])).filter(([, y]) => Number.isFinite(tf(y)));
+  if (pts.length === 0) return;
+  const xMax = Math.max(1, ...pts.map(([x]) => x));
+  let yMin = Math.min(...pts.map(([, y]) => tf(y)));
+  let yMax = Math.max(...pts.map(([, y]) => tf(y)));
+  if (yMax - yMin < 1e-9) { yMin -= 0.5; yMax += 0.5; }
+  const X = (x) => pad.l + (x / xMax) * (w - pad.l - pad.r);
+  const Y = (y) => pad.t + (1 - (tf(y) - yMin) / (yMax - yMin)) * (h - pad.t - pad.b);
+  ctx.strokeStyle = '#999';
+  ctx.fillStyle = '#333';
+  ctx.font = '12px system-ui';
+  ctx.beginPath();
+  ctx.moveTo(pad.l, pad.t);
+  ctx.lineTo(pad.l, h - pad.b);
+  ctx.lineTo(w - pad.r, h - pad.b);
+  ctx.stroke();
+  for (let i = 0; i <= 4; i++) {
+    const v = yMin + ((yMax - yMin) * i) / 4;
+    const label = logY ? (10 ** v).toPrecision(2) : v.toFixed(2);
+    ctx.fillText(label, 4, Y(logY ? 10 ** v : v) + 4);
+  }
+  ctx.fillText('0', pad.l, h - 8);
+  ctx.fillText(`step ${xMax}`, w - pad.r - 60, h - 8);
+  for (const s of series) {
+    ctx.strokeStyle = s.color;
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    let drawing = false;
+    s.ys.forEach((y, i) => {
+      if (!Number.isFinite(tf(y))) { drawing = false; return; }
+      if (drawing) ctx.lineTo(X(s.xs[i]), Y(y));
+      else ctx.moveTo(X(s.xs[i]), Y(y));
+      drawing = true;
+    });
+    ctx.stroke();
+  }
+}
+
+function redraw() {
+  const variants = state.results?.variants ?? [];
+  drawChart($('loss-chart'), variants.map((v, i) => ({ name: v.name, color: COLORS[i % COLORS.length], xs: v.steps, ys: v.loss })));
+  $('legend').innerHTML = variants
+    .map((v, i) => `<span style="--c:${COLORS[i % COLORS.length]}">${v.name}</span>`)
+    .join('');
+  const chosen = variants.find((v) => v.name === $('grad-variant').value) ?? variants[variants.length - 1];
+  if (!chosen) return;
+  const diag = chosen.records.filter((r) => r.grad_norms);
+  const names = diag.length ? Object.keys(diag[0].grad_norms) : [];
+  drawChart(
+    $('grad-chart'),
+    names.map((n, i) => ({ name: n, color: COLORS[i % COLORS.length], xs: diag.map((r) => r.step), ys: diag.map((r) => r.grad_norms[n]) })),
+    { logY: true },
+  );
+}
+
+function updateTable() {
+  const rows = (state.results?.variants ?? []).map((v, i) => {
+    const finite = v.loss.filter(Number.isFinite);
+    const fmt = (x) => (x == null ? '–' : Number.isFinite(x) ? x.toFixed(4) : String(x));
+    return `<tr><td>${v.name}</td><td>${fmt(v.loss[v.loss.length - 1])}</td>
+      <td>${fmt(finite.length ? Math.min(...finite) : null)}</td><td>${fmt(v.val_loss)}</td>
+      <td>${v.diverged_at ?? '–'}</td><td>${v.tokens_per_sec ? Math.round(v.tokens_per_sec) : '–'}</td>
+      <td>${state.results.backend}</td></tr>`;
+  });
+  $('results').querySelector('tbody').innerHTML = rows.join('');
+}
+
+// ---------------------------------------------------------------------------- training
+
+const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+function overridesFor(comparison, variant, form) {
+  const steps = form.steps;
+  const lr = form.lr ?? comparison.lr;
+  const set = [...PRESETS[form.preset], `seed=${form.seed}`, `max_steps=${steps}`, `lr_decay_steps=${steps}`,
+    'log_interval=1', `eval_interval=${steps}`, 'eval_iters=4', 'diag_interval=5', 'checkpoint=false'];
+  if (lr != null) set.push(`lr=${lr}`, `min_lr=${comparison.lr ? lr : lr / 10}`);
+  if (comparison.lr) set.push('warmup_steps=0');
+  return [...set, ...variant.set];
+}
+
+async function runComparison(form) {
+  const comparison = COMPARISONS[form.compare];
+  if (!comparison) throw new Error(`unknown comparison '${form.compare}'; choose one of ${Object.keys(COMPARISONS).join(', ')}`);
+  if (!PRESETS[form.preset]) throw new Error(`unknown preset '${form.preset}'; choose one of ${Object.keys(PRESETS).join(', ')}`);
+  const text = form.customText ?? state.text;
+  state.results = { backend: state.device.backend, adapter: state.device.adapter, variants: [] };
+  $('grad-variant').innerHTML = comparison.variants.map((v) => `<option>${v.name}</option>`).join('');
+  $('samples').innerHTML = '';
+  for (const variant of comparison.variants) {
+    if (state.stop) break;
+    const configJson = resolve_config('tiny', overridesFor(comparison, variant, form));
+    setState('running', `${variant.name}: building the model`);
+    const run = await Run.create(configJson, text);
+    const v = { name: variant.name, config: JSON.parse(configJson), header: JSON.parse(run.header()),
+      steps: [], loss: [], val_loss: null, diverged_at: null, tokens_per_sec: null, records: [] };
+    state.results.variants.push(v);
+    $('grad-variant').value = variant.name;
+    setState('running', `${variant.name}: compiling shaders (the first step)`);
+    while (!run.finished() && !state.stop) {
+      const json = await run.step();
+      if (json) {
+        const r = JSON.parse(json);
+        v.records.push(r);
+        if (r.loss !== undefined) { v.steps.push(r.step); v.loss.push(r.loss ?? NaN); }
+        if (r.val_loss !== undefined) v.val_loss = r.val_loss;
+        if (r.tokens_per_sec) v.tokens_per_sec = r.tokens_per_sec;
+        if (r.diverged) v.diverged_at = r.step;
+        setState('running', `${variant.name}: step ${r.step} of ${form.steps}` +
+          (r.loss !== undefined ? `, loss ${Number(r.loss).toFixed(4)}` : ''));
+        redraw();
+        updateTable();
+      }
+      await nextTask(); // let the page paint and take clicks between steps
+    }
+    const sample = await run.sample('', 200, BigInt(form.seed));
+    $('samples').insertAdjacentHTML('beforeend', `<h3>${variant.name}</h3><pre></pre>`);
+    $('samples').lastElementChild.textContent = sample;
+    run.free();
+  }
+  window.simplegptResults = state.results;
+}
+
+// The records in the format the native CLI writes (run.json + metrics.jsonl as one object),
+// which `simplegpt repro` reads.
+function runRecords() {
+  return (state.results?.variants ?? []).map((v) => ({ header: v.header, steps: v.records }));
+}
+window.simplegptRecords = runRecords;
+
+function exportRecords() {
+  for (const [i, record] of runRecords().entries()) {
+    const blob = new Blob([JSON.stringify(record, null, 1)], { type: 'application/json' });
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(blob);
+    a.download = `simplegpt-${i}-${state.results.variants[i].name.replace(/\W+/g, '_')}.json`;
+    a.click();
+    URL.revokeObjectURL(a.href);
+  }
+}
+
+// ---------------------------------------------------------------------------- controls
+
+function readForm() {
+  const lr = $('lr').value.trim();
+  const custom = document.querySelector('input[name=text]:checked').value === 'custom';
+  return {
+    compare: $('compare').value,
+    preset: $('preset').value,
+    steps: Math.max(1, parseInt($('steps').value, 10) || 1),
+    seed: Math.max(0, parseInt($('seed').value, 10) || 0),
+    lr: lr === '' ? null : Number(lr),
+    customText: custom ? $('custom-text').value : null,
+  };
+}
+
+async function start() {
+  const form = readForm();
+  if (form.lr !== null && !(form.lr > 0)) return setState('error', `learning rate must be a positive number, got '${$('lr').value}'`);
+  if (form.customText !== null && form.customText.length === 0) return setState('error', 'paste or drop some text first');
+  state.stop = false;
+  $('start').disabled = true;
+  $('stop').disabled = false;
+  $('export').disabled = true;
+  try {
+    await runComparison(form);
+    setState('done', state.stop ? 'stopped' : `done: ${state.results.variants.length} variants trained on ${state.device.backend}`);
+  } catch (e) {
+    setState('error', `error: ${e?.message ?? e}`);
+  } finally {
+    $('start').disabled = false;
+    $('stop').disabled = true;
+    $('export').disabled = !state.results?.variants.length;
+  }
+}
+
+function wireControls() {
+  $('start').addEventListener('click', start);
+  $('stop').addEventListener('click', () => { state.stop = true; });
+  $('export').addEventListener('click', exportRecords);
+  $('grad-variant').addEventListener('change', redraw);
+  const box = $('custom-text');
+  box.addEventListener('input', () => { document.querySelector('input[name=text][value=custom]').checked = true; });
+  box.addEventListener('dragover', (e) => { e.preventDefault(); box.classList.add('dragging'); });
+  box.addEventListener('dragleave', () => box.classList.remove('dragging'));
+  box.addEventListener('drop', async (e) => {
+    e.preventDefault();
+    box.classList.remove('dragging');
+    const file = e.dataTransfer.files[0];
+    if (file) {
+      box.value = await file.text();
+      document.querySelector('input[name=text][value=custom]').checked = true;
+    }
+  });
+}
+
+async function main() {
+  const params = new URLSearchParams(location.search);
+  const known = { compare: COMPARISONS, preset: PRESETS };
+  for (const [key, table] of Object.entries(known)) {
+    const value = params.get(key);
+    if (value !== null && !(value in table)) {
+      const what = key === 'compare' ? 'comparison' : 'preset';
+      setState('error', `error: unknown ${what} '${value}'; choose one of ${Object.keys(table).join(', ')}`);
+      return;
+    }
+  }
+  for (const key of ['compare', 'preset', 'steps', 'seed', 'lr']) {
+    if (params.has(key)) $(key).value = params.get(key);
+  }
+  wireControls();
+  try {
+    setState('loading', 'loading the WebAssembly module');
+    await init();
+    state.text = default_corpus();
+    setState('loading', 'opening the GPU');
+    state.device = await openDevice(params.get('backend') !== 'cpu');
+    setState('ready', 'ready: pick a comparison and press Train');
+  } catch (e) {
+    setState('error', `error: ${e?.message ?? e}`);
+    return;
+  }
+  if (params.get('autostart') === '1') start();
+}
+
+main();
