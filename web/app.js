@@ -53,16 +53,24 @@ function setState(name, message) {
 
 async function openDevice(allowWebGpu) {
   let reason = null;
+  let adapterName = '';
   if (!allowWebGpu) reason = 'WebGPU was turned off for this page (?backend=cpu)';
   else if (!navigator.gpu) reason = 'this browser has no WebGPU (navigator.gpu is missing)';
   else {
     try {
-      if (!(await navigator.gpu.requestAdapter())) reason = 'the browser granted no WebGPU adapter';
+      const adapter = await navigator.gpu.requestAdapter();
+      if (!adapter) reason = 'the browser granted no WebGPU adapter';
+      else {
+        // Browsers hide the adapter's name from wgpu; they tell vendor and architecture.
+        const info = adapter.info ?? {};
+        adapterName = [info.vendor, info.architecture, info.description].filter(Boolean).join(' ');
+        if (adapter.isFallbackAdapter || info.isFallbackAdapter) adapterName += ' (software fallback adapter)';
+      }
     } catch (e) {
       reason = `requesting a WebGPU adapter failed: ${e}`;
     }
   }
-  const device = JSON.parse(await open_device(reason === null));
+  const device = JSON.parse(await open_device(reason === null, adapterName));
   const notice = $('backend');
   if (reason === null) {
     notice.textContent = `WebGPU: ${device.adapter}`;
@@ -118,6 +126,11 @@ function drawChart(canvas, series, { logY = false } = {}) {
       drawing = true;
     });
     ctx.stroke();
+    // A lone point (the first diagnostic step) shows as a dot.
+    if (s.ys.length === 1 && Number.isFinite(tf(s.ys[0]))) {
+      ctx.fillStyle = s.color;
+      ctx.fillRect(X(s.xs[0]) - 2, Y(s.ys[0]) - 2, 4, 4);
+    }
   }
 }
 
@@ -131,11 +144,9 @@ function redraw() {
   if (!chosen) return;
   const diag = chosen.records.filter((r) => r.grad_norms);
   const names = diag.length ? Object.keys(diag[0].grad_norms) : [];
-  drawChart(
-    $('grad-chart'),
-    names.map((n, i) => ({ name: n, color: COLORS[i % COLORS.length], xs: diag.map((r) => r.step), ys: diag.map((r) => r.grad_norms[n]) })),
-    { logY: true },
-  );
+  const series = names.map((n, i) => ({ name: n, color: COLORS[i % COLORS.length], xs: diag.map((r) => r.step), ys: diag.map((r) => r.grad_norms[n]) }));
+  drawChart($('grad-chart'), series, { logY: true });
+  $('grad-legend').innerHTML = series.map((s) => `<span style="--c:${s.color}">${s.name}</span>`).join('');
 }
 
 function updateTable() {
@@ -145,7 +156,7 @@ function updateTable() {
     return `<tr><td>${v.name}</td><td>${fmt(v.loss[v.loss.length - 1])}</td>
       <td>${fmt(finite.length ? Math.min(...finite) : null)}</td><td>${fmt(v.val_loss)}</td>
       <td>${v.diverged_at ?? '–'}</td><td>${v.tokens_per_sec ? Math.round(v.tokens_per_sec) : '–'}</td>
-      <td>${state.results.backend}</td></tr>`;
+      <td>${state.results.backend}: ${state.results.adapter}</td></tr>`;
   });
   $('results').querySelector('tbody').innerHTML = rows.join('');
 }
@@ -160,7 +171,8 @@ function overridesFor(comparison, variant, form) {
   const set = [...PRESETS[form.preset], `seed=${form.seed}`, `max_steps=${steps}`, `lr_decay_steps=${steps}`,
     'log_interval=1', `eval_interval=${steps}`, 'eval_iters=4', 'diag_interval=5', 'checkpoint=false'];
   if (lr != null) set.push(`lr=${lr}`, `min_lr=${comparison.lr ? lr : lr / 10}`);
-  if (comparison.lr) set.push('warmup_steps=0');
+  // Warm up over a tenth of a short run (nanoGPT's 100 steps would be all of it).
+  set.push(`warmup_steps=${comparison.lr ? 0 : Math.min(100, Math.floor(steps / 10))}`);
   return [...set, ...variant.set];
 }
 

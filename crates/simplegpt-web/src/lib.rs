@@ -42,14 +42,16 @@ pub fn start() {
 
 /// Opens WebGPU when `webgpu` is true (the page checks `navigator.gpu` and
 /// `requestAdapter()` first: asking for it where there is none panics), else the CPU
-/// backend. Resolves to JSON `{backend, adapter}`.
+/// backend. `adapter` is the page's name for the WebGPU adapter (browsers tell JavaScript
+/// more than wgpu). Resolves to JSON `{backend, adapter}`.
 #[wasm_bindgen]
-pub fn open_device(webgpu: bool) -> Promise {
+pub fn open_device(webgpu: bool, adapter: String) -> Promise {
     future_to_promise(async move {
         let opened = if webgpu {
             let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(js_err)?;
             let info = setup.adapter.get_info();
-            Opened { device, backend: "webgpu".into(), adapter: format!("{} ({:?})", info.name, info.device_type) }
+            let adapter = if adapter.is_empty() { format!("{} ({:?})", info.name, info.device_type) } else { adapter };
+            Opened { device, backend: "webgpu".into(), adapter }
         } else {
             Opened { device: Device::flex(), backend: "cpu".into(), adapter: "burn flex (wasm)".into() }
         };
