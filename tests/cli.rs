@@ -263,3 +263,41 @@ fn an_independent_numpy_model_gets_the_same_first_loss_from_the_exported_weights
         assert_eq!(header(&imported)["init_checksum"], header(&run_dir)["init_checksum"], "{name}");
     }
 }
+
+#[test]
+fn compare_writes_a_report_whose_numbers_are_the_run_records() {
+    let out = tmp("compare");
+    let mut c = bin();
+    c.args(["compare", "--device", "cpu", "--out"]).arg(&out).args(QUICK);
+    c.args(["--set", "max_steps=20", "--set", "lr_decay_steps=20", "--variant", "pre:norm=pre_ln", "--variant", "simple:norm=simple"]);
+    ok(c);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for name in ["pre", "simple"] {
+        let records = metrics(&out.join(name));
+        let last_loss = records.iter().rev().find_map(|r| r["loss"].as_f64()).unwrap();
+        let last_val = records.iter().rev().find_map(|r| r["val_loss"].as_f64()).unwrap();
+        let row = report.lines().find(|l| l.starts_with(&format!("| {name} |"))).unwrap();
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[3], format!("{last_loss:.4}"), "{row}");
+        assert_eq!(cells[5], format!("{last_val:.4}"), "{row}");
+        for svg in [format!("grad_norms-{name}.svg"), format!("act_rms-{name}.svg")] {
+            assert!(std::fs::read_to_string(out.join(&svg)).unwrap().starts_with("<svg"), "{svg}");
+        }
+    }
+    assert!(std::fs::read_to_string(out.join("loss.svg")).unwrap().contains(">simple</text>"));
+}
+
+#[test]
+fn sweep_records_an_absurd_learning_rate_as_divergence() {
+    let out = tmp("sweep");
+    let mut c = bin();
+    c.args(["sweep", "--device", "cpu", "--out"]).arg(&out).args(QUICK);
+    c.args(["--set", "max_steps=30", "--set", "lr_decay_steps=30", "--set", "warmup_steps=0", "--set", "grad_clip=0"]);
+    c.args(["--lr-min", "1e-3", "--lr-max", "1e3", "--points", "2", "--variant", "none:norm=none", "--variant", "simple:norm=simple"]);
+    ok(c);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let none = report.lines().find(|l| l.starts_with("| none |") && l.contains("diverged@")).expect(&report);
+    assert!(none.contains("diverged@"), "{report}");
+    assert!(report.contains("| none | 1.0e-3 |"), "lr 1e-3 is the largest stable one: {report}");
+    assert!(std::fs::read_to_string(out.join("final_loss_vs_lr.svg")).unwrap().starts_with("<svg"));
+}

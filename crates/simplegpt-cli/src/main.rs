@@ -14,6 +14,7 @@ use simplegpt::sample::SampleOptions;
 use simplegpt::train::Trainer;
 use burn::module::Module;
 use burn::tensor::Device;
+use simplegpt::study::{self, Variant};
 use simplegpt::{Config, Error, Result, device, interop};
 
 #[derive(Parser)]
@@ -93,6 +94,35 @@ enum Command {
         /// The largest relative loss difference |a - b| / max(|a|, |b|) that still passes.
         #[arg(long, default_value_t = 1e-3)]
         tolerance: f64,
+    },
+    /// Train several variants on the same data and seed; write a report (report.md, SVG
+    /// plots) and every run's directory.
+    Compare {
+        #[command(flatten)]
+        run: RunArgs,
+        /// A variant: [NAME:]KEY=VALUE[,KEY=VALUE...], e.g. --variant simple:norm=simple.
+        #[arg(long = "variant", required = true)]
+        variants: Vec<String>,
+        #[arg(long, default_value = "study")]
+        out: PathBuf,
+    },
+    /// Learning-rate stability sweep: each variant at log-spaced learning rates; reports the
+    /// final loss vs LR and the largest stable LR of each.
+    Sweep {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Variants as for compare (default: pre_ln:norm=pre_ln and simple:norm=simple).
+        #[arg(long = "variant")]
+        variants: Vec<String>,
+        #[arg(long, default_value_t = 1e-4)]
+        lr_min: f64,
+        #[arg(long, default_value_t = 1e-1)]
+        lr_max: f64,
+        /// Number of learning rates in the grid.
+        #[arg(long, default_value_t = 7)]
+        points: usize,
+        #[arg(long, default_value = "sweep")]
+        out: PathBuf,
     },
     /// Measure training speed (ms/step, tokens/s, MFU) for a config on a device.
     Bench {
@@ -257,6 +287,40 @@ fn run(cli: Cli) -> Result<()> {
                 Err(e) => println!("--device auto: {e}"),
             }
             Ok(())
+        }
+        Command::Compare { run, variants, out } => {
+            let variants = variants.iter().map(|v| Variant::parse(v)).collect::<Result<Vec<_>>>()?;
+            let base = run.config()?;
+            let jobs = variants.iter().map(|v| Ok((v.name.clone(), v.apply(&base)?))).collect::<Result<Vec<_>>>()?;
+            let runs = run_study(&run, &out, jobs)?;
+            let (md, svgs) = study::comparison_report("Comparison", &command_line(), &runs);
+            write_report(&out, &md, &svgs)
+        }
+        Command::Sweep { run, variants, lr_min, lr_max, points, out } => {
+            if !(lr_min > 0.0 && lr_max >= lr_min && points >= 1) {
+                return Err(Error::Input("need 0 < --lr-min <= --lr-max and --points >= 1".into()));
+            }
+            let variants = if variants.is_empty() {
+                vec!["pre_ln:norm=pre_ln".to_string(), "simple:norm=simple".to_string()]
+            } else {
+                variants
+            };
+            let variants = variants.iter().map(|v| Variant::parse(v)).collect::<Result<Vec<_>>>()?;
+            let base = run.config()?;
+            let mut jobs = Vec::new();
+            for v in &variants {
+                for lr in study::log_grid(lr_min, lr_max, points) {
+                    let mut c = v.apply(&base)?;
+                    c.train.lr = lr;
+                    c.train.min_lr = lr / 10.0;
+                    jobs.push((format!("{}/lr-{lr:.1e}", v.name), c));
+                }
+            }
+            let runs = run_study(&run, &out, jobs)?;
+            // Group the runs by variant (the part of the directory before "/lr-").
+            let runs: Vec<_> = runs.into_iter().map(|(n, c, r)| (n.split('/').next().unwrap_or(&n).to_string(), c, r)).collect();
+            let (md, svgs) = study::sweep_report(&command_line(), &runs);
+            write_report(&out, &md, &svgs)
         }
         Command::Repro { records, backends, run, steps, tolerance } => repro(records, backends, run, steps, tolerance),
         Command::Bench { run, warmup, steps, peak_tflops } => {
@@ -431,4 +495,53 @@ fn print_loss_table(runs: &[(String, RunRecord)]) {
             .collect();
         println!("{step:>6} {}", cells.join(" "));
     }
+}
+
+fn command_line() -> String {
+    std::env::args().skip(1).fold("simplegpt".to_string(), |acc, a| format!("{acc} {a}"))
+}
+
+/// Trains each (name, config) into `out/name`, one after another, with a progress line per
+/// run; returns the records as read back from each run's metrics.jsonl.
+fn run_study(args: &RunArgs, out: &Path, jobs: Vec<(String, Config)>) -> Result<Vec<(String, Config, Vec<simplegpt::train::StepRecord>)>> {
+    let opened = device::open(&args.device)?;
+    let total = jobs.len();
+    let mut runs = Vec::new();
+    for (i, (name, config)) in jobs.into_iter().enumerate() {
+        let data = args.data(config.model.block_size)?;
+        let dir = RunDir::create(&out.join(&name))?;
+        let mut trainer = Trainer::new(config, data, &opened.device)?;
+        let header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
+        dir.start(&trainer, &header)?;
+        let bar = ProgressBar::new(trainer.config.train.max_steps as u64);
+        bar.set_style(ProgressStyle::with_template("[{prefix}] {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]").expect("valid template"));
+        bar.set_prefix(format!("{}/{total} {name}", i + 1));
+        trainer.run_to_dir(&dir, |_, r| {
+            bar.set_position(r.step as u64);
+            if let Some(loss) = r.loss {
+                bar.set_message(format!("loss {loss:.4}"));
+            }
+        })?;
+        bar.finish_and_clear();
+        let records = simplegpt::run::read_metrics(&dir.path.join(simplegpt::run::METRICS_FILE))?;
+        let summary = study::Summary::of(&name, &trainer.config, &records);
+        eprintln!(
+            "[{}/{total}] {name}: final loss {}{}",
+            i + 1,
+            summary.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            summary.diverged_at.map_or(String::new(), |d| format!(", diverged at step {d}"))
+        );
+        runs.push((name, trainer.config.clone(), records));
+    }
+    Ok(runs)
+}
+
+fn write_report(out: &Path, md: &str, svgs: &[(String, String)]) -> Result<()> {
+    for (name, svg) in svgs {
+        simplegpt::checkpoint::write_atomic(&out.join(name), svg.as_bytes())?;
+    }
+    simplegpt::checkpoint::write_atomic(&out.join("report.md"), md.as_bytes())?;
+    println!("{md}");
+    println!("report: {}", out.join("report.md").display());
+    Ok(())
 }

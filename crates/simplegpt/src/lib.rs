@@ -22,6 +22,7 @@ pub mod rng;
 #[cfg(not(target_family = "wasm"))]
 pub mod run;
 pub mod sample;
+pub mod study;
 pub mod train;
 
 pub use config::Config;
