@@ -301,3 +301,14 @@ fn sweep_records_an_absurd_learning_rate_as_divergence() {
     assert!(report.contains("| none | 1.0e-3 |"), "lr 1e-3 is the largest stable one: {report}");
     assert!(std::fs::read_to_string(out.join("final_loss_vs_lr.svg")).unwrap().starts_with("<svg"));
 }
+
+#[test]
+fn hessian_reports_a_finite_top_eigenvalue() {
+    let out = bin().args(["hessian", "--device", "cpu", "--iters", "4", "--batches", "1"]).args(QUICK).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let last = text.lines().find(|l| l.starts_with("lambda_max ")).expect(&text);
+    let value: f64 = last.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(value.is_finite() && value != 0.0, "{last}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("iteration")).count(), 4);
+}

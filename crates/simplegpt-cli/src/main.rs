@@ -13,7 +13,7 @@ use simplegpt::run::RunDir;
 use simplegpt::sample::SampleOptions;
 use simplegpt::train::Trainer;
 use burn::module::Module;
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use simplegpt::study::{self, Variant};
 use simplegpt::{Config, Error, Result, device, interop};
 
@@ -123,6 +123,23 @@ enum Command {
         points: usize,
         #[arg(long, default_value = "sweep")]
         out: PathBuf,
+    },
+    /// Estimate the largest Hessian eigenvalue of the training loss (power iteration on
+    /// finite-difference Hessian-vector products), at initialisation or at a checkpoint.
+    Hessian {
+        #[command(flatten)]
+        run: RunArgs,
+        /// A run directory or checkpoint; without it, the initial weights of the config.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// Finite-difference step along the unit direction.
+        #[arg(long, default_value_t = 1e-3)]
+        eps: f64,
+        /// Training batches the loss is averaged over.
+        #[arg(long, default_value_t = 4)]
+        batches: usize,
     },
     /// Measure training speed (ms/step, tokens/s, MFU) for a config on a device.
     Bench {
@@ -321,6 +338,46 @@ fn run(cli: Cli) -> Result<()> {
             let runs: Vec<_> = runs.into_iter().map(|(n, c, r)| (n.split('/').next().unwrap_or(&n).to_string(), c, r)).collect();
             let (md, svgs) = study::sweep_report(&command_line(), &runs);
             write_report(&out, &md, &svgs)
+        }
+        Command::Hessian { run, from, iters, eps, batches } => {
+            let opened = device::open(&run.device)?;
+            let device = opened.device.clone().autodiff();
+            // The loss must be a fixed function of the weights: no dropout.
+            let (config, model, data) = match from {
+                Some(from) => {
+                    let path = if from.is_dir() { from.join(simplegpt::run::CHECKPOINT_FILE) } else { from };
+                    let mut ckpt = Checkpoint::read(&path)?;
+                    ckpt.config.model.dropout = 0.0;
+                    let data = run.data(ckpt.config.model.block_size)?;
+                    (ckpt.config.clone(), ckpt.model(&device)?, data)
+                }
+                None => {
+                    let mut config = run.config()?;
+                    config.model.dropout = 0.0;
+                    let data = run.data(config.model.block_size)?;
+                    let trainer = Trainer::new(config, data, &opened.device)?;
+                    (trainer.config.clone(), trainer.model, trainer.data)
+                }
+            };
+            let t = &config.train;
+            let fixed: Vec<_> = (0..batches)
+                .map(|i| {
+                    let b = data.batch(simplegpt::data::Split::Train, "hessian", t.seed, i as u64, t.batch_size, config.model.block_size);
+                    let ids = |v: &[u32]| Tensor::<2, Int>::from_data(TensorData::new(v.iter().map(|&x| x as i32).collect::<Vec<_>>(), [t.batch_size, config.model.block_size]), &device);
+                    (ids(&b.x), ids(&b.y))
+                })
+                .collect();
+            let estimates = pollster::block_on(simplegpt::hessian::top_eigenvalue(&model, &fixed, iters, eps, t.seed))?;
+            for (i, e) in estimates.iter().enumerate() {
+                println!("iteration {:>3}: lambda_max ~ {e:.6}", i + 1);
+            }
+            let last = *estimates.last().unwrap_or(&f64::NAN);
+            println!(
+                "lambda_max {last:.6} (power iteration, {iters} iterations, central differences with eps {eps:e}, {batches} batches of {}); 2 / lambda_max = {:.3e}",
+                t.batch_size,
+                2.0 / last.abs()
+            );
+            Ok(())
         }
         Command::Repro { records, backends, run, steps, tolerance } => repro(records, backends, run, steps, tolerance),
         Command::Bench { run, warmup, steps, peak_tflops } => {

@@ -14,6 +14,7 @@ pub mod data;
 #[cfg(not(target_family = "wasm"))]
 pub mod device;
 pub mod error;
+pub mod hessian;
 pub mod interop;
 pub mod model;
 pub mod optim;

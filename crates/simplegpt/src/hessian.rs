@@ -1,0 +1,138 @@
+//! The largest eigenvalue (in magnitude) of the Hessian of the training loss with respect
+//! to all parameters, by power iteration on Hessian-vector products, each from a central
+//! finite difference of gradients:
+//!
+//! ```text
+//! H v ~ (g(theta + eps v) - g(theta - eps v)) / (2 eps),   |v| = 1,
+//! ```
+//!
+//! the estimate being the Rayleigh quotient v . H v after `iters` iterations. The theory
+//! behind SimpleGPT's claim: gradient descent is stable for learning rates below about
+//! 2 / lambda_max.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::checkpoint::named_params;
+use crate::error::Result;
+use crate::model::Gpt;
+use crate::optim::GradSum;
+use crate::rng::Stream;
+use crate::train::read_scalars;
+
+/// A vector over all parameters, flattened per parameter path.
+pub type ParamVec = BTreeMap<String, Tensor<1>>;
+
+fn dot(a: &ParamVec, b: &ParamVec) -> Tensor<1> {
+    let parts: Vec<Tensor<1>> = a.iter().map(|(k, x)| (x.clone() * b[k].clone()).sum()).collect();
+    Tensor::cat(parts, 0).sum()
+}
+
+fn scale(a: &ParamVec, s: Tensor<1>) -> ParamVec {
+    a.iter().map(|(k, x)| (k.clone(), x.clone() * s.clone())).collect()
+}
+
+/// Power iteration for the largest-magnitude eigenvalue of the symmetric operator `hvp`,
+/// from a seeded random start shaped like `like`. Returns the estimate after each iteration.
+pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, mut hvp: impl FnMut(&ParamVec) -> ParamVec) -> Result<Vec<f64>> {
+    let mut v: ParamVec = like
+        .iter()
+        .enumerate()
+        .map(|(i, (k, t))| {
+            let n = t.dims()[0];
+            let values = Stream::new(seed, "hessian", i as u64).normal_vec(n, 1.0, false);
+            (k.clone(), Tensor::from_data(TensorData::new(values, [n]), &t.device()))
+        })
+        .collect();
+    v = scale(&v, dot(&v, &v).sqrt().recip());
+    let mut estimates = Vec::new();
+    for _ in 0..iters {
+        let hv = hvp(&v);
+        let rayleigh = dot(&v, &hv);
+        let norm = dot(&hv, &hv).sqrt();
+        estimates.push(read_scalars(vec![rayleigh]).await?[0]);
+        v = scale(&hv, norm.recip());
+    }
+    Ok(estimates)
+}
+
+/// Adds `delta * v` to every parameter (by path) of `model`.
+struct Shift<'a> {
+    path: Vec<String>,
+    v: &'a ParamVec,
+    delta: f64,
+}
+
+impl ModuleMapper for Shift<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(v) = self.v.get(&self.path.join(".")) else { return param };
+        let (id, t, mapper) = param.consume();
+        let shape = t.shape();
+        let shifted = t.inner() + v.clone().reshape(shape) * self.delta;
+        Param::from_mapped_value(id, Tensor::from_inner(shifted).require_grad(), mapper)
+    }
+}
+
+/// The gradient of the mean loss over `batches` at `model`'s weights (an autodiff model).
+pub fn gradient(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)]) -> ParamVec {
+    let mut sum = GradSum::default();
+    for (x, y) in batches {
+        let loss = Gpt::loss(model.forward(x.clone()), y.clone()) / batches.len() as f64;
+        sum.add(model, &loss.backward());
+    }
+    sum.by_path
+}
+
+/// lambda_max of the loss over `batches` at `model` (dropout should be 0: the loss must be
+/// a fixed function of the weights).
+pub async fn top_eigenvalue(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)], iters: usize, eps: f64, seed: u64) -> Result<Vec<f64>> {
+    let like: ParamVec = named_params(model).into_iter().map(|(p, t, _)| (p, t)).collect();
+    power_iteration(&like, iters, seed, |v| {
+        let plus = gradient(&model.clone().map(&mut Shift { path: Vec::new(), v, delta: eps }), batches);
+        let minus = gradient(&model.clone().map(&mut Shift { path: Vec::new(), v, delta: -eps }), batches);
+        plus.into_iter().map(|(k, g)| {
+            let d = (g - minus[&k].clone()) / (2.0 * eps);
+            (k, d)
+        }).collect()
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    #[test]
+    fn power_iteration_finds_the_top_eigenvalue_of_a_known_hessian() {
+        // f(theta) = 1/2 sum a_i theta_i^2 has H = diag(a); its gradient a * theta, so the
+        // central difference (g(theta + eps v) - g(theta - eps v)) / 2 eps is a * v.
+        let device = Device::flex();
+        let a: ParamVec = [("w".to_string(), vec![0.5f32, -1.0, 2.0, 7.0, 3.0]), ("b".to_string(), vec![1.0, 6.5])]
+            .into_iter()
+            .map(|(k, v)| {
+                let n = v.len();
+                (k, Tensor::from_data(TensorData::new(v, [n]), &device))
+            })
+            .collect();
+        let theta: ParamVec = a.iter().map(|(k, t)| (k.clone(), t.ones_like() * 0.3)).collect();
+        let grad = |p: &ParamVec| -> ParamVec { p.iter().map(|(k, x)| (k.clone(), x.clone() * a[k].clone())).collect() };
+        let eps = 1e-3;
+        let estimates = pollster::block_on(power_iteration(&theta, 60, 1, |v| {
+            let plus = grad(&theta.iter().map(|(k, t)| (k.clone(), t.clone() + v[k].clone() * eps)).collect());
+            let minus = grad(&theta.iter().map(|(k, t)| (k.clone(), t.clone() - v[k].clone() * eps)).collect());
+            plus.into_iter().map(|(k, g)| (k.clone(), (g - minus[&k].clone()) / (2.0 * eps))).collect()
+        }))
+        .unwrap();
+        let last = *estimates.last().unwrap();
+        assert!((last - 7.0).abs() < 0.05, "estimate {last}, want 7 ({estimates:?})");
+    }
+}
