@@ -13,7 +13,7 @@ use simplegpt::run::RunDir;
 use simplegpt::sample::SampleOptions;
 use simplegpt::train::Trainer;
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use simplegpt::study::{self, Variant};
 use simplegpt::{Config, Error, Result, device, interop};
 
@@ -362,9 +362,8 @@ fn run(cli: Cli) -> Result<()> {
             let t = &config.train;
             let fixed: Vec<_> = (0..batches)
                 .map(|i| {
-                    let b = data.batch(simplegpt::data::Split::Train, "hessian", t.seed, i as u64, t.batch_size, config.model.block_size);
-                    let ids = |v: &[u32]| Tensor::<2, Int>::from_data(TensorData::new(v.iter().map(|&x| x as i32).collect::<Vec<_>>(), [t.batch_size, config.model.block_size]), &device);
-                    (ids(&b.x), ids(&b.y))
+                    data.batch(simplegpt::data::Split::Train, "hessian", t.seed, i as u64, t.batch_size, config.model.block_size)
+                        .tensors(&device)
                 })
                 .collect();
             let estimates = pollster::block_on(simplegpt::hessian::top_eigenvalue(&model, &fixed, iters, eps, t.seed))?;

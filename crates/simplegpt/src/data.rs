@@ -1,6 +1,7 @@
 //! Data: a character tokenizer, the train/val split (first 90% / last 10%, as nanoGPT),
 //! seeded random batches, and the embedded default corpus.
 
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -60,6 +61,17 @@ pub struct Batch {
     pub y: Vec<u32>,
     pub batch_size: usize,
     pub block_size: usize,
+}
+
+impl Batch {
+    /// Inputs and targets as [B, T] id tensors on `device`.
+    pub fn tensors(&self, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+        let ids = |v: &[u32]| {
+            let data = TensorData::new(v.iter().map(|&i| i as i32).collect::<Vec<i32>>(), [self.batch_size, self.block_size]);
+            Tensor::<2, Int>::from_data(data, device)
+        };
+        (ids(&self.x), ids(&self.y))
+    }
 }
 
 impl Dataset {

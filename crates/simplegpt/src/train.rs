@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
 use crate::config::Config;
-use crate::data::{Batch, Dataset, Split};
+use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::model::Gpt;
 use crate::optim::{AdamW, GradSum, learning_rate};
@@ -138,7 +138,7 @@ impl Trainer {
         for micro in 0..cfg.grad_accum {
             let index = (step * cfg.grad_accum + micro) as u64;
             let batch = self.data.batch(Split::Train, "train", cfg.seed, index, cfg.batch_size, self.config.model.block_size);
-            let (x, y) = self.upload(&batch, &self.device);
+            let (x, y) = batch.tensors(&self.device);
             let trace = (diag && micro == 0).then_some(&mut block_rms);
             let logits = self.model.forward_traced(x, trace);
             let loss = Gpt::loss(logits, y);
@@ -239,7 +239,7 @@ impl Trainer {
             for i in 0..self.config.train.eval_iters {
                 let index = (step * self.config.train.eval_iters + i) as u64;
                 let batch = self.data.batch(split, purpose, self.config.train.seed, index, b, t);
-                let (x, y) = self.upload(&batch, &device);
+                let (x, y) = batch.tensors(&device);
                 let loss = Gpt::loss(model.forward(x), y);
                 sum = Some(match sum {
                     Some(s) => s + loss,
@@ -250,15 +250,6 @@ impl Trainer {
         }
         let v = read_scalars(sums).await?;
         Ok((v[0], v[1]))
-    }
-
-    fn upload(&self, batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
-        let shape = [batch.batch_size, batch.block_size];
-        let ids = |v: &[u32]| {
-            let data = TensorData::new(v.iter().map(|&i| i as i32).collect::<Vec<i32>>(), shape);
-            Tensor::<2, Int>::from_data(data, device)
-        };
-        (ids(&batch.x), ids(&batch.y))
     }
 }
 
