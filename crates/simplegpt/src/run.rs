@@ -52,8 +52,12 @@ impl RunDir {
     /// A resumed run: drops the records the interrupted run logged after its checkpoint,
     /// so metrics.jsonl reads as one uninterrupted run.
     pub fn truncate_metrics(&self, next_step: usize) -> Result<()> {
-        let kept: Vec<String> = read_metrics(&self.path.join(METRICS_FILE))?
-            .into_iter()
+        let path = self.path.join(METRICS_FILE);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        // A run killed mid-write may have left a torn last line: it is past the checkpoint.
+        let kept: Vec<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<StepRecord>(l).ok())
             .filter(|r| r.step < next_step)
             .map(|r| serde_json::to_string(&r).expect("serialisable"))
             .collect();
@@ -61,14 +65,15 @@ impl RunDir {
         if !text.is_empty() {
             text.push('\n');
         }
-        checkpoint::write_atomic(&self.path.join(METRICS_FILE), text.as_bytes())
+        checkpoint::write_atomic(&path, text.as_bytes())
     }
 
     pub fn append(&self, record: &StepRecord) -> Result<()> {
         let path = self.path.join(METRICS_FILE);
         let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&path).map_err(io("cannot open", &path))?;
-        let line = serde_json::to_string(record).expect("serialisable");
-        writeln!(f, "{line}").map_err(io("cannot write", &path))
+        // One write per record, so a killed run leaves whole lines.
+        let line = serde_json::to_string(record).expect("serialisable") + "\n";
+        f.write_all(line.as_bytes()).map_err(io("cannot write", &path))
     }
 
     pub fn save_checkpoint(&self, trainer: &Trainer) -> Result<()> {
