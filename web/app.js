@@ -21,8 +21,9 @@ const COMPARISONS = {
     ],
   },
   lr: {
-    // Constant and high: pre-LN fails at it, SimpleNorm trains (see the README's pair).
+    // Constant and high: at 4 layers pre-LN fails at it, SimpleNorm trains (the README's pair).
     lr: 1.0,
+    preset: 'small',
     variants: [
       { name: 'pre-LN', set: ['norm=pre_ln'] },
       { name: 'SimpleNorm', set: ['norm=simple'] },
@@ -276,6 +277,10 @@ function wireControls() {
   $('stop').addEventListener('click', () => { state.stop = true; });
   $('export').addEventListener('click', exportRecords);
   $('grad-variant').addEventListener('change', redraw);
+  $('compare').addEventListener('change', () => {
+    const suggested = COMPARISONS[$('compare').value].preset;
+    if (suggested) $('preset').value = suggested;
+  });
   const box = $('custom-text');
   box.addEventListener('input', () => { document.querySelector('input[name=text][value=custom]').checked = true; });
   box.addEventListener('dragover', (e) => { e.preventDefault(); box.classList.add('dragging'); });
@@ -305,6 +310,7 @@ async function main() {
   for (const key of ['compare', 'preset', 'steps', 'seed', 'lr']) {
     if (params.has(key)) $(key).value = params.get(key);
   }
+  if (!params.has('preset') && COMPARISONS[$('compare').value].preset) $('preset').value = COMPARISONS[$('compare').value].preset;
   wireControls();
   try {
     setState('loading', 'loading the WebAssembly module');
