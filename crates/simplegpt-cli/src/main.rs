@@ -260,8 +260,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export { run, from, batches, out } => {
             let (config, model, tokenizer, data) = match from {
                 Some(from) => {
-                    let path = if from.is_dir() { from.join(simplegpt::run::CHECKPOINT_FILE) } else { from };
-                    let ckpt = Checkpoint::read(&path)?;
+                    let ckpt = read_checkpoint(&from)?;
                     let data = run.data(ckpt.config.model.block_size)?;
                     (ckpt.config.clone(), ckpt.model(&Device::flex())?, ckpt.tokenizer.clone(), data)
                 }
@@ -280,8 +279,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sample { from, prompt, tokens, temperature, top_k, seed, device } => {
-            let path = if from.is_dir() { from.join(simplegpt::run::CHECKPOINT_FILE) } else { from };
-            let ckpt = Checkpoint::read(&path)?;
+            let ckpt = read_checkpoint(&from)?;
             let opened = device::open(&device)?;
             let model = ckpt.model(&opened.device)?;
             let opts = SampleOptions { prompt, max_new_tokens: tokens, temperature, top_k, seed };
@@ -345,8 +343,7 @@ fn run(cli: Cli) -> Result<()> {
             // The loss must be a fixed function of the weights: no dropout.
             let (config, model, data) = match from {
                 Some(from) => {
-                    let path = if from.is_dir() { from.join(simplegpt::run::CHECKPOINT_FILE) } else { from };
-                    let mut ckpt = Checkpoint::read(&path)?;
+                    let mut ckpt = read_checkpoint(&from)?;
                     ckpt.config.model.dropout = 0.0;
                     let data = run.data(ckpt.config.model.block_size)?;
                     (ckpt.config.clone(), ckpt.model(&device)?, data)
@@ -551,6 +548,11 @@ fn print_loss_table(runs: &[(String, RunRecord)]) {
             .collect();
         println!("{step:>6} {}", cells.join(" "));
     }
+}
+
+/// A checkpoint from a run directory or a checkpoint file.
+fn read_checkpoint(from: &Path) -> Result<Checkpoint> {
+    if from.is_dir() { Checkpoint::read(&from.join(simplegpt::run::CHECKPOINT_FILE)) } else { Checkpoint::read(from) }
 }
 
 fn command_line() -> String {

@@ -7,15 +7,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors};
 
 use crate::config::Config;
 use crate::data::Tokenizer;
 use crate::error::{Error, Result, io};
 use crate::model::Gpt;
 use crate::optim::AdamW;
+use crate::params::{self, PathMapper, f32_bytes, f32_values, safetensors_bytes};
 use crate::train::{Progress, Trainer};
 
 const FORMAT: &str = "simplegpt-checkpoint-1";
@@ -28,27 +29,6 @@ pub struct Checkpoint {
     pub optimizer_step: u64,
     /// name -> (shape, values)
     tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
-}
-
-/// Every float parameter of `model` with its path, flattened.
-pub fn named_params<M: Module>(model: &M) -> Vec<(String, Tensor<1>, Vec<usize>)> {
-    struct Collect(Vec<String>, Vec<(String, Tensor<1>, Vec<usize>)>);
-    impl ModuleVisitor for Collect {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.0.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.0.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let t = param.val().inner();
-            let shape = t.dims().to_vec();
-            self.1.push((self.0.join("."), t.reshape([-1]), shape));
-        }
-    }
-    let mut c = Collect(Vec::new(), Vec::new());
-    model.visit(&mut c);
-    c.1
 }
 
 /// Reads a flat tensor back to the host.
@@ -64,14 +44,14 @@ pub async fn read_f32(t: Tensor<1>) -> Result<Vec<f32>> {
 
 /// Serialises the trainer's state as safetensors bytes.
 pub async fn to_bytes(trainer: &Trainer) -> Result<Vec<u8>> {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    for (path, t, shape) in named_params(&trainer.model) {
-        tensors.push((format!("model.{path}"), shape, read_f32(t).await?));
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (path, t, shape) in params::named(&trainer.model) {
+        tensors.push((format!("model.{path}"), Dtype::F32, shape, f32_bytes(&read_f32(t).await?)));
     }
     for (prefix, moments) in [("optim.m", &trainer.optimizer.m), ("optim.v", &trainer.optimizer.v)] {
         for (path, t) in moments {
             let values = read_f32(t.clone()).await?;
-            tensors.push((format!("{prefix}.{path}"), vec![values.len()], values));
+            tensors.push((format!("{prefix}.{path}"), Dtype::F32, vec![values.len()], f32_bytes(&values)));
         }
     }
     let metadata: HashMap<String, String> = [
@@ -84,15 +64,7 @@ pub async fn to_bytes(trainer: &Trainer) -> Result<Vec<u8>> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(name, shape, values)| (name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
-        .collect();
-    let views: Vec<(String, TensorView)> = bytes
-        .iter()
-        .map(|(name, shape, b)| (name.clone(), TensorView::new(Dtype::F32, shape.clone(), b).expect("consistent shape")))
-        .collect();
-    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Backend(format!("serialising checkpoint: {e}")))
+    safetensors_bytes(&tensors, metadata)
 }
 
 /// Writes `bytes` to `path` atomically: a temp file beside it, then a rename.
@@ -125,8 +97,7 @@ impl Checkpoint {
             if view.dtype() != Dtype::F32 {
                 return Err(corrupt(format!("tensor {name} is not f32")));
             }
-            let values = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            tensors.insert(name, (view.shape().to_vec(), values));
+            tensors.insert(name, (view.shape().to_vec(), f32_values(view.data())));
         }
         Ok(Checkpoint { config, tokenizer, progress, optimizer_step, tensors })
     }
@@ -135,8 +106,8 @@ impl Checkpoint {
     pub fn model(&self, device: &Device) -> Result<Gpt> {
         // Build the module for its structure, then overwrite every parameter by path.
         let model = self.config.model.init(0, device);
-        let mut mapper = Load { path: Vec::new(), ckpt: self, device, error: None };
-        let model = model.map(&mut mapper);
+        let mut mapper = Load { ckpt: self, device, error: None };
+        let model = params::map(model, &mut mapper);
         match mapper.error {
             Some(e) => Err(e),
             None => Ok(model),
@@ -161,28 +132,18 @@ impl Checkpoint {
 }
 
 struct Load<'a> {
-    path: Vec<String>,
     ckpt: &'a Checkpoint,
     device: &'a Device,
     error: Option<Error>,
 }
 
-impl ModuleMapper for Load<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let name = format!("model.{}", self.path.join("."));
+impl PathMapper for Load<'_> {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = format!("model.{path}");
         let expected = param.val().dims().to_vec();
         match self.ckpt.tensors.get(&name) {
             Some((shape, values)) if *shape == expected => {
-                let (id, _, mapper) = param.consume();
-                let t = Tensor::<D>::from_data(TensorData::new(values.clone(), shape.clone()), self.device);
-                let t = if self.device.is_autodiff() { t.require_grad() } else { t };
-                Param::from_mapped_value(id, t, mapper)
+                params::replaced(param, Tensor::from_data(TensorData::new(values.clone(), shape.clone()), self.device))
             }
             found => {
                 self.error.get_or_insert_with(|| {

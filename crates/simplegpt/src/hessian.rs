@@ -12,13 +12,13 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::Param;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::checkpoint::named_params;
 use crate::error::Result;
 use crate::model::Gpt;
 use crate::optim::GradSum;
+use crate::params::{self, PathMapper};
 use crate::rng::Stream;
 use crate::train::read_scalars;
 
@@ -60,24 +60,16 @@ pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, mut hvp: 
 
 /// Adds `delta * v` to every parameter (by path) of `model`.
 struct Shift<'a> {
-    path: Vec<String>,
     v: &'a ParamVec,
     delta: f64,
 }
 
-impl ModuleMapper for Shift<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(v) = self.v.get(&self.path.join(".")) else { return param };
-        let (id, t, mapper) = param.consume();
-        let shape = t.shape();
-        let shifted = t.inner() + v.clone().reshape(shape) * self.delta;
-        Param::from_mapped_value(id, Tensor::from_inner(shifted).require_grad(), mapper)
+impl PathMapper for Shift<'_> {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(v) = self.v.get(path) else { return param };
+        let t = param.val();
+        let shifted = t.clone().inner() + v.clone().reshape(t.shape()) * self.delta;
+        params::replaced(param, Tensor::from_inner(shifted))
     }
 }
 
@@ -94,10 +86,10 @@ pub fn gradient(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)]) -> Pa
 /// lambda_max of the loss over `batches` at `model` (dropout should be 0: the loss must be
 /// a fixed function of the weights).
 pub async fn top_eigenvalue(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)], iters: usize, eps: f64, seed: u64) -> Result<Vec<f64>> {
-    let like: ParamVec = named_params(model).into_iter().map(|(p, t, _)| (p, t)).collect();
+    let like: ParamVec = params::named(model).into_iter().map(|(p, t, _)| (p, t)).collect();
     power_iteration(&like, iters, seed, |v| {
-        let plus = gradient(&model.clone().map(&mut Shift { path: Vec::new(), v, delta: eps }), batches);
-        let minus = gradient(&model.clone().map(&mut Shift { path: Vec::new(), v, delta: -eps }), batches);
+        let plus = gradient(&params::map(model.clone(), &mut Shift { v, delta: eps }), batches);
+        let minus = gradient(&params::map(model.clone(), &mut Shift { v, delta: -eps }), batches);
         plus.into_iter().map(|(k, g)| {
             let d = (g - minus[&k].clone()) / (2.0 * eps);
             (k, d)

@@ -14,11 +14,12 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors};
 
-use crate::checkpoint::{named_params, read_f32};
+use crate::checkpoint::read_f32;
+use crate::params::{self, PathMapper, f32_bytes, f32_values, safetensors_bytes};
 use crate::config::Config;
 use crate::data::{Dataset, Split, Tokenizer};
 use crate::error::{Error, Result};
@@ -49,7 +50,7 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// training batches of `data` when given, as safetensors bytes.
 pub async fn export(model: &Gpt, config: &Config, tokenizer: &Tokenizer, batches: Option<(&Dataset, usize)>) -> Result<Vec<u8>> {
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (path, t, shape) in named_params(model) {
+    for (path, t, shape) in params::named(model) {
         let values = read_f32(t).await?;
         let (name, transposed) = torch_name(&path, shape.len());
         let (shape, values) = if transposed {
@@ -57,7 +58,7 @@ pub async fn export(model: &Gpt, config: &Config, tokenizer: &Tokenizer, batches
         } else {
             (shape, values)
         };
-        tensors.push((name, Dtype::F32, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+        tensors.push((name, Dtype::F32, shape, f32_bytes(&values)));
     }
     if let Some((data, n)) = batches {
         let (t, cfg) = (config.model.block_size, &config.train);
@@ -79,11 +80,7 @@ pub async fn export(model: &Gpt, config: &Config, tokenizer: &Tokenizer, batches
     ]
     .into_iter()
     .collect();
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(name, dtype, shape, b)| (name.clone(), TensorView::new(*dtype, shape.clone(), b).expect("consistent shape")))
-        .collect();
-    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Backend(format!("serialising weights: {e}")))
+    safetensors_bytes(&tensors, metadata)
 }
 
 /// Replaces every weight of `model` with the one of the same PyTorch name in `bytes`
@@ -91,8 +88,8 @@ pub async fn export(model: &Gpt, config: &Config, tokenizer: &Tokenizer, batches
 pub fn import(model: Gpt, bytes: &[u8], origin: &str, device: &Device) -> Result<Gpt> {
     let bad = |why: String| Error::Input(format!("{origin}: {why}"));
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
-    let mut mapper = Import { path: Vec::new(), st: &st, device, error: None, origin };
-    let model = model.map(&mut mapper);
+    let mut mapper = Import { st: &st, device, error: None, origin };
+    let model = params::map(model, &mut mapper);
     match mapper.error {
         Some(e) => Err(e),
         None => Ok(model),
@@ -100,23 +97,16 @@ pub fn import(model: Gpt, bytes: &[u8], origin: &str, device: &Device) -> Result
 }
 
 struct Import<'a> {
-    path: Vec<String>,
     st: &'a SafeTensors<'a>,
     device: &'a Device,
     error: Option<Error>,
     origin: &'a str,
 }
 
-impl ModuleMapper for Import<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+impl PathMapper for Import<'_> {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let dims = param.val().dims().to_vec();
-        let (name, transposed) = torch_name(&self.path.join("."), D);
+        let (name, transposed) = torch_name(path, D);
         let expected: Vec<usize> = if transposed { vec![dims[1], dims[0]] } else { dims.clone() };
         let found = self.st.tensor(&name).ok().filter(|v| v.dtype() == Dtype::F32 && v.shape() == expected.as_slice());
         let Some(view) = found else {
@@ -125,11 +115,8 @@ impl ModuleMapper for Import<'_> {
             });
             return param;
         };
-        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values = f32_values(view.data());
         let values = if transposed { transpose(&values, expected[0], expected[1]) } else { values };
-        let (id, _, mapper) = param.consume();
-        let t = Tensor::<D>::from_data(TensorData::new(values, dims), self.device);
-        let t = if self.device.is_autodiff() { t.require_grad() } else { t };
-        Param::from_mapped_value(id, t, mapper)
+        params::replaced(param, Tensor::from_data(TensorData::new(values, dims), self.device))
     }
 }

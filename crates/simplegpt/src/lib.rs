@@ -18,6 +18,7 @@ pub mod hessian;
 pub mod interop;
 pub mod model;
 pub mod optim;
+pub mod params;
 pub mod record;
 pub mod rng;
 #[cfg(not(target_family = "wasm"))]

@@ -7,10 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::tensor::{Gradients, Tensor};
 
 use crate::config::TrainConfig;
+use crate::params::{self, PathMapper, PathVisitor};
 
 /// Gradients summed over the micro-steps of one optimizer step, flattened, by path.
 #[derive(Default)]
@@ -21,8 +22,7 @@ pub struct GradSum {
 impl GradSum {
     /// Adds the gradients of one backward pass.
     pub fn add<M: Module>(&mut self, model: &M, grads: &Gradients) {
-        let mut visitor = AddGrads { path: Vec::new(), grads, sum: self };
-        model.visit(&mut visitor);
+        params::visit(model, &mut AddGrads { grads, sum: self });
     }
 
     /// The L2 norm of each parameter's gradient, by path (tensors on the device).
@@ -38,27 +38,19 @@ impl GradSum {
 }
 
 struct AddGrads<'a> {
-    path: Vec<String>,
     grads: &'a Gradients,
     sum: &'a mut GradSum,
 }
 
-impl ModuleVisitor for AddGrads<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+impl PathVisitor for AddGrads<'_> {
+    fn visit<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
         if let Some(g) = param.val().grad(self.grads) {
             let g = g.reshape([-1]);
-            let key = self.path.join(".");
-            let sum = match self.sum.by_path.remove(&key) {
+            let sum = match self.sum.by_path.remove(path) {
                 Some(prev) => prev + g,
                 None => g,
             };
-            self.sum.by_path.insert(key, sum);
+            self.sum.by_path.insert(path.to_string(), sum);
         }
     }
 }
@@ -78,13 +70,11 @@ impl AdamW {
     /// so clipping costs no read-back.
     pub fn update<M: Module>(&mut self, model: M, grads: GradSum, grad_scale: Tensor<1>, lr: f64, cfg: &TrainConfig) -> M {
         self.step += 1;
-        let mut mapper = Update { path: Vec::new(), opt: self, grads, grad_scale, lr, cfg };
-        model.map(&mut mapper)
+        params::map(model, &mut Update { opt: self, grads, grad_scale, lr, cfg })
     }
 }
 
 struct Update<'a> {
-    path: Vec<String>,
     opt: &'a mut AdamW,
     grads: GradSum,
     grad_scale: Tensor<1>,
@@ -92,28 +82,21 @@ struct Update<'a> {
     cfg: &'a TrainConfig,
 }
 
-impl ModuleMapper for Update<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let key = self.path.join(".");
-        let Some(g) = self.grads.by_path.remove(&key) else {
+impl PathMapper for Update<'_> {
+    fn map<const D: usize>(&mut self, key: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(g) = self.grads.by_path.remove(key) else {
             return param;
         };
-        let (id, tensor, mapper) = param.consume();
+        let tensor = param.val();
         let shape = tensor.shape();
         let p = tensor.inner().reshape([-1]);
         let g = g * self.grad_scale.clone();
         let (b1, b2, t) = (self.cfg.beta1, self.cfg.beta2, self.opt.step as i32);
-        let m = match self.opt.m.remove(&key) {
+        let m = match self.opt.m.remove(key) {
             Some(m) => m * b1 + g.clone() * (1.0 - b1),
             None => g.clone() * (1.0 - b1),
         };
-        let v = match self.opt.v.remove(&key) {
+        let v = match self.opt.v.remove(key) {
             Some(v) => v * b2 + g.square() * (1.0 - b2),
             None => g.square() * (1.0 - b2),
         };
@@ -124,10 +107,9 @@ impl ModuleMapper for Update<'_> {
         let m_hat = m.clone() / (1.0 - b1.powi(t));
         let v_hat = v.clone() / (1.0 - b2.powi(t));
         let p = p - m_hat / (v_hat.sqrt() + self.cfg.eps) * self.lr;
-        self.opt.m.insert(key.clone(), m);
-        self.opt.v.insert(key, v);
-        let p = Tensor::from_inner(p.reshape(shape)).require_grad();
-        Param::from_mapped_value(id, p, mapper)
+        self.opt.m.insert(key.to_string(), m);
+        self.opt.v.insert(key.to_string(), v);
+        params::replaced(param, Tensor::from_inner(p.reshape(shape)))
     }
 }
 

@@ -6,7 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{named_params, read_f32};
+use crate::checkpoint::read_f32;
+use crate::params::{self, f32_bytes};
 use crate::data::Split;
 use crate::error::Result;
 use crate::rng::fnv1a;
@@ -61,9 +62,9 @@ impl RunHeader {
     /// back from the device, so the checksum is of what the device really holds).
     pub async fn new(trainer: &Trainer, backend: &str, adapter: &str) -> Result<RunHeader> {
         let mut bytes = Vec::new();
-        for (path, t, _) in named_params(&trainer.model) {
+        for (path, t, _) in params::named(&trainer.model) {
             bytes.extend_from_slice(path.as_bytes());
-            bytes.extend(read_f32(t).await?.iter().flat_map(|v| v.to_le_bytes()));
+            bytes.extend(f32_bytes(&read_f32(t).await?));
         }
         let data = &trainer.data;
         let vocab: String = data.tokenizer.chars.iter().collect();

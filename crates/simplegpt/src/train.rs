@@ -193,18 +193,16 @@ impl Trainer {
             self.last_log = Some((now, step));
             logged = true;
         }
+        // A loss is only known on a logged step, so divergence is only found on one.
         let (loss, val_loss) = (record.loss, record.val_loss);
-        let diverged = self.check_divergence(&mut record, loss) || self.check_divergence(&mut record, val_loss);
-        Ok((logged || diverged).then_some(record))
+        self.check_divergence(&mut record, loss);
+        self.check_divergence(&mut record, val_loss);
+        Ok(logged.then_some(record))
     }
 
-    /// Marks the run diverged when `loss` is NaN/inf or far above the first logged loss.
-    /// Returns whether the record should be emitted because of it.
-    fn check_divergence(&mut self, record: &mut StepRecord, loss: Option<f64>) -> bool {
-        let Some(loss) = loss else { return false };
-        if self.progress.diverged_at.is_some() {
-            return false;
-        }
+    /// Marks the run diverged (once) when `loss` is NaN/inf or far above the first logged loss.
+    fn check_divergence(&mut self, record: &mut StepRecord, loss: Option<f64>) {
+        let (Some(loss), None) = (loss, self.progress.diverged_at) else { return };
         let limit = self.progress.first_loss.map(|f| f * self.config.train.diverge_factor);
         let why = if !loss.is_finite() {
             Some(format!("loss is {loss}"))
@@ -217,13 +215,9 @@ impl Trainer {
         } else {
             None
         };
-        match why {
-            Some(why) => {
-                self.progress.diverged_at = Some(record.step);
-                record.diverged = Some(why);
-                true
-            }
-            None => false,
+        if let Some(why) = why {
+            self.progress.diverged_at = Some(record.step);
+            record.diverged = Some(why);
         }
     }
 
