@@ -3,7 +3,9 @@
 Reads a file written by `simplegpt export --batches N` (safetensors: PyTorch names and
 layout, the config and the batches in it), runs the model written out below from the
 definitions in the SimpleGPT paper and nanoGPT (not from simplegpt's code), and prints the
-mean cross-entropy of each exported batch, one per line, in float64.
+mean cross-entropy of each exported batch, one per line, in float64. With `dropout > 0` in
+the config, batch i is run as training step i runs it: with dropout masks drawn by the hash
+specified in simplegpt's rng.rs (re-implemented below), keyed by (seed, i, site).
 
 Usage: python3 reference_gpt.py EXPORT.safetensors
 """
@@ -34,6 +36,28 @@ def read_safetensors(path):
     return tensors, meta
 
 
+M64 = (1 << 64) - 1
+
+
+def splitmix64(x):
+    z = (x + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def keep_mask(shape, seed, batch, site, p):
+    """Keep (True) or drop each element: a 5-round Feistel hash of its row-major index."""
+    key = splitmix64(splitmix64(splitmix64(seed) ^ batch) ^ site)
+    index = np.arange(math.prod(shape), dtype=np.int64)
+    left, right = index >> 15, index & 0x7FFF
+    for r in range(5):
+        t = (right ^ (splitmix64((key + r) & M64) & 0x7FFF)) * 0x5D2B
+        left, right = right, left ^ (((t >> 15) ^ t) & 0x7FFF)
+    threshold = math.floor(p * (1 << 30) + 0.5)
+    return (((left << 15) | right) >= threshold).reshape(shape)
+
+
 def layer_norm(x, w, b):
     x = x - x.mean(-1, keepdims=True)
     x = x / np.sqrt((x * x).mean(-1, keepdims=True) + EPS)
@@ -60,9 +84,16 @@ def softmax(x, axis):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def forward_loss(W, m, x, y):
+def forward_loss(W, m, x, y, seed, batch):
     """Mean cross-entropy of next-character prediction; x, y: [B, T] ids."""
     norm, rms = m["norm"], m["norm"] not in ("pre_ln", "post_ln")
+
+    def dropout(h, site):
+        p = m["dropout"]
+        if p == 0:
+            return h
+        return np.where(keep_mask(h.shape, seed, batch, site, p), h / (1.0 - p), 0.0)
+
     if m["pos"] != "learned":
         raise SystemExit("the reference implements learned positions only")
 
@@ -87,7 +118,7 @@ def forward_loss(W, m, x, y):
     B, T = x.shape
     C, nh = m["n_embd"], m["n_head"]
     hs = C // nh
-    h = get("wte.weight")[x] + get("wpe.weight")[:T]
+    h = dropout(get("wte.weight")[x] + get("wpe.weight")[:T], 0)
     causal = np.triu(np.ones((T, T), dtype=bool), 1)
     for i in range(m["n_layer"]):
         p = f"blocks.{i}"
@@ -98,9 +129,9 @@ def forward_loss(W, m, x, y):
             v = normalize(p + ".attn.v_norm", linear(p + ".attn.v", u))
             q, k, v = (t.reshape(B, T, nh, hs).transpose(0, 2, 1, 3) for t in (q, k, v))
             att = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)
-            att = softmax(np.where(causal, -np.inf, att), -1)
+            att = dropout(softmax(np.where(causal, -np.inf, att), -1), 1 + 3 * i)
             out = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, C)
-            return normalize(p + ".attn.o_norm", linear(p + ".attn.o", out))
+            return dropout(normalize(p + ".attn.o_norm", linear(p + ".attn.o", out)), 2 + 3 * i)
 
         def mlp(u):
             a = normalize(p + ".mlp.fc_norm", linear(p + ".mlp.fc", u))
@@ -108,7 +139,7 @@ def forward_loss(W, m, x, y):
                 a = silu(a) * normalize(p + ".mlp.gate_norm", linear(p + ".mlp.gate", u))
             else:
                 a = gelu(a)
-            return normalize(p + ".mlp.proj_norm", linear(p + ".mlp.proj", a))
+            return dropout(normalize(p + ".mlp.proj_norm", linear(p + ".mlp.proj", a)), 3 + 3 * i)
 
         if norm == "post_ln":
             h = normalize(p + ".ln_1", add(h, attn(h)))
@@ -126,9 +157,9 @@ def forward_loss(W, m, x, y):
 
 def main():
     W, meta = read_safetensors(sys.argv[1])
-    model = tomllib.loads(meta["config"])["model"]
-    for x, y in zip(W["batches.x"], W["batches.y"]):
-        print(f"{forward_loss(W, model, x, y):.10f}")
+    config = tomllib.loads(meta["config"])
+    for i, (x, y) in enumerate(zip(W["batches.x"], W["batches.y"])):
+        print(f"{forward_loss(W, config['model'], x, y, config['train']['seed'], i):.10f}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ const PRESETS = {
 const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#17becf', '#8c564b', '#e377c2'];
 
 const $ = (id) => document.getElementById(id);
-const state = { device: null, text: null, stop: false, results: null };
+const state = { device: null, text: null, stop: false, results: null, extraSet: [] };
 
 function setState(name, message) {
   document.body.dataset.state = name;
@@ -183,7 +183,8 @@ function overridesFor(comparison, variant, form) {
   // stress test over a third, as in the README's pair (100 of 300 steps), so that its LR is
   // reached by a trained model rather than by the random init.
   set.push(`warmup_steps=${Math.min(100, Math.floor(steps / (comparison.lr ? 3 : 10)))}`);
-  return [...set, ...variant.set];
+  // The page's `?set=key=value` overrides apply to every variant; the variant's own come last.
+  return [...set, ...state.extraSet, ...variant.set];
 }
 
 async function runComparison(form) {
@@ -319,6 +320,8 @@ async function main() {
   for (const key of ['compare', 'preset', 'steps', 'seed', 'lr']) {
     if (params.has(key)) $(key).value = params.get(key);
   }
+  // Any config key, as the CLI's --set (e.g. ?set=dropout=0.1&set=n_layer=2).
+  state.extraSet = params.getAll('set');
   if (!params.has('preset') && COMPARISONS[$('compare').value].preset) $('preset').value = COMPARISONS[$('compare').value].preset;
   wireControls();
   try {
@@ -327,7 +330,8 @@ async function main() {
     state.text = default_corpus();
     setState('loading', 'opening the GPU');
     state.device = await openDevice(params.get('backend') !== 'cpu');
-    setState('ready', 'ready: pick a comparison and press Train');
+    const extra = state.extraSet.length ? ` (with ${state.extraSet.join(', ')})` : '';
+    setState('ready', `ready${extra}: pick a comparison and press Train`);
   } catch (e) {
     setState('error', `error: ${e?.message ?? e}`);
     return;

@@ -340,17 +340,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Hessian { run, from, iters, eps, batches } => {
             let opened = device::open(&run.device)?;
             let device = opened.device.clone().autodiff();
-            // The loss must be a fixed function of the weights: no dropout.
+            // The Hessian's loss is `Gpt::forward`'s, which has no dropout: a fixed function
+            // of the weights.
             let (config, model, data) = match from {
                 Some(from) => {
-                    let mut ckpt = read_checkpoint(&from)?;
-                    ckpt.config.model.dropout = 0.0;
+                    let ckpt = read_checkpoint(&from)?;
                     let data = run.data(ckpt.config.model.block_size)?;
                     (ckpt.config.clone(), ckpt.model(&device)?, data)
                 }
                 None => {
-                    let mut config = run.config()?;
-                    config.model.dropout = 0.0;
+                    let config = run.config()?;
                     let data = run.data(config.model.block_size)?;
                     let trainer = Trainer::new(config, data, &opened.device)?;
                     (trainer.config.clone(), trainer.model, trainer.data)

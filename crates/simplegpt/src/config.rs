@@ -274,6 +274,15 @@ impl Config {
         if t.batch_size == 0 || t.grad_accum == 0 {
             return bad("batch_size and grad_accum must be at least 1".into());
         }
+        // The largest tensor a dropout masks: the attention weights [B, nh, T, T].
+        let attention = t.batch_size * m.n_head * m.block_size * m.block_size;
+        if m.dropout > 0.0 && attention > crate::rng::MASK_MAX_ELEMENTS {
+            return bad(format!(
+                "dropout masks hold at most 2^30 elements, but the attention weights have \
+                 batch_size x n_head x block_size^2 = {attention}; lower batch_size (and raise \
+                 grad_accum) or set dropout=0"
+            ));
+        }
         if !(t.lr > 0.0 && t.lr.is_finite()) || t.min_lr < 0.0 {
             return bad(format!("lr must be a positive number and min_lr >= 0 (lr={}, min_lr={})", t.lr, t.min_lr));
         }

@@ -83,8 +83,8 @@ pub fn gradient(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)]) -> Pa
     sum.by_path
 }
 
-/// lambda_max of the loss over `batches` at `model` (dropout should be 0: the loss must be
-/// a fixed function of the weights).
+/// lambda_max of the loss over `batches` at `model` (`Gpt::forward` has no dropout, so the
+/// loss is a fixed function of the weights).
 pub async fn top_eigenvalue(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)], iters: usize, eps: f64, seed: u64) -> Result<Vec<f64>> {
     let like: ParamVec = params::named(model).into_iter().map(|(p, t, _)| (p, t)).collect();
     power_iteration(&like, iters, seed, |v| {

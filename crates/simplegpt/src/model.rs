@@ -10,11 +10,11 @@
 //! so every backend starts from bit-identical weights.
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Linear, RotaryEncoding, RotaryEncodingConfig};
+use burn::nn::{Linear, RotaryEncoding, RotaryEncodingConfig};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 
 use crate::config::{MlpKind, ModelConfig, NormKind, PosKind};
-use crate::rng::Stream;
+use crate::rng::{self, Stream};
 
 const NORM_EPS: f64 = 1e-5;
 
@@ -53,6 +53,32 @@ impl Norm {
     }
 }
 
+/// Dropout whose mask every backend draws identically: a hash of each element's index keyed
+/// by (seed, batch, site) (`rng::keep_mask`), instead of the backend's RNG. `forward` drops
+/// only when given the batch's key (`Some` while training, `None` when evaluating).
+#[derive(Module, Debug)]
+pub struct Dropout {
+    pub prob: f64,
+    /// Which dropout of the model this is, so that no two share a mask.
+    pub site: u64,
+}
+
+impl Dropout {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>, key: Option<DropoutKey>) -> Tensor<D> {
+        let Some(key) = key.filter(|_| self.prob > 0.0) else { return x };
+        let keep = rng::keep_mask(x.dims(), rng::dropout_key(key.seed, key.batch, self.site), self.prob, &x.device());
+        x.mask_fill(keep.bool_not(), 0.0) * (1.0 / (1.0 - self.prob))
+    }
+}
+
+/// What a training forward pass keys its dropout masks with: the run's seed and the index of
+/// the batch (step * grad_accum + micro-step), so a resumed run redraws the same masks.
+#[derive(Debug, Clone, Copy)]
+pub struct DropoutKey {
+    pub seed: u64,
+    pub batch: u64,
+}
+
 /// Causal multi-head self-attention. `q_norm`/`k_norm` are QK-norm (pre_rms_qk, simple) over
 /// the whole width before RoPE; `v_norm`/`o_norm` complete SimpleNorm's "norm after every
 /// linear".
@@ -72,7 +98,7 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn forward(&self, x: Tensor<3>, rope: Option<&RotaryEncoding>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, rope: Option<&RotaryEncoding>, key: Option<DropoutKey>) -> Tensor<3> {
         let [b, t, c] = x.dims();
         let (nh, hs) = (self.n_head, c / self.n_head);
         let q = norm_opt(&self.q_norm, self.q.forward(x.clone()));
@@ -89,9 +115,9 @@ impl Attention {
         let att = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hs as f64).sqrt());
         let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &att.device());
         let att = att.mask_fill(future.unsqueeze::<4>().expand([b, nh, t, t]), f32::NEG_INFINITY);
-        let att = self.attn_dropout.forward(activation::softmax(att, 3));
+        let att = self.attn_dropout.forward(activation::softmax(att, 3), key);
         let y = att.matmul(v).swap_dims(1, 2).reshape([b, t, c]);
-        self.resid_dropout.forward(norm_opt(&self.o_norm, self.o.forward(y)))
+        self.resid_dropout.forward(norm_opt(&self.o_norm, self.o.forward(y)), key)
     }
 }
 
@@ -110,13 +136,13 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, key: Option<DropoutKey>) -> Tensor<3> {
         let h = norm_opt(&self.fc_norm, self.fc.forward(x.clone()));
         let h = match &self.gate {
             None => activation::gelu(h),
             Some(gate) => activation::silu(h) * norm_opt(&self.gate_norm, gate.forward(x)),
         };
-        self.dropout.forward(norm_opt(&self.proj_norm, self.proj.forward(h)))
+        self.dropout.forward(norm_opt(&self.proj_norm, self.proj.forward(h)), key)
     }
 }
 
@@ -132,18 +158,18 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn forward(&self, x: Tensor<3>, rope: Option<&RotaryEncoding>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, rope: Option<&RotaryEncoding>, key: Option<DropoutKey>) -> Tensor<3> {
         // Residual (`x + f(x)`) or not (`f(x)`), the blog's ablation.
         let add = |x: Tensor<3>, fx: Tensor<3>| if self.residual { x + fx } else { fx };
         if self.post_norm {
             // Post-LN (original Transformer): normalise after the residual add.
-            let h = norm_opt(&self.ln_1, add(x.clone(), self.attn.forward(x, rope)));
-            norm_opt(&self.ln_2, add(h.clone(), self.mlp.forward(h)))
+            let h = norm_opt(&self.ln_1, add(x.clone(), self.attn.forward(x, rope, key)));
+            norm_opt(&self.ln_2, add(h.clone(), self.mlp.forward(h, key)))
         } else {
             // Pre-norm (GPT-2, LLaMA): normalise each sublayer's input. SimpleNorm and `none`
             // have no ln_1/ln_2, so this is also their block: x + attn(x), h + mlp(h).
-            let h = add(x.clone(), self.attn.forward(norm_opt(&self.ln_1, x), rope));
-            add(h.clone(), self.mlp.forward(norm_opt(&self.ln_2, h)))
+            let h = add(x.clone(), self.attn.forward(norm_opt(&self.ln_1, x), rope, key));
+            add(h.clone(), self.mlp.forward(norm_opt(&self.ln_2, h), key))
         }
     }
 }
@@ -163,14 +189,19 @@ pub struct Gpt {
 }
 
 impl Gpt {
-    /// idx [B, T] token ids -> logits [B, T, V].
+    /// idx [B, T] token ids -> logits [B, T, V], without dropout (evaluation, sampling).
     pub fn forward(&self, idx: Tensor<2, Int>) -> Tensor<3> {
-        self.forward_traced(idx, None)
+        self.forward_train(idx, None, None)
     }
 
-    /// As `forward`, also pushing the RMS of each block's output into `block_rms` (detached,
-    /// one scalar tensor per block) for the activation diagnostics.
-    pub fn forward_traced(&self, idx: Tensor<2, Int>, mut block_rms: Option<&mut Vec<Tensor<1>>>) -> Tensor<3> {
+    /// As `forward`, with dropout keyed by `key` when given, and pushing the RMS of each
+    /// block's output into `block_rms` (detached, one scalar tensor per block) when given.
+    pub fn forward_train(
+        &self,
+        idx: Tensor<2, Int>,
+        key: Option<DropoutKey>,
+        mut block_rms: Option<&mut Vec<Tensor<1>>>,
+    ) -> Tensor<3> {
         let [b, t] = idx.dims();
         let [v, c] = self.wte.val().dims();
         // [B, T] -> [B*T, C] by row selection (the embedding lookup), then [B, T, C].
@@ -178,9 +209,9 @@ impl Gpt {
         if let Some(wpe) = &self.wpe {
             x = x + wpe.val().slice([0..t]).unsqueeze::<3>();
         }
-        x = self.drop.forward(x);
+        x = self.drop.forward(x, key);
         for block in &self.blocks {
-            x = block.forward(x, self.rope.as_ref());
+            x = block.forward(x, self.rope.as_ref(), key);
             if let Some(rms) = block_rms.as_deref_mut() {
                 rms.push(x.clone().detach().square().mean().sqrt());
             }
@@ -256,7 +287,7 @@ impl ModelConfig {
         let norm = |on: bool| on.then(|| Norm::new(c, rms, self.bias, device));
         let pre_or_post = matches!(self.norm, NormKind::PreLn | NormKind::PreRms | NormKind::PreRmsQk | NormKind::PostLn);
         let qk = matches!(self.norm, NormKind::PreRmsQk | NormKind::Simple);
-        let dropout = || DropoutConfig::new(self.dropout).init();
+        let dropout = |site: usize| Dropout { prob: self.dropout, site: site as u64 };
 
         let wte_std = if !simple {
             0.02
@@ -287,8 +318,8 @@ impl ModelConfig {
                         k_norm: qk.then(|| Norm::new(c, true, false, device)),
                         v_norm: norm(simple),
                         o_norm: norm(simple),
-                        attn_dropout: dropout(),
-                        resid_dropout: dropout(),
+                        attn_dropout: dropout(1 + 3 * layer),
+                        resid_dropout: dropout(2 + 3 * layer),
                         n_head: self.n_head,
                     },
                     ln_2: norm(pre_or_post),
@@ -299,7 +330,7 @@ impl ModelConfig {
                         fc_norm: hidden_norm(),
                         gate_norm: if self.mlp == MlpKind::Swiglu { hidden_norm() } else { None },
                         proj_norm: norm(simple),
-                        dropout: dropout(),
+                        dropout: dropout(3 + 3 * layer),
                     },
                     post_norm: self.norm == NormKind::PostLn,
                     residual: self.residual,
@@ -314,7 +345,7 @@ impl ModelConfig {
         });
         let rope = (self.pos == PosKind::Rope)
             .then(|| RotaryEncodingConfig::new(self.block_size, c / self.n_head).init(device));
-        Gpt { wte, wpe, drop: dropout(), blocks, ln_f, lm_head, rope }
+        Gpt { wte, wpe, drop: dropout(0), blocks, ln_f, lm_head, rope }
     }
 
     /// Parameter count (tied weights once), as nanoGPT's `get_num_params(non_embedding=False)`.

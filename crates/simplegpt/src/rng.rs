@@ -2,7 +2,13 @@
 //! ChaCha8 for the bits, and Box-Muller through `libm` (pure Rust, so no platform libm can
 //! round differently). Initial weights and batch positions come from here, never from a
 //! backend's RNG, so every backend starts from the same weights and sees the same batches.
+//!
+//! Dropout masks are drawn on the device, but not from the device's RNG (whose bits differ
+//! between backends and between reseeds): each element's keep/drop bit is a keyed hash of its
+//! index, computed with integer tensor ops (`keep_mask`) that give the same bits on every
+//! backend, browser included. `tests/reference_gpt.py` implements the same hash in numpy.
 
+use burn::tensor::{Bool, Device, Int, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -51,9 +57,104 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
 }
 
+/// SplitMix64's finaliser: a stable 64-bit mixer for deriving keys.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E3779B97F4A7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+    z ^ (z >> 31)
+}
+
+/// The dropout key of one training batch (`batch_index` = step * grad_accum + micro-step) at
+/// one dropout site of the model (0: the embeddings; block l: 1 + 3l attention weights,
+/// 2 + 3l attention output, 3 + 3l MLP output).
+pub fn dropout_key(seed: u64, batch_index: u64, site: u64) -> u64 {
+    splitmix64(splitmix64(splitmix64(seed) ^ batch_index) ^ site)
+}
+
+/// Rounds of the Feistel hash below. Three leave visible correlations between elements 2^15
+/// apart; five pass the statistics in the tests.
+const ROUNDS: u64 = 5;
+/// Multiplier of the round function: odd and below 2^15, so `(r ^ k) * MUL < 2^30`.
+const MUL: i64 = 0x5D2B;
+/// The hash permutes 30-bit indices: a tensor may hold up to 2^30 elements.
+pub const MASK_MAX_ELEMENTS: usize = 1 << 30;
+
+fn round_keys(key: u64) -> [i64; ROUNDS as usize] {
+    std::array::from_fn(|r| (splitmix64(key.wrapping_add(r as u64)) & 0x7FFF) as i64)
+}
+
+/// The hash of one index, as plain integers: the specification `keep_mask` computes on the
+/// device. A 5-round Feistel network on 15-bit halves whose every intermediate stays below
+/// 2^31, so i32 (wgpu, WebGPU) and i64 (CPU) tensors compute the same bits.
+pub fn feistel30(index: u32, key: u64) -> u32 {
+    let (mut l, mut r) = ((index >> 15) as i64, (index & 0x7FFF) as i64);
+    for k in round_keys(key) {
+        let t = (r ^ k) * MUL;
+        (l, r) = (r, l ^ (((t >> 15) ^ t) & 0x7FFF));
+    }
+    ((l << 15) | r) as u32
+}
+
+/// Elements with a hash at or above this are kept: a fraction `1 - prob`.
+fn keep_threshold(prob: f64) -> i64 {
+    (prob * (1u64 << 30) as f64).round() as i64
+}
+
+/// Keep (true) or drop each element of a tensor of shape `dims`, from its row-major index:
+/// `feistel30(index, key) >= prob * 2^30`, as integer tensor ops on `device`.
+pub fn keep_mask<const D: usize>(dims: [usize; D], key: u64, prob: f64, device: &Device) -> Tensor<D, Bool> {
+    let n: usize = dims.iter().product();
+    assert!(n <= MASK_MAX_ELEMENTS, "config validation keeps dropout tensors below 2^30 elements");
+    let index = Tensor::<1, Int>::arange(0..n as i64, device);
+    let (mut l, mut r) = (index.clone().bitwise_right_shift_scalar(15), index.bitwise_and_scalar(0x7FFF));
+    for k in round_keys(key) {
+        let t = r.clone().bitwise_xor_scalar(k) * MUL;
+        let f = t.clone().bitwise_right_shift_scalar(15).bitwise_xor(t).bitwise_and_scalar(0x7FFF);
+        (l, r) = (r, l.bitwise_xor(f));
+    }
+    let hash = l.bitwise_left_shift_scalar(15).bitwise_or(r);
+    hash.greater_equal_elem(keep_threshold(prob)).reshape(dims)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pearson correlation of two 0/1 sequences.
+    fn correlation(a: &[bool], b: &[bool]) -> f64 {
+        let n = a.len() as f64;
+        let (ma, mb) = (a.iter().filter(|x| **x).count() as f64 / n, b.iter().filter(|x| **x).count() as f64 / n);
+        let cov = a.iter().zip(b).map(|(x, y)| (*x as u8 as f64 - ma) * (*y as u8 as f64 - mb)).sum::<f64>() / n;
+        cov / (ma * (1.0 - ma) * mb * (1.0 - mb)).sqrt()
+    }
+
+    #[test]
+    fn dropout_masks_keep_the_right_fraction_without_correlations() {
+        let n = 1 << 20;
+        let mask = |key| (0..n).map(|i| feistel30(i, key) as i64 >= keep_threshold(0.2)).collect::<Vec<_>>();
+        let (a, b) = (mask(dropout_key(1, 0, 0)), mask(dropout_key(1, 1, 0)));
+        let kept = a.iter().filter(|x| **x).count() as f64 / n as f64;
+        assert!((kept - 0.8).abs() < 0.003, "kept {kept}");
+        // Neighbours, elements one 15-bit half apart, and the next batch's mask.
+        for (what, r) in [
+            ("lag 1", correlation(&a[1..], &a[..n as usize - 1])),
+            ("lag 2^15", correlation(&a[1 << 15..], &a[..n as usize - (1 << 15)])),
+            ("next key", correlation(&a, &b)),
+        ] {
+            assert!(r.abs() < 0.01, "{what}: correlation {r}");
+        }
+    }
+
+    #[test]
+    fn the_device_mask_is_the_specified_hash() {
+        // Over 2^15 elements, so that both halves of the index take part.
+        let (dims, key, prob) = ([4, 3, 64, 64], dropout_key(9, 4, 2), 0.3);
+        let device = Device::flex();
+        let on_device: Vec<bool> = keep_mask(dims, key, prob, &device).into_data().try_to_vec().unwrap();
+        let spec: Vec<bool> = (0..4 * 3 * 64 * 64).map(|i| feistel30(i, key) as i64 >= keep_threshold(prob)).collect();
+        assert_eq!(on_device, spec);
+    }
 
     #[test]
     fn streams_are_reproducible_and_independent() {

@@ -13,7 +13,7 @@ use web_time::Instant;
 use crate::config::Config;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
-use crate::model::Gpt;
+use crate::model::{DropoutKey, Gpt};
 use crate::optim::{AdamW, GradSum, learning_rate};
 
 /// One line of `metrics.jsonl`: what happened at one logged step. Fields that were not
@@ -128,9 +128,6 @@ impl Trainer {
 
         let log = step % cfg.log_interval == 0;
         let diag = step % cfg.diag_interval == 0;
-        // Dropout masks come from the device RNG, reseeded from (seed, step) so that a
-        // resumed run draws the masks the uninterrupted run drew.
-        self.device.seed(crate::rng::fnv1a(&[cfg.seed.to_le_bytes(), (step as u64).to_le_bytes()].concat()));
 
         let mut grads = GradSum::default();
         let mut loss_sum: Option<Tensor<1>> = None;
@@ -140,7 +137,8 @@ impl Trainer {
             let batch = self.data.batch(Split::Train, "train", cfg.seed, index, cfg.batch_size, self.config.model.block_size);
             let (x, y) = batch.tensors(&self.device);
             let trace = (diag && micro == 0).then_some(&mut block_rms);
-            let logits = self.model.forward_traced(x, trace);
+            let key = DropoutKey { seed: cfg.seed, batch: index };
+            let logits = self.model.forward_train(x, Some(key), trace);
             let loss = Gpt::loss(logits, y);
             let g = loss.backward();
             grads.add(&self.model, &g);
