@@ -362,11 +362,13 @@ fn run(cli: Cli) -> Result<()> {
                         .tensors(&device)
                 })
                 .collect();
-            let estimates = pollster::block_on(simplegpt::hessian::top_eigenvalue(&model, &fixed, iters, eps, t.seed))?;
-            for (i, e) in estimates.iter().enumerate() {
+            let top = pollster::block_on(simplegpt::hessian::top_eigenvalue(&model, &fixed, iters, eps, t.seed))?;
+            for (i, e) in top.estimates.iter().enumerate() {
                 println!("iteration {:>3}: lambda_max ~ {e:.6}", i + 1);
             }
-            let last = *estimates.last().unwrap_or(&f64::NAN);
+            let main: Vec<String> = top.share.iter().take(3).map(|(p, s)| format!("{p} {:.0}%", s * 100.0)).collect();
+            println!("the top eigenvector lies in: {}", main.join(", "));
+            let last = *top.estimates.last().unwrap_or(&f64::NAN);
             println!(
                 "lambda_max {last:.6} (power iteration, {iters} iterations, central differences with eps {eps:e}, {batches} batches of {}); 2 / lambda_max = {:.3e}",
                 t.batch_size,
@@ -381,8 +383,9 @@ fn run(cli: Cli) -> Result<()> {
             let opened = device::open(&run.device)?;
             eprintln!("bench on {}: {} warm-up + {steps} timed steps", opened.description, warmup);
             let r = simplegpt::bench::bench(config, data, &opened.device, warmup, steps, peak_tflops * 1e12)?;
+            let memory = r.device_memory.map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64));
             println!(
-                "device {} | params {:.2}M | {:.2} ms/step | {:.0} tokens/s | {:.3} TFLOP/s | MFU {:.2}% (of {peak_tflops} TFLOP/s)",
+                "device {} | params {:.2}M | {:.2} ms/step | {:.0} tokens/s | {:.3} TFLOP/s | MFU {:.2}% (of {peak_tflops} TFLOP/s) | peak device memory {memory}",
                 opened.description,
                 r.params as f64 / 1e6,
                 r.ms_per_step,

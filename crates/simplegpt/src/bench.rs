@@ -18,6 +18,9 @@ pub struct BenchResult {
     /// Model FLOPs per second / `peak_flops` (nanoGPT's `estimate_mfu`).
     pub mfu: f64,
     pub params: usize,
+    /// Bytes the device's allocator holds after the timed steps: its pools only grow, so
+    /// this is the peak of the run. `None` where the backend does not report it (the CPU).
+    pub device_memory: Option<u64>,
 }
 
 /// nanoGPT's FLOPs per token for a forward and backward pass: 6N plus the attention
@@ -52,6 +55,7 @@ pub fn bench(mut config: Config, data: Dataset, device: &Device, warmup: usize, 
     }
     sync(&trainer)?;
     let secs = start.elapsed().as_secs_f64();
+    let device_memory = trainer.device.memory_pool_usage().map(|u| u.bytes_reserved);
     let tokens = (steps * trainer.tokens_per_step()) as f64;
     Ok(BenchResult {
         steps,
@@ -59,5 +63,6 @@ pub fn bench(mut config: Config, data: Dataset, device: &Device, warmup: usize, 
         tokens_per_sec: tokens / secs,
         mfu: flops_per_token(&trainer.config) * tokens / secs / peak_flops,
         params: trainer.config.model.num_params(),
+        device_memory,
     })
 }

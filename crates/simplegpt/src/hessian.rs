@@ -34,9 +34,18 @@ fn scale(a: &ParamVec, s: Tensor<1>) -> ParamVec {
     a.iter().map(|(k, x)| (k.clone(), x.clone() * s.clone())).collect()
 }
 
+/// The result of power iteration.
+pub struct TopEigen {
+    /// The Rayleigh quotient after each iteration; the last is the estimate.
+    pub estimates: Vec<f64>,
+    /// Where the eigenvector lies: the share of its squared norm in each parameter, by
+    /// path, largest first (the shares sum to 1).
+    pub share: Vec<(String, f64)>,
+}
+
 /// Power iteration for the largest-magnitude eigenvalue of the symmetric operator `hvp`,
-/// from a seeded random start shaped like `like`. Returns the estimate after each iteration.
-pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, mut hvp: impl FnMut(&ParamVec) -> ParamVec) -> Result<Vec<f64>> {
+/// from a seeded random start shaped like `like`.
+pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, mut hvp: impl FnMut(&ParamVec) -> ParamVec) -> Result<TopEigen> {
     let mut v: ParamVec = like
         .iter()
         .enumerate()
@@ -55,7 +64,10 @@ pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, mut hvp: 
         estimates.push(read_scalars(vec![rayleigh]).await?[0]);
         v = scale(&hv, norm.recip());
     }
-    Ok(estimates)
+    let squares = read_scalars(v.values().map(|x| x.clone().square().sum()).collect()).await?;
+    let mut share: Vec<(String, f64)> = v.keys().cloned().zip(squares).collect();
+    share.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(TopEigen { estimates, share })
 }
 
 /// Adds `delta * v` to every parameter (by path) of `model`.
@@ -85,7 +97,7 @@ pub fn gradient(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)]) -> Pa
 
 /// lambda_max of the loss over `batches` at `model` (`Gpt::forward` has no dropout, so the
 /// loss is a fixed function of the weights).
-pub async fn top_eigenvalue(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)], iters: usize, eps: f64, seed: u64) -> Result<Vec<f64>> {
+pub async fn top_eigenvalue(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)], iters: usize, eps: f64, seed: u64) -> Result<TopEigen> {
     let like: ParamVec = params::named(model).into_iter().map(|(p, t, _)| (p, t)).collect();
     power_iteration(&like, iters, seed, |v| {
         let plus = gradient(&params::map(model.clone(), &mut Shift { v, delta: eps }), batches);
@@ -118,13 +130,16 @@ mod tests {
         let theta: ParamVec = a.iter().map(|(k, t)| (k.clone(), t.ones_like() * 0.3)).collect();
         let grad = |p: &ParamVec| -> ParamVec { p.iter().map(|(k, x)| (k.clone(), x.clone() * a[k].clone())).collect() };
         let eps = 1e-3;
-        let estimates = pollster::block_on(power_iteration(&theta, 60, 1, |v| {
+        let top = pollster::block_on(power_iteration(&theta, 60, 1, |v| {
             let plus = grad(&theta.iter().map(|(k, t)| (k.clone(), t.clone() + v[k].clone() * eps)).collect());
             let minus = grad(&theta.iter().map(|(k, t)| (k.clone(), t.clone() - v[k].clone() * eps)).collect());
             plus.into_iter().map(|(k, g)| (k.clone(), (g - minus[&k].clone()) / (2.0 * eps))).collect()
         }))
         .unwrap();
-        let last = *estimates.last().unwrap();
-        assert!((last - 7.0).abs() < 0.05, "estimate {last}, want 7 ({estimates:?})");
+        let last = *top.estimates.last().unwrap();
+        assert!((last - 7.0).abs() < 0.05, "estimate {last}, want 7 ({:?})", top.estimates);
+        // The eigenvector of 7 is the 4th coordinate of `w`.
+        assert_eq!(top.share[0].0, "w");
+        assert!(top.share[0].1 > 0.99, "{:?}", top.share);
     }
 }

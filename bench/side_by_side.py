@@ -1,0 +1,143 @@
+"""simplegpt next to nanoGPT (PyTorch) on the same machine, the same config and data.
+
+Runs nanoGPT's own train.py and `simplegpt bench` on the same model sizes, and prints
+ms/step, tokens/s and the ratio to nanoGPT for each. nanoGPT is not part of this project:
+pass a checkout of it with --nanogpt (`bash bench/pack.sh` exports one for the GPU machine,
+which has no network). Needs python3 with numpy and torch.
+
+    python3 bench/side_by_side.py --simplegpt target/release/simplegpt \\
+        --nanogpt bench/carry/nanoGPT --data tinyshakespeare.txt --device vulkan
+
+Sizes: `shakespeare` is nanoGPT's shakespeare_char config (6 x 384, block 256, batch 64,
+dropout 0.2); `large` is GPT-2 small's shape (12 x 768, block 1024, batch 8, no dropout) on
+the same characters. nanoGPT runs in float32 (`--dtype float32`, with TF32 matmuls, as its
+train.py allows them), the precision simplegpt trains in.
+"""
+
+import argparse
+import json
+import os
+import pickle
+import re
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+
+SIZES = {
+    # nanoGPT's train.py flags, and simplegpt's --set equivalents on its nanoGPT preset.
+    "shakespeare": ([], []),
+    "large": (
+        ["--n_layer=12", "--n_head=12", "--n_embd=768", "--block_size=1024", "--batch_size=8", "--dropout=0.0"],
+        ["n_layer=12", "n_head=12", "n_embd=768", "block_size=1024", "batch_size=8", "dropout=0"],
+    ),
+}
+
+
+def prepare_nanogpt_data(nanogpt, text_path):
+    """What nanoGPT's data/shakespeare_char/prepare.py does, minus its download."""
+    out = os.path.join(nanogpt, "data", "shakespeare_char")
+    with open(text_path, encoding="utf-8") as f:
+        text = f.read()
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    n = len(text)
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    ids[: int(n * 0.9)].tofile(os.path.join(out, "train.bin"))
+    ids[int(n * 0.9) :].tofile(os.path.join(out, "val.bin"))
+    with open(os.path.join(out, "meta.pkl"), "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
+
+
+def run(cmd, cwd=None):
+    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"error: {cmd[0]} failed (exit {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p.stdout
+
+
+def nanogpt_ms_per_step(args, flags):
+    """Mean of nanoGPT's own per-iteration times after the warm-up iterations."""
+    iters = args.warmup + args.steps
+    out = run(
+        [sys.executable, "train.py", "config/train_shakespeare_char.py", f"--max_iters={iters}",
+         f"--lr_decay_iters={iters}", "--eval_interval=1000000", "--eval_iters=1", "--log_interval=1",
+         "--always_save_checkpoint=False", f"--device={args.torch_device}", f"--dtype={args.dtype}",
+         f"--compile={args.compile}", *flags],
+        cwd=args.nanogpt,
+    )
+    times = [(int(m[1]), float(m[2])) for m in re.finditer(r"^iter (\d+): loss [^,]+, time ([\d.]+)ms", out, re.M)]
+    timed = [t for i, t in times if i > args.warmup]
+    if len(timed) < args.steps - 1:
+        sys.exit(f"error: could not read nanoGPT's iteration times from its output:\n{out[-2000:]}")
+    return statistics.mean(timed)
+
+
+def simplegpt_bench(args, sets):
+    cmd = [args.simplegpt, "bench", "--preset", "nanogpt-shakespeare-char", "--device", args.device,
+           "--data", args.data, "--warmup", str(args.warmup), "--steps", str(args.steps)]
+    for s in sets:
+        cmd += ["--set", s]
+    line = run(cmd).strip().splitlines()[-1]
+    ms = re.search(r"\| ([\d.]+) ms/step \|", line)
+    memory = re.search(r"peak device memory (.*)$", line)
+    if not ms:
+        sys.exit(f"error: unexpected output from simplegpt bench: {line}")
+    return float(ms[1]), memory[1] if memory else "?"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--simplegpt", required=True, help="the simplegpt binary")
+    ap.add_argument("--nanogpt", required=True, help="a nanoGPT checkout (it is written to: data/shakespeare_char)")
+    ap.add_argument("--data", required=True, help="tiny Shakespeare (input.txt)")
+    ap.add_argument("--device", default="vulkan", help="simplegpt's --device (default vulkan)")
+    ap.add_argument("--torch-device", default="cuda", help="nanoGPT's --device (default cuda)")
+    ap.add_argument("--dtype", default="float32", help="nanoGPT's --dtype (default float32)")
+    ap.add_argument("--compile", default="False", choices=["True", "False"], help="nanoGPT's torch.compile")
+    ap.add_argument("--sizes", default="shakespeare,large")
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    for size in args.sizes.split(","):
+        if size not in SIZES:
+            sys.exit(f"error: unknown size '{size}'; choose from {', '.join(SIZES)}")
+    if not os.path.isfile(os.path.join(args.nanogpt, "train.py")):
+        sys.exit(f"error: {args.nanogpt} is not a nanoGPT checkout (no train.py); see bench/pack.sh")
+
+    prepare_nanogpt_data(args.nanogpt, args.data)
+    import torch  # only now: the checks above need no torch
+
+    results = []
+    for size in args.sizes.split(","):
+        torch_flags, sets = SIZES[size]
+        tokens = 64 * 256 if size == "shakespeare" else 8 * 1024
+        nano = nanogpt_ms_per_step(args, torch_flags)
+        pre, pre_mem = simplegpt_bench(args, sets)
+        simple, simple_mem = simplegpt_bench(args, sets + ["norm=simple"])
+        results.append({
+            "size": size, "tokens_per_step": tokens, "nanogpt_ms": nano, "pre_ln_ms": pre, "simple_ms": simple,
+            "pre_ln_memory": pre_mem, "simple_memory": simple_mem,
+        })
+
+    print(f"\nnanoGPT: torch {torch.__version__} on {args.torch_device}, dtype {args.dtype}, compile {args.compile}; "
+          f"simplegpt on {args.device}; {args.warmup} warm-up + {args.steps} timed steps\n")
+    print("| size | run | ms/step | tokens/s | speed vs nanoGPT | device memory |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in results:
+        for name, ms, mem in [("nanoGPT (pre-LN)", r["nanogpt_ms"], "–"),
+                              ("simplegpt pre-LN", r["pre_ln_ms"], r["pre_ln_memory"]),
+                              ("simplegpt SimpleNorm", r["simple_ms"], r["simple_memory"])]:
+            print(f"| {r['size']} | {name} | {ms:.2f} | {r['tokens_per_step'] / ms * 1e3:,.0f} | "
+                  f"{r['nanogpt_ms'] / ms:.2f}x | {mem} |")
+        print(f"| {r['size']} | SimpleNorm / pre-LN step time | {r['simple_ms'] / r['pre_ln_ms']:.3f} | | | |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"torch": torch.__version__, "args": vars(args), "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
