@@ -269,10 +269,14 @@ fn an_independent_numpy_model_gets_the_same_first_loss_from_the_exported_weights
 #[test]
 fn compare_writes_a_report_whose_numbers_are_the_run_records() {
     let out = tmp("compare");
-    let mut c = bin();
-    c.args(["compare", "--device", "cpu", "--out"]).arg(&out).args(QUICK);
-    c.args(["--set", "max_steps=20", "--set", "lr_decay_steps=20", "--variant", "pre:norm=pre_ln", "--variant", "simple:norm=simple"]);
-    ok(c);
+    let compare = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["compare", "--device", "cpu", "--out"]).arg(&out).args(QUICK);
+        c.args(["--set", "max_steps=20", "--set", "lr_decay_steps=20", "--variant", "pre:norm=pre_ln", "--variant"]);
+        c.args(extra);
+        ok(c)
+    };
+    compare(&["simple:norm=simple"]);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     for name in ["pre", "simple"] {
         let records = metrics(&out.join(name));
@@ -287,6 +291,16 @@ fn compare_writes_a_report_whose_numbers_are_the_run_records() {
         }
     }
     assert!(std::fs::read_to_string(out.join("loss.svg")).unwrap().contains(">simple</text>"));
+
+    // Run again with one variant changed: the finished run that is the same is reused, the
+    // changed one is trained afresh, and the report is the same where nothing changed.
+    let again = compare(&["simple:norm=simple,lr=3e-3"]);
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(log.contains("pre: already finished") && !log.contains("simple: already finished"), "{log}");
+    let row = |r: &str, name: &str| r.lines().find(|l| l.starts_with(&format!("| {name} |"))).unwrap().to_string();
+    let report2 = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert_eq!(row(&report2, "pre"), row(&report, "pre"));
+    assert_ne!(row(&report2, "simple"), row(&report, "simple"));
 }
 
 #[test]
@@ -300,7 +314,7 @@ fn sweep_records_an_absurd_learning_rate_as_divergence() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     let none = report.lines().find(|l| l.starts_with("| none |") && l.contains("diverged@")).expect(&report);
     assert!(none.contains("diverged@"), "{report}");
-    assert!(report.contains("| none | 1.0e-3 |"), "lr 1e-3 is the largest stable one: {report}");
+    assert!(report.contains("| none | 1.0e-3 | 1.0e-3 |"), "lr 1e-3 is the largest that trained: {report}");
     assert!(std::fs::read_to_string(out.join("final_loss_vs_lr.svg")).unwrap().starts_with("<svg"));
 }
 

@@ -107,7 +107,7 @@ enum Command {
         out: PathBuf,
     },
     /// Learning-rate stability sweep: each variant at log-spaced learning rates; reports the
-    /// final loss vs LR and the largest stable LR of each.
+    /// final loss vs LR and the largest LR at which each trained.
     Sweep {
         #[command(flatten)]
         run: RunArgs,
@@ -121,6 +121,10 @@ enum Command {
         /// Number of learning rates in the grid.
         #[arg(long, default_value_t = 7)]
         points: usize,
+        /// The report also gives each variant's largest LR whose final loss is within this
+        /// many nats of its best final loss.
+        #[arg(long, default_value_t = 0.1)]
+        near: f64,
         #[arg(long, default_value = "sweep")]
         out: PathBuf,
     },
@@ -311,9 +315,12 @@ fn run(cli: Cli) -> Result<()> {
             let (md, svgs) = study::comparison_report("Comparison", &command_line(), &runs);
             write_report(&out, &md, &svgs)
         }
-        Command::Sweep { run, variants, lr_min, lr_max, points, out } => {
+        Command::Sweep { run, variants, lr_min, lr_max, points, near, out } => {
             if !(lr_min > 0.0 && lr_max >= lr_min && points >= 1) {
                 return Err(Error::Input("need 0 < --lr-min <= --lr-max and --points >= 1".into()));
+            }
+            if !(near >= 0.0) {
+                return Err(Error::Input(format!("--near must be a number of nats >= 0, got {near}")));
             }
             let variants = if variants.is_empty() {
                 vec!["pre_ln:norm=pre_ln".to_string(), "simple:norm=simple".to_string()]
@@ -334,7 +341,7 @@ fn run(cli: Cli) -> Result<()> {
             let runs = run_study(&run, &out, jobs)?;
             // Group the runs by variant (the part of the directory before "/lr-").
             let runs: Vec<_> = runs.into_iter().map(|(n, c, r)| (n.split('/').next().unwrap_or(&n).to_string(), c, r)).collect();
-            let (md, svgs) = study::sweep_report(&command_line(), &runs);
+            let (md, svgs) = study::sweep_report(&command_line(), &runs, near);
             write_report(&out, &md, &svgs)
         }
         Command::Hessian { run, from, iters, eps, batches } => {
@@ -572,6 +579,17 @@ fn run_study(args: &RunArgs, out: &Path, jobs: Vec<(String, Config)>) -> Result<
         let dir = RunDir::create(&out.join(&name))?;
         let mut trainer = Trainer::new(config, data, &opened.device)?;
         let header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
+        // A study run again (after an interruption, or to redo its report) keeps the runs
+        // that already finished with this very header: same config, data, weights, device.
+        if let Ok(done) = simplegpt::record::read(&dir.path) {
+            let max_steps = trainer.config.train.max_steps;
+            let finished = done.steps.iter().any(|r| r.diverged.is_some()) || done.steps.last().is_some_and(|r| r.step >= max_steps);
+            if done.header == header && finished {
+                eprintln!("[{}/{total}] {name}: already finished in {}, reused", i + 1, dir.path.display());
+                runs.push((name, trainer.config.clone(), done.steps));
+                continue;
+            }
+        }
         dir.start(&trainer, &header)?;
         let bar = ProgressBar::new(trainer.config.train.max_steps as u64);
         bar.set_style(ProgressStyle::with_template("[{prefix}] {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]").expect("valid template"));

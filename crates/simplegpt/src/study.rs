@@ -114,13 +114,38 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
     s
 }
 
-/// Largest learning rate at which each variant trained stably, by variant name.
-pub fn largest_stable_lr(runs: &[(String, Summary)]) -> BTreeMap<String, Option<f64>> {
-    let mut out: BTreeMap<String, Option<f64>> = BTreeMap::new();
+/// What a learning-rate sweep says about one variant.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LrStability {
+    /// Largest LR that trained at all: no divergence, final loss below the first.
+    pub largest_trained: Option<f64>,
+    /// Largest LR whose final loss is within `near` of the variant's best final loss: the
+    /// top of the range where it still trains about as well as it can. A run that stalls
+    /// near the character-frequency loss without diverging counts for the first, not this.
+    pub largest_near_best: Option<f64>,
+    /// The LR with the lowest final loss, and that loss.
+    pub best: Option<(f64, f64)>,
+}
+
+/// Per variant (by name): its `LrStability`, with `near` in nats.
+pub fn lr_stability(runs: &[(String, Summary)], near: f64) -> BTreeMap<String, LrStability> {
+    let mut out: BTreeMap<String, LrStability> = BTreeMap::new();
+    let trained = |s: &Summary| if s.stable() { s.final_loss.map(|l| (s.lr, l)) } else { None };
     for (variant, s) in runs {
-        let best = out.entry(variant.clone()).or_insert(None);
-        if s.stable() && best.is_none_or(|b| s.lr > b) {
-            *best = Some(s.lr);
+        let entry = out.entry(variant.clone()).or_default();
+        if let Some((lr, loss)) = trained(s) {
+            entry.largest_trained = Some(entry.largest_trained.map_or(lr, |b| b.max(lr)));
+            if entry.best.is_none_or(|(_, b)| loss < b) {
+                entry.best = Some((lr, loss));
+            }
+        }
+    }
+    for (variant, s) in runs {
+        let entry = out.get_mut(variant).expect("every variant has an entry");
+        if let (Some((lr, loss)), Some((_, best))) = (trained(s), entry.best) {
+            if loss <= best + near {
+                entry.largest_near_best = Some(entry.largest_near_best.map_or(lr, |b| b.max(lr)));
+            }
         }
     }
     out
@@ -232,9 +257,9 @@ pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Ve
     (md, svgs)
 }
 
-/// An LR sweep's report: a table of final losses, the loss-vs-LR plot, the largest stable LR
-/// of each variant and, when both are present, SimpleNorm's over pre-LN's.
-pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)]) -> (String, Vec<(String, String)>) {
+/// An LR sweep's report: a table of final losses, the loss-vs-LR plot, each variant's
+/// `LrStability` (`near` in nats) and, when both are present, SimpleNorm's over pre-LN's.
+pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], near: f64) -> (String, Vec<(String, String)>) {
     let summaries: Vec<(String, Summary)> = runs.iter().map(|(v, c, r)| (v.clone(), Summary::of(v, c, r))).collect();
     let mut variants: Vec<String> = Vec::new();
     for (v, _) in &summaries {
@@ -263,15 +288,31 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)]) -
         }
         md.push('\n');
     }
-    let best = largest_stable_lr(&summaries);
-    md.push_str("\n| variant | largest stable LR |\n|---|---:|\n");
+    let stability = lr_stability(&summaries, near);
+    let _ = write!(
+        md,
+        "\n| variant | largest LR that trained | largest LR within {near} of its best | best LR | its final loss |\n|---|---:|---:|---:|---:|\n"
+    );
+    let lr = |v: Option<f64>| v.map_or("none".to_string(), |lr| format!("{lr:.1e}"));
     for v in &variants {
-        let _ = writeln!(md, "| {v} | {} |", best[v].map_or("none".into(), |lr| format!("{lr:.1e}")));
+        let s = &stability[v];
+        let (best_lr, best_loss) = s.best.map_or(("none".into(), "–".into()), |(l, loss)| (format!("{l:.1e}"), format!("{loss:.4}")));
+        let _ = writeln!(md, "| {v} | {} | {} | {best_lr} | {best_loss} |", lr(s.largest_trained), lr(s.largest_near_best));
     }
+    let _ = write!(
+        md,
+        "\n\"Trained\": did not diverge and ended below its first loss. \"Within {near}\": its final loss is at most {near} nats above the variant's best final loss in this sweep.\n"
+    );
     let norm_of = |v: &String| runs.iter().find(|(n, _, _)| n == v).map(|(_, c, _)| c.model.norm);
-    let find = |norm| variants.iter().find(|v| norm_of(v) == Some(norm)).and_then(|v| best[v]);
+    let find = |norm| variants.iter().find(|v| norm_of(v) == Some(norm)).map(|v| &stability[v]);
     if let (Some(simple), Some(pre)) = (find(crate::config::NormKind::Simple), find(crate::config::NormKind::PreLn)) {
-        let _ = writeln!(md, "\nLargest stable LR, SimpleNorm / pre-LN: **{:.1}x** (the paper claims 3-10x).", simple / pre);
+        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map_or("n/a".to_string(), |(a, b)| format!("{:.1}x", a / b));
+        let _ = writeln!(
+            md,
+            "\nSimpleNorm / pre-LN (the paper claims 3-10x): largest LR that trained **{}**, largest LR within {near} of its best **{}**.",
+            ratio(simple.largest_trained, pre.largest_trained),
+            ratio(simple.largest_near_best, pre.largest_near_best)
+        );
     }
     md.push_str("\n![final loss vs learning rate](final_loss_vs_lr.svg)\n");
     let series: Vec<(String, Vec<(f64, f64)>)> = variants
@@ -346,12 +387,16 @@ mod tests {
         let trained = Summary::of("a", &c, &[rec(0, 4.0), rec(1, 3.0)]);
         let stuck = Summary::of("a", &c, &[rec(0, 4.0), rec(1, 4.5)]);
         assert!(trained.stable() && !stuck.stable());
-        let mut low = trained.clone();
-        low.lr = 1e-4;
-        let mut high = stuck.clone();
-        high.lr = 1.0;
-        let best = largest_stable_lr(&[("a".into(), low), ("a".into(), trained.clone()), ("a".into(), high)]);
-        assert_eq!(best["a"], Some(trained.lr));
+        // A sweep: 1e-3 trains, 1e-2 trains best, 1e-1 stalls high without diverging, 1 stalls.
+        let run = |lr: f64, last: f64| {
+            let mut s = Summary::of("a", &c, &[rec(0, 4.0), rec(1, last)]);
+            s.lr = lr;
+            ("a".to_string(), s)
+        };
+        let s = &lr_stability(&[run(1e-3, 2.05), run(1e-2, 2.0), run(1e-1, 3.3), run(1.0, 4.5)], 0.1)["a"];
+        assert_eq!(s.largest_trained, Some(1e-1));
+        assert_eq!(s.largest_near_best, Some(1e-2));
+        assert_eq!(s.best, Some((1e-2, 2.0)));
     }
 
     #[test]
