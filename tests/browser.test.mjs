@@ -111,6 +111,31 @@ test('without WebGPU the page falls back to the CPU and says so', async () => {
   }
 });
 
+test('the LR sweep trains each variant at each LR and plots final loss against LR', async () => {
+  const { page, state, logs, browser } = await runPage(QUIET, '?compare=sweep&preset=micro&steps=3&seed=3&backend=cpu&autostart=1');
+  try {
+    await page.screenshot({ path: join(OUT, 'sweep.png'), fullPage: true });
+    assert.equal(state.state, 'done', `${state.error}\n${logs.join('\n')}`);
+    const runs = state.results.variants;
+    const lrs = [1e-3, 1e-2, 1e-1, 1];
+    assert.deepEqual(runs.map((v) => v.config.train.lr), [...lrs, ...lrs]);
+    assert.deepEqual(runs.map((v) => v.config.model.norm), [...Array(4).fill('pre_ln'), ...Array(4).fill('simple')]);
+    assert.deepEqual(runs.map((v) => v.config.train.min_lr), [...lrs, ...lrs].map((lr) => lr / 10));
+    assert.ok(await page.isVisible('#lr-chart'), 'the loss-vs-LR chart is shown');
+    // The chart has drawn: some pixels in the plot area are not blank.
+    const inked = await page.evaluate(() => {
+      const c = document.getElementById('lr-chart');
+      const px = c.getContext('2d').getImageData(60, 10, c.width - 70, c.height - 40).data;
+      let n = 0;
+      for (let i = 3; i < px.length; i += 4) n += px[i] > 0;
+      return n;
+    });
+    assert.ok(inked > 100, `inked pixels: ${inked}`);
+  } finally {
+    await browser.close();
+  }
+});
+
 test('a bad query parameter is an error on the page, not a hang', async () => {
   const { state, browser } = await runPage(QUIET, '?compare=nonsense&preset=micro&steps=3&autostart=1');
   await browser.close();

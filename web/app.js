@@ -20,6 +20,15 @@ const COMPARISONS = {
       { name: 'SimpleNorm', set: ['norm=simple'] },
     ],
   },
+  sweep: {
+    // The small version of `simplegpt sweep`: each variant at each LR, cosine to LR/10.
+    preset: 'small',
+    lrs: [1e-3, 1e-2, 1e-1, 1],
+    variants: [
+      { name: 'pre-LN', set: ['norm=pre_ln'] },
+      { name: 'SimpleNorm', set: ['norm=simple'] },
+    ],
+  },
   lr: {
     // Constant and high: at 4 layers pre-LN fails at it, SimpleNorm trains (the README's pair).
     lr: 1.0,
@@ -86,7 +95,8 @@ async function openDevice(allowWebGpu) {
 // ---------------------------------------------------------------------------- charts
 
 // Draws line series [{name, color, xs, ys}] on a canvas; non-finite points break the line.
-function drawChart(canvas, series, { logY = false } = {}) {
+// The x axis is steps from 0, or (logX) log-scaled over the data's range.
+function drawChart(canvas, series, { logY = false, logX = false } = {}) {
   const ctx = canvas.getContext('2d');
   const { width: w, height: h } = canvas;
   const pad = { l: 52, r: 10, t: 10, b: 28 };
@@ -95,10 +105,13 @@ function drawChart(canvas, series, { logY = false } = {}) {
   const pts = series.flatMap((s) => s.ys.map((y, i) => [s.xs[i], y])).filter(([, y]) => Number.isFinite(tf(y)));
   if (pts.length === 0) return;
   const xMax = Math.max(1, ...pts.map(([x]) => x));
+  // Over every x given, so that a run that diverged at the edge of a sweep still spans it.
+  const xs = series.flatMap((s) => s.xs).filter((x) => x > 0).map(Math.log10);
+  const [lxMin, lxMax] = [Math.min(...xs), Math.max(...xs) + (Math.max(...xs) > Math.min(...xs) ? 0 : 1)];
   let yMin = Math.min(...pts.map(([, y]) => tf(y)));
   let yMax = Math.max(...pts.map(([, y]) => tf(y)));
   if (yMax - yMin < 1e-9) { yMin -= 0.5; yMax += 0.5; }
-  const X = (x) => pad.l + (x / xMax) * (w - pad.l - pad.r);
+  const X = (x) => pad.l + (logX ? (Math.log10(x) - lxMin) / (lxMax - lxMin) : x / xMax) * (w - pad.l - pad.r);
   const Y = (y) => pad.t + (1 - (tf(y) - yMin) / (yMax - yMin)) * (h - pad.t - pad.b);
   ctx.strokeStyle = '#999';
   ctx.fillStyle = '#333';
@@ -113,8 +126,13 @@ function drawChart(canvas, series, { logY = false } = {}) {
     const label = logY ? (10 ** v).toPrecision(2) : v.toFixed(2);
     ctx.fillText(label, 4, Y(logY ? 10 ** v : v) + 4);
   }
-  ctx.fillText('0', pad.l, h - 8);
-  ctx.fillText(`step ${xMax}`, w - pad.r - 60, h - 8);
+  if (logX) {
+    ctx.fillText(`LR ${(10 ** lxMin).toPrecision(2)}`, pad.l, h - 8);
+    ctx.fillText(`${(10 ** lxMax).toPrecision(2)}`, w - pad.r - 40, h - 8);
+  } else {
+    ctx.fillText('0', pad.l, h - 8);
+    ctx.fillText(`step ${xMax}`, w - pad.r - 60, h - 8);
+  }
   for (const s of series) {
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 1.5;
@@ -141,6 +159,18 @@ function redraw() {
   $('legend').innerHTML = variants
     .map((v, i) => `<span style="--c:${COLORS[i % COLORS.length]}">${v.name}</span>`)
     .join('');
+  // A sweep: the final loss of each variant against its LR (a diverged run leaves a gap).
+  $('lr-figure').hidden = !state.results?.sweep;
+  if (state.results?.sweep) {
+    const base = [...new Set(variants.map((v) => v.base))];
+    const series = base.map((b, i) => {
+      const runs = variants.filter((v) => v.base === b);
+      return { name: b, color: COLORS[i % COLORS.length], xs: runs.map((v) => v.lr),
+        ys: runs.map((v) => (v.diverged_at == null ? v.loss[v.loss.length - 1] : NaN)) };
+    });
+    drawChart($('lr-chart'), series, { logX: true });
+    $('lr-legend').innerHTML = series.map((s) => `<span style="--c:${s.color}">${s.name}</span>`).join('');
+  }
   const chosen = variants.find((v) => v.name === $('grad-variant').value) ?? variants[variants.length - 1];
   if (!chosen) return;
   const diag = chosen.records.filter((r) => r.grad_norms);
@@ -192,15 +222,20 @@ async function runComparison(form) {
   if (!comparison) throw new Error(`unknown comparison '${form.compare}'; choose one of ${Object.keys(COMPARISONS).join(', ')}`);
   if (!PRESETS[form.preset]) throw new Error(`unknown preset '${form.preset}'; choose one of ${Object.keys(PRESETS).join(', ')}`);
   const text = form.customText ?? state.text;
-  state.results = { backend: state.device.backend, adapter: state.device.adapter, variants: [] };
-  $('grad-variant').innerHTML = comparison.variants.map((v) => `<option>${v.name}</option>`).join('');
+  state.results = { backend: state.device.backend, adapter: state.device.adapter, sweep: !!comparison.lrs, variants: [] };
+  // A sweep trains every variant at every LR of its grid (the form's LR is not used).
+  const runs = comparison.lrs
+    ? comparison.variants.flatMap((v) => comparison.lrs.map((lr) => ({
+      name: `${v.name} @ ${lr}`, base: v.name, lr, set: [...v.set, `lr=${lr}`, `min_lr=${lr / 10}`] })))
+    : comparison.variants.map((v) => ({ ...v, base: v.name, lr: null }));
+  $('grad-variant').innerHTML = runs.map((v) => `<option>${v.name}</option>`).join('');
   $('samples').innerHTML = '';
-  for (const variant of comparison.variants) {
+  for (const variant of runs) {
     if (state.stop) break;
     const configJson = resolve_config('tiny', overridesFor(comparison, variant, form));
     setState('running', `${variant.name}: building the model`);
     const run = await Run.create(configJson, text);
-    const v = { name: variant.name, config: JSON.parse(configJson), header: JSON.parse(run.header()),
+    const v = { name: variant.name, base: variant.base, lr: variant.lr, config: JSON.parse(configJson), header: JSON.parse(run.header()),
       steps: [], loss: [], val_loss: null, diverged_at: null, tokens_per_sec: null, records: [] };
     state.results.variants.push(v);
     $('grad-variant').value = variant.name;
