@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use simplegpt::checkpoint::Checkpoint;
 use simplegpt::data::Dataset;
 use simplegpt::record::{self, RunHeader, RunRecord};
@@ -573,8 +573,13 @@ fn command_line() -> String {
 fn run_study(args: &RunArgs, out: &Path, jobs: Vec<(String, Config)>) -> Result<Vec<(String, Config, Vec<simplegpt::train::StepRecord>)>> {
     let opened = device::open(&args.device)?;
     let total = jobs.len();
+    // Two bars: the whole study (steps of every run, with its ETA) and the current run.
+    let bars = MultiProgress::new();
+    let study = bars.add(ProgressBar::new(jobs.iter().map(|(_, c)| c.train.max_steps as u64).sum()));
+    study.set_style(ProgressStyle::with_template("[study] {bar:30} {pos}/{len} steps [{elapsed} < {eta}]").expect("valid template"));
     let mut runs = Vec::new();
     for (i, (name, config)) in jobs.into_iter().enumerate() {
+        let study_done = study.position() + config.train.max_steps as u64;
         let data = args.data(config.model.block_size)?;
         let dir = RunDir::create(&out.join(&name))?;
         let mut trainer = Trainer::new(config, data, &opened.device)?;
@@ -585,32 +590,40 @@ fn run_study(args: &RunArgs, out: &Path, jobs: Vec<(String, Config)>) -> Result<
             let max_steps = trainer.config.train.max_steps;
             let finished = done.steps.iter().any(|r| r.diverged.is_some()) || done.steps.last().is_some_and(|r| r.step >= max_steps);
             if done.header == header && finished {
-                eprintln!("[{}/{total}] {name}: already finished in {}, reused", i + 1, dir.path.display());
+                bars.suspend(|| eprintln!("[{}/{total}] {name}: already finished in {}, reused", i + 1, dir.path.display()));
+                study.set_position(study_done);
                 runs.push((name, trainer.config.clone(), done.steps));
                 continue;
             }
         }
         dir.start(&trainer, &header)?;
-        let bar = ProgressBar::new(trainer.config.train.max_steps as u64);
+        let bar = bars.add(ProgressBar::new(trainer.config.train.max_steps as u64));
         bar.set_style(ProgressStyle::with_template("[{prefix}] {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]").expect("valid template"));
         bar.set_prefix(format!("{}/{total} {name}", i + 1));
+        let study_start = study.position();
         trainer.run_to_dir(&dir, |_, r| {
             bar.set_position(r.step as u64);
+            study.set_position(study_start + r.step as u64);
             if let Some(loss) = r.loss {
                 bar.set_message(format!("loss {loss:.4}"));
             }
         })?;
         bar.finish_and_clear();
+        // A diverged run ends early: the study bar counts its remaining steps as done.
+        study.set_position(study_done);
         let records = simplegpt::run::read_metrics(&dir.path.join(simplegpt::run::METRICS_FILE))?;
         let summary = study::Summary::of(&name, &trainer.config, &records);
-        eprintln!(
-            "[{}/{total}] {name}: final loss {}{}",
-            i + 1,
-            summary.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
-            summary.diverged_at.map_or(String::new(), |d| format!(", diverged at step {d}"))
-        );
+        bars.suspend(|| {
+            eprintln!(
+                "[{}/{total}] {name}: final loss {}{}",
+                i + 1,
+                summary.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
+                summary.diverged_at.map_or(String::new(), |d| format!(", diverged at step {d}"))
+            )
+        });
         runs.push((name, trainer.config.clone(), records));
     }
+    study.finish_and_clear();
     Ok(runs)
 }
 
