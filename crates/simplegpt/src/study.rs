@@ -82,6 +82,12 @@ impl Summary {
         }
     }
 
+    /// What a sweep ranks runs by: the final validation loss (a mean over `eval_iters`
+    /// batches), or without an evaluation the final training batch's loss.
+    pub fn end_loss(&self) -> Option<f64> {
+        self.final_val.or(self.final_loss)
+    }
+
     /// Trained: did not diverge, and ended below where it started.
     pub fn stable(&self) -> bool {
         self.diverged_at.is_none() && matches!((self.first_loss, self.final_loss), (Some(a), Some(b)) if b < a)
@@ -119,18 +125,18 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
 pub struct LrStability {
     /// Largest LR that trained at all: no divergence, final loss below the first.
     pub largest_trained: Option<f64>,
-    /// Largest LR whose final loss is within `near` of the variant's best final loss: the
+    /// Largest LR whose `end_loss` is within `near` of the variant's best: the
     /// top of the range where it still trains about as well as it can. A run that stalls
     /// near the character-frequency loss without diverging counts for the first, not this.
     pub largest_near_best: Option<f64>,
-    /// The LR with the lowest final loss, and that loss.
+    /// The LR with the lowest `end_loss`, and that loss.
     pub best: Option<(f64, f64)>,
 }
 
 /// Per variant (by name): its `LrStability`, with `near` in nats.
 pub fn lr_stability(runs: &[(String, Summary)], near: f64) -> BTreeMap<String, LrStability> {
     let mut out: BTreeMap<String, LrStability> = BTreeMap::new();
-    let trained = |s: &Summary| if s.stable() { s.final_loss.map(|l| (s.lr, l)) } else { None };
+    let trained = |s: &Summary| if s.stable() { s.end_loss().map(|l| (s.lr, l)) } else { None };
     for (variant, s) in runs {
         let entry = out.entry(variant.clone()).or_default();
         if let Some((lr, loss)) = trained(s) {
@@ -270,7 +276,7 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
     let mut lrs: Vec<f64> = summaries.iter().map(|(_, s)| s.lr).collect();
     lrs.sort_by(f64::total_cmp);
     lrs.dedup();
-    let mut md = format!("# Learning-rate sweep\n\nCommand: `{command}`\n\nFinal training loss at each learning rate (`diverged@N`: divergence detected at step N; `*`: did not train, final loss not below the first).\n\n| variant |");
+    let mut md = format!("# Learning-rate sweep\n\nCommand: `{command}`\n\nFinal validation loss at each learning rate (the final training batch's loss where a run has no evaluation; `diverged@N`: divergence detected at step N; `*`: did not train, final training loss not below the first).\n\n| variant |");
     for lr in &lrs {
         let _ = write!(md, " {lr:.1e} |");
     }
@@ -282,7 +288,7 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
         for lr in &lrs {
             let cell = summaries.iter().find(|(n, s)| n == v && s.lr == *lr).map_or("–".to_string(), |(_, s)| match s.diverged_at {
                 Some(d) => format!("diverged@{d}"),
-                None => format!("{}{}", fmt(s.final_loss), if s.stable() { "" } else { "*" }),
+                None => format!("{}{}", fmt(s.end_loss()), if s.stable() { "" } else { "*" }),
             });
             let _ = write!(md, " {cell} |");
         }
@@ -291,7 +297,7 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
     let stability = lr_stability(&summaries, near);
     let _ = write!(
         md,
-        "\n| variant | largest LR that trained | largest LR within {near} of its best | best LR | its final loss |\n|---|---:|---:|---:|---:|\n"
+        "\n| variant | largest LR that trained | largest LR within {near} of its best | best LR | its final val loss |\n|---|---:|---:|---:|---:|\n"
     );
     let lr = |v: Option<f64>| v.map_or("none".to_string(), |lr| format!("{lr:.1e}"));
     for v in &variants {
@@ -301,7 +307,7 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
     }
     let _ = write!(
         md,
-        "\n\"Trained\": did not diverge and ended below its first loss. \"Within {near}\": its final loss is at most {near} nats above the variant's best final loss in this sweep.\n"
+        "\n\"Trained\": did not diverge and its training loss ended below its first. \"Within {near}\": its final validation loss is at most {near} nats above the variant's best in this sweep.\n"
     );
     let norm_of = |v: &String| runs.iter().find(|(n, _, _)| n == v).map(|(_, c, _)| c.model.norm);
     let find = |norm| variants.iter().find(|v| norm_of(v) == Some(norm)).map(|v| &stability[v]);
@@ -314,15 +320,15 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
             ratio(simple.largest_near_best, pre.largest_near_best)
         );
     }
-    md.push_str("\n![final loss vs learning rate](final_loss_vs_lr.svg)\n");
+    md.push_str("\n![final validation loss vs learning rate](final_loss_vs_lr.svg)\n");
     let series: Vec<(String, Vec<(f64, f64)>)> = variants
         .iter()
         .map(|v| {
-            let pts = summaries.iter().filter(|(n, _)| n == v).map(|(_, s)| (s.lr, if s.diverged_at.is_some() { f64::NAN } else { s.final_loss.unwrap_or(f64::NAN) })).collect();
+            let pts = summaries.iter().filter(|(n, _)| n == v).map(|(_, s)| (s.lr, if s.diverged_at.is_some() { f64::NAN } else { s.end_loss().unwrap_or(f64::NAN) })).collect();
             (v.clone(), pts)
         })
         .collect();
-    (md, vec![("final_loss_vs_lr.svg".into(), svg_plot("final training loss vs learning rate (gaps: diverged)", "learning rate", "final loss", &series, true, false))])
+    (md, vec![("final_loss_vs_lr.svg".into(), svg_plot("final validation loss vs learning rate (gaps: diverged)", "learning rate", "final val loss", &series, true, false))])
 }
 
 /// The parameter group of a parameter path, for grouped gradient norms.
