@@ -369,18 +369,27 @@ fn run(cli: Cli) -> Result<()> {
                         .tensors(&device)
                 })
                 .collect();
-            let top = pollster::block_on(simplegpt::hessian::top_eigenvalue(&model, &fixed, iters, eps, t.seed))?;
-            for (i, e) in top.estimates.iter().enumerate() {
-                println!("iteration {:>3}: lambda_max ~ {e:.6}", i + 1);
+            let e = pollster::block_on(simplegpt::hessian::hessian_extremes(&model, &fixed, iters, eps, t.seed))?;
+            let lies = |top: &simplegpt::hessian::TopEigen| {
+                top.share.iter().take(3).map(|(p, s)| format!("{p} {:.0}%", s * 100.0)).collect::<Vec<_>>().join(", ")
+            };
+            let last = |top: &simplegpt::hessian::TopEigen| *top.estimates.last().unwrap_or(&f64::NAN);
+            for (i, v) in e.spectral.estimates.iter().enumerate() {
+                println!("iteration {:>3}: lambda of largest magnitude ~ {v:.6}", i + 1);
             }
-            let main: Vec<String> = top.share.iter().take(3).map(|(p, s)| format!("{p} {:.0}%", s * 100.0)).collect();
-            println!("the top eigenvector lies in: {}", main.join(", "));
-            let last = *top.estimates.last().unwrap_or(&f64::NAN);
+            let (spectral, largest) = (last(&e.spectral), last(&e.largest));
+            if spectral < 0.0 {
+                for (i, v) in e.largest.estimates.iter().enumerate() {
+                    println!("iteration {:>3}: largest lambda ~ {v:.6} (power iteration on H + {:.4} I)", i + 1, -spectral);
+                }
+            }
             println!(
-                "lambda_max {last:.6} (power iteration, {iters} iterations, central differences with eps {eps:e}, {batches} batches of {}); 2 / lambda_max = {:.3e}",
-                t.batch_size,
-                2.0 / last.abs()
+                "method: power iteration, {iters} iterations, Hessian-vector products by central differences of gradients with eps {eps:e}, {batches} batches of {}",
+                t.batch_size
             );
+            println!("lambda of largest magnitude {spectral:.6} (||H||_2 = {:.6}); its eigenvector lies in: {}", spectral.abs(), lies(&e.spectral));
+            println!("largest lambda {largest:.6}; its eigenvector lies in: {}", lies(&e.largest));
+            println!("lambda_max {largest:.6} | 2 / lambda_max {:.3e}", 2.0 / largest);
             Ok(())
         }
         Command::Repro { records, backends, run, steps, tolerance } => repro(records, backends, run, steps, tolerance),

@@ -95,11 +95,39 @@ pub fn gradient(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)]) -> Pa
     sum.by_path
 }
 
-/// lambda_max of the loss over `batches` at `model` (`Gpt::forward` has no dropout, so the
-/// loss is a fixed function of the weights).
-pub async fn top_eigenvalue(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)], iters: usize, eps: f64, seed: u64) -> Result<TopEigen> {
+/// The two extreme eigenvalues that matter: the one of largest magnitude (|it| is the
+/// spectral norm ||H||_2) and the largest (the sharpness, which 2 / lambda bounds for
+/// gradient descent). At a random init the first is often negative; then the second comes
+/// from a second power iteration on `H - spectral I`, whose eigenvalues are all >= 0 and
+/// whose top one is `largest - spectral`.
+pub struct Extremes {
+    pub spectral: TopEigen,
+    pub largest: TopEigen,
+}
+
+/// `Extremes` of the symmetric operator `hvp`, each by `iters` power iterations.
+pub async fn extreme_eigenvalues(like: &ParamVec, iters: usize, seed: u64, mut hvp: impl FnMut(&ParamVec) -> ParamVec) -> Result<Extremes> {
+    let spectral = power_iteration(like, iters, seed, &mut hvp).await?;
+    let lambda = *spectral.estimates.last().unwrap_or(&0.0);
+    if lambda >= 0.0 {
+        let largest = TopEigen { estimates: spectral.estimates.clone(), share: spectral.share.clone() };
+        return Ok(Extremes { spectral, largest });
+    }
+    let mut shifted = power_iteration(like, iters, seed, |v| {
+        hvp(v).into_iter().map(|(k, hv)| { let s = hv - v[&k].clone() * lambda; (k, s) }).collect()
+    })
+    .await?;
+    for e in &mut shifted.estimates {
+        *e += lambda;
+    }
+    Ok(Extremes { spectral, largest: shifted })
+}
+
+/// `Extremes` of the Hessian of the loss over `batches` at `model` (`Gpt::forward` has no
+/// dropout, so the loss is a fixed function of the weights).
+pub async fn hessian_extremes(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)], iters: usize, eps: f64, seed: u64) -> Result<Extremes> {
     let like: ParamVec = params::named(model).into_iter().map(|(p, t, _)| (p, t)).collect();
-    power_iteration(&like, iters, seed, |v| {
+    extreme_eigenvalues(&like, iters, seed, |v| {
         let plus = gradient(&params::map(model.clone(), &mut Shift { v, delta: eps }), batches);
         let minus = gradient(&params::map(model.clone(), &mut Shift { v, delta: -eps }), batches);
         plus.into_iter().map(|(k, g)| {
@@ -115,31 +143,42 @@ mod tests {
     use super::*;
     use burn::tensor::Device;
 
-    #[test]
-    fn power_iteration_finds_the_top_eigenvalue_of_a_known_hessian() {
-        // f(theta) = 1/2 sum a_i theta_i^2 has H = diag(a); its gradient a * theta, so the
-        // central difference (g(theta + eps v) - g(theta - eps v)) / 2 eps is a * v.
+    /// The extremes for f(theta) = 1/2 sum a_i theta_i^2, whose Hessian is diag(a), through
+    /// central differences of its gradient a * theta, as `hessian_extremes` computes them.
+    fn diagonal_extremes(a: &[(&str, Vec<f32>)]) -> Extremes {
         let device = Device::flex();
-        let a: ParamVec = [("w".to_string(), vec![0.5f32, -1.0, 2.0, 7.0, 3.0]), ("b".to_string(), vec![1.0, 6.5])]
-            .into_iter()
-            .map(|(k, v)| {
-                let n = v.len();
-                (k, Tensor::from_data(TensorData::new(v, [n]), &device))
-            })
+        let a: ParamVec = a
+            .iter()
+            .map(|(k, v)| (k.to_string(), Tensor::from_data(TensorData::new(v.clone(), [v.len()]), &device)))
             .collect();
         let theta: ParamVec = a.iter().map(|(k, t)| (k.clone(), t.ones_like() * 0.3)).collect();
         let grad = |p: &ParamVec| -> ParamVec { p.iter().map(|(k, x)| (k.clone(), x.clone() * a[k].clone())).collect() };
         let eps = 1e-3;
-        let top = pollster::block_on(power_iteration(&theta, 60, 1, |v| {
+        pollster::block_on(extreme_eigenvalues(&theta, 60, 1, |v| {
             let plus = grad(&theta.iter().map(|(k, t)| (k.clone(), t.clone() + v[k].clone() * eps)).collect());
             let minus = grad(&theta.iter().map(|(k, t)| (k.clone(), t.clone() - v[k].clone() * eps)).collect());
             plus.into_iter().map(|(k, g)| (k.clone(), (g - minus[&k].clone()) / (2.0 * eps))).collect()
         }))
-        .unwrap();
-        let last = *top.estimates.last().unwrap();
-        assert!((last - 7.0).abs() < 0.05, "estimate {last}, want 7 ({:?})", top.estimates);
+        .unwrap()
+    }
+
+    #[test]
+    fn power_iteration_finds_the_top_eigenvalue_of_a_known_hessian() {
+        let e = diagonal_extremes(&[("w", vec![0.5, -1.0, 2.0, 7.0, 3.0]), ("b", vec![1.0, 6.5])]);
+        let last = *e.spectral.estimates.last().unwrap();
+        assert!((last - 7.0).abs() < 0.05, "estimate {last}, want 7 ({:?})", e.spectral.estimates);
+        assert_eq!(*e.largest.estimates.last().unwrap(), last);
         // The eigenvector of 7 is the 4th coordinate of `w`.
-        assert_eq!(top.share[0].0, "w");
-        assert!(top.share[0].1 > 0.99, "{:?}", top.share);
+        assert_eq!(e.spectral.share[0].0, "w");
+        assert!(e.spectral.share[0].1 > 0.99, "{:?}", e.spectral.share);
+    }
+
+    #[test]
+    fn a_negative_dominant_eigenvalue_is_found_and_the_largest_one_too() {
+        let e = diagonal_extremes(&[("w", vec![-9.0, 2.0, 0.5]), ("b", vec![5.0, -3.0])]);
+        let (spectral, largest) = (*e.spectral.estimates.last().unwrap(), *e.largest.estimates.last().unwrap());
+        assert!((spectral + 9.0).abs() < 0.05, "spectral {spectral}, want -9");
+        assert!((largest - 5.0).abs() < 0.05, "largest {largest}, want 5");
+        assert_eq!(e.largest.share[0].0, "b");
     }
 }
