@@ -136,7 +136,8 @@ enum Command {
         /// A run directory or checkpoint; without it, the initial weights of the config.
         #[arg(long)]
         from: Option<PathBuf>,
-        #[arg(long, default_value_t = 20)]
+        /// At most this many power iterations (each stops earlier once it has converged).
+        #[arg(long, default_value_t = 200)]
         iters: usize,
         /// Finite-difference step along the unit direction.
         #[arg(long, default_value_t = 1e-3)]
@@ -383,12 +384,22 @@ fn run(cli: Cli) -> Result<()> {
                     println!("iteration {:>3}: largest lambda ~ {v:.6} (power iteration on H + {:.4} I)", i + 1, -spectral);
                 }
             }
+            let runs = |top: &simplegpt::hessian::TopEigen| {
+                let n = top.estimates.len();
+                if top.converged { format!("converged after {n} iterations") } else { format!("NOT converged after {n} iterations: raise --iters") }
+            };
             println!(
-                "method: power iteration, {iters} iterations, Hessian-vector products by central differences of gradients with eps {eps:e}, {batches} batches of {}",
+                "method: power iteration (stopped when the estimate changes by < {:e} relative), Hessian-vector products by central differences of gradients with eps {eps:e}, {batches} batches of {}",
+                simplegpt::hessian::CONVERGED,
                 t.batch_size
             );
-            println!("lambda of largest magnitude {spectral:.6} (||H||_2 = {:.6}); its eigenvector lies in: {}", spectral.abs(), lies(&e.spectral));
-            println!("largest lambda {largest:.6}; its eigenvector lies in: {}", lies(&e.largest));
+            println!(
+                "lambda of largest magnitude {spectral:.6} (||H||_2 = {:.6}; {}); its eigenvector lies in: {}",
+                spectral.abs(),
+                runs(&e.spectral),
+                lies(&e.spectral)
+            );
+            println!("largest lambda {largest:.6} ({}); its eigenvector lies in: {}", runs(&e.largest), lies(&e.largest));
             println!("lambda_max {largest:.6} | 2 / lambda_max {:.3e}", 2.0 / largest);
             Ok(())
         }

@@ -41,10 +41,17 @@ pub struct TopEigen {
     /// Where the eigenvector lies: the share of its squared norm in each parameter, by
     /// path, largest first (the shares sum to 1).
     pub share: Vec<(String, f64)>,
+    /// Whether the estimate settled before the iteration limit (see `CONVERGED`).
+    pub converged: bool,
 }
 
+/// Power iteration stops once the estimate has changed by less than this, relative, over
+/// each of the last 3 iterations. It can converge slowly (at a SimpleNorm init it takes
+/// about 80 iterations), so a fixed small count is not enough.
+pub const CONVERGED: f64 = 1e-4;
+
 /// Power iteration for the largest-magnitude eigenvalue of the symmetric operator `hvp`,
-/// from a seeded random start shaped like `like`.
+/// from a seeded random start shaped like `like`, for at most `iters` iterations.
 pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, mut hvp: impl FnMut(&ParamVec) -> ParamVec) -> Result<TopEigen> {
     let mut v: ParamVec = like
         .iter()
@@ -56,18 +63,20 @@ pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, mut hvp: 
         })
         .collect();
     v = scale(&v, dot(&v, &v).sqrt().recip());
-    let mut estimates = Vec::new();
-    for _ in 0..iters {
+    let mut estimates: Vec<f64> = Vec::new();
+    let settled = |e: &[f64]| e.len() > 3 && e.windows(2).rev().take(3).all(|w| (w[1] - w[0]).abs() <= CONVERGED * w[1].abs());
+    while estimates.len() < iters && !settled(&estimates) {
         let hv = hvp(&v);
         let rayleigh = dot(&v, &hv);
         let norm = dot(&hv, &hv).sqrt();
         estimates.push(read_scalars(vec![rayleigh]).await?[0]);
         v = scale(&hv, norm.recip());
     }
+    let converged = settled(&estimates);
     let squares = read_scalars(v.values().map(|x| x.clone().square().sum()).collect()).await?;
     let mut share: Vec<(String, f64)> = v.keys().cloned().zip(squares).collect();
     share.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Ok(TopEigen { estimates, share })
+    Ok(TopEigen { estimates, share, converged })
 }
 
 /// Adds `delta * v` to every parameter (by path) of `model`.
@@ -110,7 +119,7 @@ pub async fn extreme_eigenvalues(like: &ParamVec, iters: usize, seed: u64, mut h
     let spectral = power_iteration(like, iters, seed, &mut hvp).await?;
     let lambda = *spectral.estimates.last().unwrap_or(&0.0);
     if lambda >= 0.0 {
-        let largest = TopEigen { estimates: spectral.estimates.clone(), share: spectral.share.clone() };
+        let largest = TopEigen { estimates: spectral.estimates.clone(), share: spectral.share.clone(), converged: spectral.converged };
         return Ok(Extremes { spectral, largest });
     }
     let mut shifted = power_iteration(like, iters, seed, |v| {
@@ -154,7 +163,7 @@ mod tests {
         let theta: ParamVec = a.iter().map(|(k, t)| (k.clone(), t.ones_like() * 0.3)).collect();
         let grad = |p: &ParamVec| -> ParamVec { p.iter().map(|(k, x)| (k.clone(), x.clone() * a[k].clone())).collect() };
         let eps = 1e-3;
-        pollster::block_on(extreme_eigenvalues(&theta, 60, 1, |v| {
+        pollster::block_on(extreme_eigenvalues(&theta, 200, 1, |v| {
             let plus = grad(&theta.iter().map(|(k, t)| (k.clone(), t.clone() + v[k].clone() * eps)).collect());
             let minus = grad(&theta.iter().map(|(k, t)| (k.clone(), t.clone() - v[k].clone() * eps)).collect());
             plus.into_iter().map(|(k, g)| (k.clone(), (g - minus[&k].clone()) / (2.0 * eps))).collect()
@@ -168,6 +177,7 @@ mod tests {
         let last = *e.spectral.estimates.last().unwrap();
         assert!((last - 7.0).abs() < 0.05, "estimate {last}, want 7 ({:?})", e.spectral.estimates);
         assert_eq!(*e.largest.estimates.last().unwrap(), last);
+        assert!(e.spectral.converged && e.spectral.estimates.len() < 200);
         // The eigenvector of 7 is the 4th coordinate of `w`.
         assert_eq!(e.spectral.share[0].0, "w");
         assert!(e.spectral.share[0].1 > 0.99, "{:?}", e.spectral.share);
