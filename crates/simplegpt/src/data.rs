@@ -129,6 +129,19 @@ impl Dataset {
         }
         Batch { x, y, batch_size, block_size }
     }
+
+    /// The validation loss of a model that knows only how often each character occurs in
+    /// the training split (add-one smoothed, so an unseen character costs a finite loss):
+    /// where a model that has learned no context stalls. Below it, a run has learned
+    /// something about the text; at it, only the alphabet.
+    pub fn unigram_loss(&self) -> f64 {
+        let mut counts = vec![1.0f64; self.tokenizer.vocab_size()];
+        for &t in &self.train {
+            counts[t as usize] += 1.0;
+        }
+        let total: f64 = counts.iter().sum();
+        self.val.iter().map(|&t| -(counts[t as usize] / total).ln()).sum::<f64>() / self.val.len() as f64
+    }
 }
 
 /// The embedded default corpus: plays in the layout of tiny Shakespeare (a speaker's name,
@@ -206,6 +219,18 @@ mod tests {
         }
         assert_eq!(b.x, d.batch(Split::Train, "train", 1, 5, 4, 8).x);
         assert_ne!(b.x, d.batch(Split::Train, "train", 1, 6, 4, 8).x);
+    }
+
+    #[test]
+    fn unigram_loss_is_the_cross_entropy_of_the_character_frequencies() {
+        // Two characters, equally frequent in the training split: ln 2 per character.
+        let d = Dataset::from_text(&"ab".repeat(100), "test", 8).unwrap();
+        assert!((d.unigram_loss() - std::f64::consts::LN_2).abs() < 1e-12);
+        // 'a' three times as frequent as 'b' in training (counts 135+1, 45+1), and the
+        // validation split has the same mix.
+        let d = Dataset::from_text(&"aaab".repeat(50), "test", 8).unwrap();
+        let (pa, pb) = (136.0f64 / 182.0, 46.0f64 / 182.0);
+        assert!((d.unigram_loss() - -(0.75 * pa.ln() + 0.25 * pb.ln())).abs() < 1e-12);
     }
 
     #[test]

@@ -265,7 +265,9 @@ pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Ve
 
 /// An LR sweep's report: a table of final losses, the loss-vs-LR plot, each variant's
 /// `LrStability` (`near` in nats) and, when both are present, SimpleNorm's over pre-LN's.
-pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], near: f64) -> (String, Vec<(String, String)>) {
+/// `unigram` (the data's `Dataset::unigram_loss`) is quoted as the level a run that learns
+/// no context stalls at.
+pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], near: f64, unigram: f64) -> (String, Vec<(String, String)>) {
     let summaries: Vec<(String, Summary)> = runs.iter().map(|(v, c, r)| (v.clone(), Summary::of(v, c, r))).collect();
     let mut variants: Vec<String> = Vec::new();
     for (v, _) in &summaries {
@@ -276,7 +278,7 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
     let mut lrs: Vec<f64> = summaries.iter().map(|(_, s)| s.lr).collect();
     lrs.sort_by(f64::total_cmp);
     lrs.dedup();
-    let mut md = format!("# Learning-rate sweep\n\nCommand: `{command}`\n\nFinal validation loss at each learning rate (the final training batch's loss where a run has no evaluation; `diverged@N`: divergence detected at step N; `*`: did not train, final training loss not below the first).\n\n| variant |");
+    let mut md = format!("# Learning-rate sweep\n\nCommand: `{command}`\n\nFinal validation loss at each learning rate (the final training batch's loss where a run has no evaluation; `diverged@N`: divergence detected at step N; `*`: did not train, final training loss not below the first). For scale: a model that knows only how often each character occurs has a validation loss of {unigram:.4} on this data, so a run that ends near it has learned the alphabet, not the text.\n\n| variant |");
     for lr in &lrs {
         let _ = write!(md, " {lr:.1e} |");
     }
