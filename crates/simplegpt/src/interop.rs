@@ -11,7 +11,7 @@
 //! An export may also hold the training batches of the first steps, `batches.x` and
 //! `batches.y` (i32, [N, B, T]), and carries the config (TOML) and vocabulary (JSON) in its
 //! metadata. Batch i is training batch i (step * grad_accum + micro-step); with dropout, its
-//! masks are `rng::keep_mask` keyed by `rng::dropout_key(seed, i, site)`.
+//! masks are `rng::feistel30` (see `kernels::dropout`) keyed by `rng::dropout_key(seed, i, site)`.
 
 use std::collections::HashMap;
 

@@ -16,6 +16,7 @@ pub mod device;
 pub mod error;
 pub mod hessian;
 pub mod interop;
+pub mod kernels;
 pub mod model;
 pub mod optim;
 pub mod params;

@@ -14,6 +14,7 @@ use burn::nn::{Linear, RotaryEncoding, RotaryEncodingConfig};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 
 use crate::config::{MlpKind, ModelConfig, NormKind, PosKind};
+use crate::kernels;
 use crate::rng::{self, Stream};
 
 const NORM_EPS: f64 = 1e-5;
@@ -54,7 +55,8 @@ impl Norm {
 }
 
 /// Dropout whose mask every backend draws identically: a hash of each element's index keyed
-/// by (seed, batch, site) (`rng::keep_mask`), instead of the backend's RNG. `forward` drops
+/// by (seed, batch, site) (`rng::feistel30`, computed by `kernels::dropout`), instead of the
+/// backend's RNG. `forward` drops
 /// only when given the batch's key (`Some` while training, `None` when evaluating).
 #[derive(Module, Debug)]
 pub struct Dropout {
@@ -66,8 +68,7 @@ pub struct Dropout {
 impl Dropout {
     pub fn forward<const D: usize>(&self, x: Tensor<D>, key: Option<DropoutKey>) -> Tensor<D> {
         let Some(key) = key.filter(|_| self.prob > 0.0) else { return x };
-        let keep = rng::keep_mask(x.dims(), rng::dropout_key(key.seed, key.batch, self.site), self.prob, &x.device());
-        x.mask_fill(keep.bool_not(), 0.0) * (1.0 / (1.0 - self.prob))
+        kernels::dropout(x, rng::dropout_key(key.seed, key.batch, self.site), self.prob)
     }
 }
 

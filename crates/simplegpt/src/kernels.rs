@@ -1,0 +1,158 @@
+//! Hand-written kernels, where one kernel beats a chain of tensor ops.
+//!
+//! The dropout mask: the portable hash `rng::feistel30` written as integer tensor ops takes
+//! ~35 of them, each a full pass over a tensor the size of the activations (at nanoGPT's size
+//! the attention weights are 25 M elements per layer), and burn's fusion (without autotune)
+//! fuses that chain into the loads of the next matmul, recomputing it there. Here the hash is
+//! one kernel that writes the mask: a CubeCL kernel on the GPU backends (compiled to WGSL for
+//! wgpu and WebGPU, to CUDA for CUDA; a `#[cube]` kernel rather than a WGSL file so that
+//! CUDA gets it too), a plain loop on the CPU. Both compute `rng::feistel30` bit for bit, so
+//! every backend still draws the same masks.
+
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use cubecl::prelude::{CubeDim, SequenceArg};
+use cubecl::calculate_cube_count_elemwise;
+
+use crate::rng;
+
+/// The dropout mask of a tensor shaped like `like`: `scale` where an element is kept, 0 where
+/// it is dropped, so that dropout is one multiplication. Element `i` (row-major) is kept when
+/// `rng::feistel30(i, &rng::round_keys(key)) >= threshold`.
+#[backend_extension(Cube, Flex, Autodiff)]
+pub trait DropoutMaskOps: Backend {
+    fn dropout_mask(like: FloatTensor<Self>, key: u64, threshold: u32, scale: f32) -> FloatTensor<Self>;
+}
+
+/// `x * mask`, with the mask of `key` at drop probability `prob` (kept elements scaled by
+/// 1 / (1 - prob), as torch's dropout).
+pub fn dropout<const D: usize>(x: Tensor<D>, key: u64, prob: f64) -> Tensor<D> {
+    let threshold = rng::keep_threshold(prob);
+    let scale = (1.0 / (1.0 - prob)) as f32;
+    let mask = Dispatch::dropout_mask(x.clone().detach().into_dispatch(), key, threshold, scale);
+    x * Tensor::from_dispatch(mask)
+}
+
+mod cube_kernel {
+    use cubecl::prelude::*;
+
+    #[cube(launch_unchecked)]
+    pub fn dropout_mask_kernel(output: &mut Tensor<f32>, keys: Sequence<u32>, threshold: u32, scale: f32) {
+        if ABSOLUTE_POS >= output.len() {
+            terminate!();
+        }
+        // rng::feistel30, on u32: every intermediate stays below 2^31.
+        let index = u32::cast_from(ABSOLUTE_POS);
+        let mut l = index >> 15;
+        let mut r = index & 0x7FFF;
+        #[unroll]
+        for i in 0..keys.len() {
+            let t = (r ^ *keys.index(i)) * 0x5D2B; // rng::MUL
+            let f = ((t >> 15) ^ t) & 0x7FFF;
+            let next_r = l ^ f;
+            l = r;
+            r = next_r;
+        }
+        let hash = (l << 15) | r;
+        output[ABSOLUTE_POS] = select(hash >= threshold, scale, 0.0);
+    }
+}
+
+impl DropoutMaskOps for Cube {
+    fn dropout_mask(like: FloatTensor<Self>, key: u64, threshold: u32, scale: f32) -> FloatTensor<Self> {
+        let shape = like.shape();
+        let n = shape.num_elements();
+        let output = empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, DType::F32);
+        let mut keys = SequenceArg::new();
+        for k in rng::round_keys(key) {
+            keys.push(k);
+        }
+        let cube_dim = CubeDim::new(&output.client, n);
+        let cube_count = calculate_cube_count_elemwise(&output.client, n, cube_dim);
+        // SAFETY: the kernel checks its bounds (ABSOLUTE_POS < len) before it writes.
+        unsafe {
+            cube_kernel::dropout_mask_kernel::launch_unchecked(
+                &output.client,
+                cube_count,
+                cube_dim,
+                output.clone().into_tensor_arg(),
+                keys,
+                threshold,
+                scale,
+            );
+        }
+        match like.dtype {
+            DType::F32 => output,
+            other => Cube::float_cast(output, other.into()),
+        }
+    }
+}
+
+impl DropoutMaskOps for Flex {
+    fn dropout_mask(like: FloatTensor<Self>, key: u64, threshold: u32, scale: f32) -> FloatTensor<Self> {
+        let (shape, keys) = (like.shape(), rng::round_keys(key));
+        let values: Vec<f32> =
+            (0..shape.num_elements() as u32).map(|i| if rng::feistel30(i, &keys) >= threshold { scale } else { 0.0 }).collect();
+        let data = TensorData::new(values, shape).convert_dtype(like.dtype());
+        Flex::float_from_data(data, &like.device())
+    }
+}
+
+/// Under autodiff the mask is a constant: no gradient flows into it.
+impl<B: DropoutMaskOps, C: CheckpointStrategy> DropoutMaskOps for Autodiff<B, C> {
+    fn dropout_mask(like: FloatTensor<Self>, key: u64, threshold: u32, scale: f32) -> FloatTensor<Self> {
+        Self::from_inner(B::dropout_mask(Self::inner(like), key, threshold, scale))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    /// The mask each backend's kernel writes, read back, against the specification.
+    fn check_mask(device: &Device) {
+        // Over 2^15 elements, so that both halves of the index take part.
+        let (dims, key, prob) = ([4, 3, 64, 64], rng::dropout_key(9, 4, 2), 0.3);
+        let x = Tensor::<4>::ones(dims, device);
+        let dropped: Vec<f32> = dropout(x, key, prob).into_data().to_vec().unwrap();
+        let (keys, threshold, scale) = (rng::round_keys(key), rng::keep_threshold(prob), (1.0 / (1.0 - prob)) as f32);
+        let spec: Vec<f32> = (0..4 * 3 * 64 * 64).map(|i| if rng::feistel30(i, &keys) >= threshold { scale } else { 0.0 }).collect();
+        assert_eq!(dropped, spec);
+    }
+
+    #[test]
+    fn the_cpu_mask_is_the_specified_hash() {
+        check_mask(&Device::flex());
+    }
+
+    #[test]
+    fn the_gpu_kernel_mask_is_the_specified_hash() {
+        let opened = crate::device::open("wgpu").unwrap_or_else(|e| {
+            panic!("no wgpu adapter ({e}); this test runs the real kernel on lavapipe where there is no GPU: apt-get install mesa-vulkan-drivers")
+        });
+        check_mask(&opened.device);
+    }
+
+    #[test]
+    fn the_gradient_of_dropout_is_the_mask() {
+        for device in [Device::flex().autodiff(), crate::device::open("wgpu").expect("wgpu adapter").device.autodiff()] {
+            let x = Tensor::<2>::from_floats([[1.0, -2.0, 3.0, 4.0], [5.0, 6.0, -7.0, 8.0]], &device).require_grad();
+            let key = rng::dropout_key(3, 1, 0);
+            let y = dropout(x.clone(), key, 0.5);
+            let grads = y.clone().sum().backward();
+            let grad: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
+            let (y, x): (Vec<f32>, Vec<f32>) = (y.into_data().to_vec().unwrap(), x.into_data().to_vec().unwrap());
+            for i in 0..8 {
+                // Kept: y = 2x and dy/dx = 2; dropped: both 0.
+                assert_eq!(grad[i], if rng::feistel30(i as u32, &rng::round_keys(key)) >= rng::keep_threshold(0.5) { 2.0 } else { 0.0 });
+                assert_eq!(y[i], grad[i] * x[i]);
+            }
+            assert!(grad.contains(&0.0) && grad.contains(&2.0), "some kept, some dropped: {grad:?}");
+        }
+    }
+}
