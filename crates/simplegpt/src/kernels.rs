@@ -95,8 +95,23 @@ impl DropoutMaskOps for Cube {
 impl DropoutMaskOps for Flex {
     fn dropout_mask(like: FloatTensor<Self>, key: u64, threshold: u32, scale: f32) -> FloatTensor<Self> {
         let (shape, keys) = (like.shape(), rng::round_keys(key));
-        let values: Vec<f32> =
-            (0..shape.num_elements() as u32).map(|i| if rng::feistel30(i, &keys) >= threshold { scale } else { 0.0 }).collect();
+        let mut values = vec![0.0f32; shape.num_elements()];
+        let fill = |start: usize, chunk: &mut [f32]| {
+            for (i, v) in (start as u32..).zip(chunk) {
+                if rng::feistel30(i, &keys) >= threshold {
+                    *v = scale;
+                }
+            }
+        };
+        // Natively on all cores (the attention masks are large); wasm has no threads here.
+        #[cfg(not(target_family = "wasm"))]
+        {
+            use rayon::prelude::*;
+            const CHUNK: usize = 1 << 16;
+            values.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| fill(c * CHUNK, chunk));
+        }
+        #[cfg(target_family = "wasm")]
+        fill(0, &mut values);
         let data = TensorData::new(values, shape).convert_dtype(like.dtype());
         Flex::float_from_data(data, &like.device())
     }
