@@ -2,21 +2,21 @@
 //!
 //! The dropout mask: the portable hash `rng::feistel30` written as integer tensor ops takes
 //! ~35 of them, each a full pass over a tensor the size of the activations (at nanoGPT's size
-//! the attention weights are 25 M elements per layer), and burn's fusion (without autotune)
-//! fuses that chain into the loads of the next matmul, recomputing it there. Here the hash is
-//! one kernel that writes the mask: a CubeCL kernel on the GPU backends (compiled to WGSL for
-//! wgpu and WebGPU, to CUDA for CUDA; a `#[cube]` kernel rather than a WGSL file so that
-//! CUDA gets it too), a plain loop on the CPU. Both compute `rng::feistel30` bit for bit, so
-//! every backend still draws the same masks.
+//! the attention weights are 25 M elements per layer), and burn's fusion (its `fusion`
+//! feature, without autotune) moves that chain into the loads of the next matmul, recomputing
+//! it there (BENCHMARKS.md, "Dropout"). Here the hash is one kernel that writes the mask: a
+//! CubeCL kernel on the GPU backends (compiled to WGSL for wgpu and WebGPU, and to CUDA; a
+//! `#[cube]` kernel rather than a WGSL file so that CUDA gets it too) and a loop on the CPU.
+//! Both compute `rng::feistel30` bit for bit, so every backend draws the same masks.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::tensor::FloatTensor;
 use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
-use cubecl::prelude::{CubeDim, SequenceArg};
 use cubecl::calculate_cube_count_elemwise;
+use cubecl::prelude::{CubeDim, SequenceArg};
 
 use crate::rng;
 
@@ -33,7 +33,7 @@ pub trait DropoutMaskOps: Backend {
 pub fn dropout<const D: usize>(x: Tensor<D>, key: u64, prob: f64) -> Tensor<D> {
     let threshold = rng::keep_threshold(prob);
     let scale = (1.0 / (1.0 - prob)) as f32;
-    let mask = Dispatch::dropout_mask(x.clone().detach().into_dispatch(), key, threshold, scale);
+    let mask = Dispatch::dropout_mask(x.clone().into_dispatch(), key, threshold, scale);
     x * Tensor::from_dispatch(mask)
 }
 
@@ -117,7 +117,8 @@ impl DropoutMaskOps for Flex {
     }
 }
 
-/// Under autodiff the mask is a constant: no gradient flows into it.
+/// Under autodiff the mask is a constant of `like`'s shape: no gradient flows into it, and
+/// none through it into `like`.
 impl<B: DropoutMaskOps, C: CheckpointStrategy> DropoutMaskOps for Autodiff<B, C> {
     fn dropout_mask(like: FloatTensor<Self>, key: u64, threshold: u32, scale: f32) -> FloatTensor<Self> {
         Self::from_inner(B::dropout_mask(Self::inner(like), key, threshold, scale))
@@ -134,7 +135,7 @@ mod tests {
         // Over 2^15 elements, so that both halves of the index take part.
         let (dims, key, prob) = ([4, 3, 64, 64], rng::dropout_key(9, 4, 2), 0.3);
         let x = Tensor::<4>::ones(dims, device);
-        let dropped: Vec<f32> = dropout(x, key, prob).into_data().to_vec().unwrap();
+        let dropped: Vec<f32> = dropout(x, key, prob).into_data().try_to_vec::<f32>().unwrap();
         let (keys, threshold, scale) = (rng::round_keys(key), rng::keep_threshold(prob), (1.0 / (1.0 - prob)) as f32);
         let spec: Vec<f32> = (0..4 * 3 * 64 * 64).map(|i| if rng::feistel30(i, &keys) >= threshold { scale } else { 0.0 }).collect();
         assert_eq!(dropped, spec);
@@ -160,8 +161,8 @@ mod tests {
             let key = rng::dropout_key(3, 1, 0);
             let y = dropout(x.clone(), key, 0.5);
             let grads = y.clone().sum().backward();
-            let grad: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
-            let (y, x): (Vec<f32>, Vec<f32>) = (y.into_data().to_vec().unwrap(), x.into_data().to_vec().unwrap());
+            let grad: Vec<f32> = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            let (y, x): (Vec<f32>, Vec<f32>) = (y.into_data().try_to_vec::<f32>().unwrap(), x.into_data().try_to_vec::<f32>().unwrap());
             for i in 0..8 {
                 // Kept: y = 2x and dy/dx = 2; dropped: both 0.
                 assert_eq!(grad[i], if rng::feistel30(i as u32, &rng::round_keys(key)) >= rng::keep_threshold(0.5) { 2.0 } else { 0.0 });
