@@ -17,3 +17,9 @@ gunzip -c "$carry/simplegpt.gz" > /tmp/simplegpt && chmod +x /tmp/simplegpt
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
 python3 bench/side_by_side.py --simplegpt /tmp/simplegpt --nanogpt "$carry/nanoGPT" \
   --data "$carry/input.txt" "$@"
+if [ -f "$carry/simplegpt-fusion.gz" ]; then
+  echo "== the same with burn's kernel fusion (--features fusion)"
+  gunzip -c "$carry/simplegpt-fusion.gz" > /tmp/simplegpt-fusion && chmod +x /tmp/simplegpt-fusion
+  python3 bench/side_by_side.py --simplegpt /tmp/simplegpt-fusion --nanogpt "$carry/nanoGPT" \
+    --data "$carry/input.txt" "$@"
+fi

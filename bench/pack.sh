@@ -15,6 +15,13 @@ rm -rf "$carry" && mkdir -p "$carry/debs"
 cargo build --release --locked -p simplegpt-cli
 strip -o "$carry/simplegpt" "$CARGO_TARGET_DIR/release/simplegpt"
 gzip -9 "$carry/simplegpt"
+# FUSION=1 also packs a build with burn's kernel fusion (--features fusion; another long
+# release build), which bench/gpu.sh then measures beside the default one.
+if [ "${FUSION:-0}" = 1 ]; then
+  cargo build --release --locked -p simplegpt-cli --features fusion
+  strip -o "$carry/simplegpt-fusion" "$CARGO_TARGET_DIR/release/simplegpt"
+  gzip -9 "$carry/simplegpt-fusion"
+fi
 
 (cd "$carry/debs" && apt-get download libvulkan1 2>/dev/null)
 

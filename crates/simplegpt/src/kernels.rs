@@ -12,8 +12,9 @@
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, AutodiffBackend, Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Tensor, TensorData};
+use burn_cubecl::CubeBackend;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::{CubeDim, SequenceArg};
@@ -23,8 +24,10 @@ use crate::rng;
 /// The dropout mask of a tensor shaped like `like`: `scale` where an element is kept, 0 where
 /// it is dropped, so that dropout is one multiplication. Element `i` (row-major) is kept when
 /// `rng::feistel30(i, &rng::round_keys(key)) >= threshold`.
-#[backend_extension(Cube, Flex, Autodiff)]
+#[backend_extension(Cube, Flex, Autodiff, Fusion: cfg(feature = "fusion"))]
 pub trait DropoutMaskOps: Backend {
+    /// Under fusion an opaque operation: nothing is fused into it or it into a matmul.
+    #[fusion(dtype = like, shape = like)]
     fn dropout_mask(like: FloatTensor<Self>, key: u64, threshold: u32, scale: f32) -> FloatTensor<Self>;
 }
 
@@ -62,7 +65,7 @@ mod cube_kernel {
     }
 }
 
-impl DropoutMaskOps for Cube {
+impl DropoutMaskOps for CubeBackend {
     fn dropout_mask(like: FloatTensor<Self>, key: u64, threshold: u32, scale: f32) -> FloatTensor<Self> {
         let shape = like.shape();
         let n = shape.num_elements();
@@ -87,7 +90,7 @@ impl DropoutMaskOps for Cube {
         }
         match like.dtype {
             DType::F32 => output,
-            other => Cube::float_cast(output, other.into()),
+            other => CubeBackend::float_cast(output, other.into()),
         }
     }
 }
