@@ -79,6 +79,11 @@ test('a two-variant comparison trains on WebGPU, every step, and matches a nativ
       assert.equal(v.diverged_at, null);
     }
     assert.notDeepEqual(r.variants[0].loss, r.variants[1].loss);
+    // The reference line: the character-frequency loss of the text, below the uniform
+    // guess over its characters (ln vocab) and shown in the caption.
+    const vocab = r.variants[0].header.config.model.vocab_size;
+    assert.ok(r.unigram > 1 && r.unigram < Math.log(vocab), `unigram loss ${r.unigram}, vocab ${vocab}`);
+    assert.match(await page.textContent('#unigram-note'), new RegExp(`dashed: ${r.unigram.toFixed(3)}, `));
 
     // The same config and seed natively on the CPU: `simplegpt repro` must pass.
     const bin = process.env.SIMPLEGPT_BIN;

@@ -95,8 +95,9 @@ async function openDevice(allowWebGpu) {
 // ---------------------------------------------------------------------------- charts
 
 // Draws line series [{name, color, xs, ys}] on a canvas; non-finite points break the line.
-// The x axis is steps from 0, or (logX) log-scaled over the data's range.
-function drawChart(canvas, series, { logY = false, logX = false } = {}) {
+// The x axis is steps from 0, or (logX) log-scaled over the data's range. `reference`: a
+// loss drawn as a dashed horizontal line.
+function drawChart(canvas, series, { logY = false, logX = false, reference = null } = {}) {
   const ctx = canvas.getContext('2d');
   const { width: w, height: h } = canvas;
   const pad = { l: 52, r: 10, t: 10, b: 28 };
@@ -108,8 +109,9 @@ function drawChart(canvas, series, { logY = false, logX = false } = {}) {
   // Over every x given, so that a run that diverged at the edge of a sweep still spans it.
   const xs = series.flatMap((s) => s.xs).filter((x) => x > 0).map(Math.log10);
   const [lxMin, lxMax] = [Math.min(...xs), Math.max(...xs) + (Math.max(...xs) > Math.min(...xs) ? 0 : 1)];
-  let yMin = Math.min(...pts.map(([, y]) => tf(y)));
-  let yMax = Math.max(...pts.map(([, y]) => tf(y)));
+  const ys = [...pts.map(([, y]) => tf(y)), ...(reference == null ? [] : [tf(reference)])];
+  let yMin = Math.min(...ys);
+  let yMax = Math.max(...ys);
   if (yMax - yMin < 1e-9) { yMin -= 0.5; yMax += 0.5; }
   const X = (x) => pad.l + (logX ? (Math.log10(x) - lxMin) / (lxMax - lxMin) : x / xMax) * (w - pad.l - pad.r);
   const Y = (y) => pad.t + (1 - (tf(y) - yMin) / (yMax - yMin)) * (h - pad.t - pad.b);
@@ -133,6 +135,16 @@ function drawChart(canvas, series, { logY = false, logX = false } = {}) {
     ctx.fillText('0', pad.l, h - 8);
     ctx.fillText(`step ${xMax}`, w - pad.r - 60, h - 8);
   }
+  if (reference != null) {
+    ctx.save();
+    ctx.strokeStyle = '#777';
+    ctx.setLineDash([6, 4]);
+    ctx.beginPath();
+    ctx.moveTo(pad.l, Y(reference));
+    ctx.lineTo(w - pad.r, Y(reference));
+    ctx.stroke();
+    ctx.restore();
+  }
   for (const s of series) {
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 1.5;
@@ -155,7 +167,11 @@ function drawChart(canvas, series, { logY = false, logX = false } = {}) {
 
 function redraw() {
   const variants = state.results?.variants ?? [];
-  drawChart($('loss-chart'), variants.map((v, i) => ({ name: v.name, color: COLORS[i % COLORS.length], xs: v.steps, ys: v.loss })));
+  // Dashed: the loss of the letter frequencies alone; a run stuck there learned no context.
+  const reference = state.results?.unigram ?? null;
+  $('unigram-note').textContent = reference == null ? ''
+    : `; dashed: ${reference.toFixed(3)}, the loss of a model that knows only how often each character occurs`;
+  drawChart($('loss-chart'), variants.map((v, i) => ({ name: v.name, color: COLORS[i % COLORS.length], xs: v.steps, ys: v.loss })), { reference });
   $('legend').innerHTML = variants
     .map((v, i) => `<span style="--c:${COLORS[i % COLORS.length]}">${v.name}</span>`)
     .join('');
@@ -168,7 +184,7 @@ function redraw() {
       return { name: b, color: COLORS[i % COLORS.length], xs: runs.map((v) => v.lr),
         ys: runs.map((v) => (v.diverged_at == null ? v.loss[v.loss.length - 1] : NaN)) };
     });
-    drawChart($('lr-chart'), series, { logX: true });
+    drawChart($('lr-chart'), series, { logX: true, reference });
     $('lr-legend').innerHTML = series.map((s) => `<span style="--c:${s.color}">${s.name}</span>`).join('');
   }
   const chosen = variants.find((v) => v.name === $('grad-variant').value) ?? variants[variants.length - 1];
@@ -235,6 +251,7 @@ async function runComparison(form) {
     const configJson = resolve_config('tiny', overridesFor(comparison, variant, form));
     setState('running', `${variant.name}: building the model`);
     const run = await Run.create(configJson, text);
+    state.results.unigram ??= run.unigram_loss();
     const v = { name: variant.name, base: variant.base, lr: variant.lr, config: JSON.parse(configJson), header: JSON.parse(run.header()),
       steps: [], loss: [], val_loss: null, diverged_at: null, tokens_per_sec: null, records: [] };
     state.results.variants.push(v);

@@ -106,6 +106,12 @@ impl Run {
         self.header.clone()
     }
 
+    /// The validation loss of the character frequencies alone (`Dataset::unigram_loss`): the
+    /// level a run that learns no context stalls at, drawn as a reference line.
+    pub fn unigram_loss(&self) -> f64 {
+        self.trainer.borrow().data.unigram_loss()
+    }
+
     pub fn finished(&self) -> bool {
         self.trainer.borrow().finished()
     }
