@@ -274,12 +274,15 @@ impl Config {
         if t.batch_size == 0 || t.grad_accum == 0 {
             return bad("batch_size and grad_accum must be at least 1".into());
         }
-        // The largest tensor a dropout masks: the attention weights [B, nh, T, T].
+        // The tensors a dropout masks: the attention weights [B, nh, T, T] and the
+        // activations [B, T, C].
         let attention = t.batch_size * m.n_head * m.block_size * m.block_size;
-        if m.dropout > 0.0 && attention > crate::rng::MASK_MAX_ELEMENTS {
+        let activations = t.batch_size * m.block_size * m.n_embd;
+        if m.dropout > 0.0 && attention.max(activations) > crate::rng::MASK_MAX_ELEMENTS {
             return bad(format!(
                 "dropout masks hold at most 2^30 elements, but the attention weights have \
-                 batch_size x n_head x block_size^2 = {attention}; lower batch_size (and raise \
+                 batch_size x n_head x block_size^2 = {attention} and the activations \
+                 batch_size x block_size x n_embd = {activations}; lower batch_size (and raise \
                  grad_accum) or set dropout=0"
             ));
         }
@@ -371,5 +374,12 @@ mod tests {
         let mut c = Config::preset("tiny").unwrap();
         c.model.n_embd = 65;
         assert!(c.validate().unwrap_err().to_string().contains("divisible by n_head"));
+        // Dropout masks: the activations [B, T, C] can be the largest dropped tensor.
+        let mut c = Config::preset("tiny").unwrap();
+        (c.model.dropout, c.model.block_size, c.model.n_head, c.model.n_embd) = (0.1, 8, 1, 4096);
+        c.train.batch_size = 1 << 15;
+        assert!(c.validate().is_ok(), "B T C = 2^30 elements");
+        c.train.batch_size = 1 << 16;
+        assert!(c.validate().unwrap_err().to_string().contains("batch_size x block_size x n_embd = 2147483648"));
     }
 }

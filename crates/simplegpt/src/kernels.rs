@@ -34,6 +34,8 @@ pub trait DropoutMaskOps: Backend {
 /// `x * mask`, with the mask of `key` at drop probability `prob` (kept elements scaled by
 /// 1 / (1 - prob), as torch's dropout).
 pub fn dropout<const D: usize>(x: Tensor<D>, key: u64, prob: f64) -> Tensor<D> {
+    // The hash permutes 30-bit indices; config validation keeps dropout tensors within that.
+    assert!(x.shape().num_elements() <= rng::MASK_MAX_ELEMENTS, "dropout tensor over 2^30 elements");
     let threshold = rng::keep_threshold(prob);
     let scale = (1.0 / (1.0 - prob)) as f32;
     let mask = Dispatch::dropout_mask(x.clone().into_dispatch(), key, threshold, scale);

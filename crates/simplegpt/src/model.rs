@@ -56,8 +56,8 @@ impl Norm {
 
 /// Dropout whose mask every backend draws identically: a hash of each element's index keyed
 /// by (seed, batch, site) (`rng::feistel30`, computed by `kernels::dropout`), instead of the
-/// backend's RNG. `forward` drops
-/// only when given the batch's key (`Some` while training, `None` when evaluating).
+/// backend's RNG. `forward` drops only when given the batch's key (`Some` while training,
+/// `None` when evaluating).
 #[derive(Module, Debug)]
 pub struct Dropout {
     pub prob: f64,
