@@ -35,6 +35,7 @@ fn scale(a: &ParamVec, s: Tensor<1>) -> ParamVec {
 }
 
 /// The result of power iteration.
+#[derive(Clone)]
 pub struct TopEigen {
     /// The Rayleigh quotient after each iteration; the last is the estimate.
     pub estimates: Vec<f64>,
@@ -119,8 +120,7 @@ pub async fn extreme_eigenvalues(like: &ParamVec, iters: usize, seed: u64, mut h
     let spectral = power_iteration(like, iters, seed, &mut hvp).await?;
     let lambda = *spectral.estimates.last().unwrap_or(&0.0);
     if lambda >= 0.0 {
-        let largest = TopEigen { estimates: spectral.estimates.clone(), share: spectral.share.clone(), converged: spectral.converged };
-        return Ok(Extremes { spectral, largest });
+        return Ok(Extremes { largest: spectral.clone(), spectral });
     }
     let mut shifted = power_iteration(like, iters, seed, |v| {
         hvp(v).into_iter().map(|(k, hv)| { let s = hv - v[&k].clone() * lambda; (k, s) }).collect()
