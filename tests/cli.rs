@@ -169,6 +169,15 @@ fn bad_input_gets_a_one_line_error() {
     fails(&["sample", "--from", &run_dir], "corrupted");
     fails(&["train", "--device", "cpu", "--resume", &run_dir], "corrupted");
     fails(&["sample", "--from", &p("nothing")], "cannot read checkpoint");
+
+    // Studies: two variants of one name would share a run directory.
+    let study = |extra: &[&str], expect: &str| {
+        let mut args = vec!["compare", "--device", "cpu", "--out", &out];
+        args.extend(extra);
+        fails(&args, expect);
+    };
+    study(&["--variant", "a:norm=simple", "--variant", "a:norm=pre_ln"], "two variants are named 'a'");
+    study(&["--variant", "a:norm=simple", "--seeds", "0"], "--seeds must be at least 1");
 }
 
 #[test]
@@ -301,6 +310,25 @@ fn compare_writes_a_report_whose_numbers_are_the_run_records() {
     let report2 = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert_eq!(row(&report2, "pre"), row(&report, "pre"));
     assert_ne!(row(&report2, "simple"), row(&report, "simple"));
+}
+
+#[test]
+fn compare_with_seeds_reports_the_mean_and_spread_of_the_seeds_records() {
+    let out = tmp("compare-seeds");
+    let mut c = bin();
+    c.args(["compare", "--device", "cpu", "--out"]).arg(&out).args(QUICK);
+    c.args(["--set", "max_steps=10", "--set", "lr_decay_steps=10", "--seeds", "2", "--variant", "simple:norm=simple"]);
+    ok(c);
+    let best_val = |seed: &str| {
+        metrics(&out.join("simple").join(seed)).iter().filter_map(|r| r["val_loss"].as_f64()).fold(f64::INFINITY, f64::min)
+    };
+    let (a, b) = (best_val("seed-1337"), best_val("seed-1338"));
+    assert!(a.is_finite() && b.is_finite() && a != b, "two seeds, two different runs: {a} {b}");
+    let (mean, sd) = ((a + b) / 2.0, ((a - (a + b) / 2.0).powi(2) + (b - (a + b) / 2.0).powi(2)).sqrt());
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let row = report.lines().find(|l| l.starts_with("| simple | 2 |")).expect(&report);
+    assert!(row.starts_with(&format!("| simple | 2 | {mean:.4} ± {sd:.4} |")), "{row}");
+    assert!(report.contains("| simple/seed-1338 |"), "each seed's own row: {report}");
 }
 
 #[test]

@@ -103,6 +103,10 @@ enum Command {
         /// A variant: [NAME:]KEY=VALUE[,KEY=VALUE...], e.g. --variant simple:norm=simple.
         #[arg(long = "variant", required = true)]
         variants: Vec<String>,
+        /// Train each variant with this many seeds (the config's seed and the ones after
+        /// it, in VARIANT/seed-S); the report adds their means and spread.
+        #[arg(long, default_value_t = 1)]
+        seeds: usize,
         #[arg(long, default_value = "study")]
         out: PathBuf,
     },
@@ -125,6 +129,10 @@ enum Command {
         /// many nats of its best final loss.
         #[arg(long, default_value_t = 0.1)]
         near: f64,
+        /// Run each variant and LR with this many seeds; the report gives their means, and an
+        /// LR counts as diverged if any seed diverged.
+        #[arg(long, default_value_t = 1)]
+        seeds: usize,
         #[arg(long, default_value = "sweep")]
         out: PathBuf,
     },
@@ -308,15 +316,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Compare { run, variants, out } => {
-            let variants = variants.iter().map(|v| Variant::parse(v)).collect::<Result<Vec<_>>>()?;
+        Command::Compare { run, variants, seeds, out } => {
+            let variants = Variant::parse_all(&variants)?;
             let base = run.config()?;
             let jobs = variants.iter().map(|v| Ok((v.name.clone(), v.apply(&base)?))).collect::<Result<Vec<_>>>()?;
-            let runs = run_study(&run, &out, jobs)?;
+            let runs = run_study(&run, &out, study::with_seeds(jobs, seeds)?)?;
             let (md, svgs) = study::comparison_report("Comparison", &command_line(), &runs);
             write_report(&out, &md, &svgs)
         }
-        Command::Sweep { run, variants, lr_min, lr_max, points, near, out } => {
+        Command::Sweep { run, variants, lr_min, lr_max, points, near, seeds, out } => {
             if !(lr_min > 0.0 && lr_max >= lr_min && points >= 1) {
                 return Err(Error::Input("need 0 < --lr-min <= --lr-max and --points >= 1".into()));
             }
@@ -328,7 +336,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 variants
             };
-            let variants = variants.iter().map(|v| Variant::parse(v)).collect::<Result<Vec<_>>>()?;
+            let variants = Variant::parse_all(&variants)?;
             let base = run.config()?;
             let mut jobs = Vec::new();
             for v in &variants {
@@ -339,7 +347,7 @@ fn run(cli: Cli) -> Result<()> {
                     jobs.push((format!("{}/lr-{lr:.1e}", v.name), c));
                 }
             }
-            let runs = run_study(&run, &out, jobs)?;
+            let runs = run_study(&run, &out, study::with_seeds(jobs, seeds)?)?;
             // Group the runs by variant (the part of the directory before "/lr-").
             let runs: Vec<_> = runs.into_iter().map(|(n, c, r)| (n.split('/').next().unwrap_or(&n).to_string(), c, r)).collect();
             let unigram = run.data(base.model.block_size)?.unigram_loss();

@@ -37,6 +37,17 @@ impl Variant {
         Ok(Variant { name, sets })
     }
 
+    /// Several variants; their names must differ, as each names a run directory.
+    pub fn parse_all(specs: &[String]) -> Result<Vec<Variant>> {
+        let variants = specs.iter().map(|s| Variant::parse(s)).collect::<Result<Vec<_>>>()?;
+        for (i, v) in variants.iter().enumerate() {
+            if variants[..i].iter().any(|w| w.name == v.name) {
+                return Err(Error::Input(format!("two variants are named '{}'; give each its own name (NAME:key=value)", v.name)));
+            }
+        }
+        Ok(variants)
+    }
+
     pub fn apply(&self, base: &Config) -> Result<Config> {
         let mut c = base.clone();
         for s in &self.sets {
@@ -47,7 +58,8 @@ impl Variant {
     }
 }
 
-/// What a report says about one run, read off its records.
+/// What a report says about one run, read off its records; or about several runs that
+/// differ only in their seed (`Summary::over_seeds`), as means with their spread.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
     pub name: String,
@@ -60,6 +72,12 @@ pub struct Summary {
     pub best_val: Option<f64>,
     pub diverged_at: Option<usize>,
     pub tokens_per_sec: Option<f64>,
+    /// How many runs this summarises (1: a single run) and how many of them diverged.
+    pub runs: usize,
+    pub diverged_runs: usize,
+    /// Sample standard deviations across seeds (None for a single run).
+    pub best_val_sd: Option<f64>,
+    pub final_val_sd: Option<f64>,
 }
 
 impl Summary {
@@ -78,7 +96,36 @@ impl Summary {
             final_val: vals.last().copied(),
             best_val: finite_min(&vals),
             diverged_at: records.iter().find(|r| r.diverged.is_some()).map(|r| r.step),
-            tokens_per_sec: (!tps.is_empty()).then(|| tps.iter().sum::<f64>() / tps.len() as f64),
+            tokens_per_sec: mean(&tps),
+            runs: 1,
+            diverged_runs: records.iter().any(|r| r.diverged.is_some()) as usize,
+            best_val_sd: None,
+            final_val_sd: None,
+        }
+    }
+
+    /// Runs of one config that differ only in their seed. The losses are means over the
+    /// runs that did not diverge (a diverged run's losses are not comparable); the divergence
+    /// step is the earliest, so a learning rate counts as unstable if any seed diverged.
+    pub fn over_seeds(name: &str, runs: &[Summary]) -> Summary {
+        let kept: Vec<&Summary> = runs.iter().filter(|s| s.diverged_at.is_none()).collect();
+        let field = |f: fn(&Summary) -> Option<f64>| kept.iter().filter_map(|s| f(s)).collect::<Vec<f64>>();
+        let (best_val, final_val) = (field(|s| s.best_val), field(|s| s.final_val));
+        Summary {
+            name: name.to_string(),
+            params: runs.first().map_or(0, |s| s.params),
+            lr: runs.first().map_or(f64::NAN, |s| s.lr),
+            first_loss: mean(&field(|s| s.first_loss)),
+            final_loss: mean(&field(|s| s.final_loss)),
+            best_loss: mean(&field(|s| s.best_loss)),
+            final_val: mean(&final_val),
+            best_val: mean(&best_val),
+            diverged_at: runs.iter().filter_map(|s| s.diverged_at).min(),
+            tokens_per_sec: mean(&runs.iter().filter_map(|s| s.tokens_per_sec).collect::<Vec<_>>()),
+            runs: runs.len(),
+            diverged_runs: runs.iter().filter(|s| s.diverged_at.is_some()).count(),
+            best_val_sd: sample_sd(&best_val),
+            final_val_sd: sample_sd(&final_val),
         }
     }
 
@@ -88,10 +135,21 @@ impl Summary {
         self.final_val.or(self.final_loss)
     }
 
-    /// Trained: did not diverge, and ended below where it started.
+    /// Trained: did not diverge, and ended below where it started (over seeds: none
+    /// diverged, and the mean final loss is below the mean first).
     pub fn stable(&self) -> bool {
         self.diverged_at.is_none() && matches!((self.first_loss, self.final_loss), (Some(a), Some(b)) if b < a)
     }
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// The sample standard deviation (n - 1 in the denominator); None below two values.
+fn sample_sd(v: &[f64]) -> Option<f64> {
+    let m = mean(v)?;
+    (v.len() >= 2).then(|| (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt())
 }
 
 fn fmt(v: Option<f64>) -> String {
@@ -155,6 +213,26 @@ pub fn lr_stability(runs: &[(String, Summary)], near: f64) -> BTreeMap<String, L
         }
     }
     out
+}
+
+/// Each job once per seed, seeds counting up from the config's own: named `name/seed-S`.
+/// With one seed, the jobs as they are.
+pub fn with_seeds(jobs: Vec<(String, Config)>, seeds: usize) -> Result<Vec<(String, Config)>> {
+    if seeds == 0 {
+        return Err(Error::Input("--seeds must be at least 1".into()));
+    }
+    if seeds == 1 {
+        return Ok(jobs);
+    }
+    let mut out = Vec::new();
+    for (name, config) in jobs {
+        for i in 0..seeds as u64 {
+            let mut c = config.clone();
+            c.train.seed = config.train.seed.checked_add(i).ok_or_else(|| Error::Input("seed + --seeds overflows".into()))?;
+            out.push((format!("{name}/seed-{}", c.train.seed), c));
+        }
+    }
+    Ok(out)
 }
 
 /// `n` learning rates log-spaced from `lo` to `hi` inclusive.
@@ -243,19 +321,76 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// Run names `variant/seed-S` (or `variant/lr-X/seed-S`) belong to `variant`; a name
+/// without a '/' is a variant of its own.
+fn variant_of(run: &str) -> &str {
+    run.split('/').next().unwrap_or(run)
+}
+
+/// Indices of the runs of each variant, variants in order of first appearance.
+fn group_by_variant<'a>(names: impl Iterator<Item = &'a str>) -> Vec<(String, Vec<usize>)> {
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, name) in names.enumerate() {
+        match groups.iter_mut().find(|(v, _)| v == variant_of(name)) {
+            Some((_, runs)) => runs.push(i),
+            None => groups.push((variant_of(name).to_string(), vec![i])),
+        }
+    }
+    groups
+}
+
+/// The mean over several runs of one metric, at the steps where every run has it (so a
+/// curve ends where its first seed diverged).
+fn mean_curve(runs: &[&[StepRecord]], pick: fn(&StepRecord) -> Option<f64>) -> Vec<(f64, f64)> {
+    let per_run: Vec<BTreeMap<usize, f64>> = runs.iter().map(|r| r.iter().filter_map(|x| pick(x).map(|v| (x.step, v))).collect()).collect();
+    let Some(first) = per_run.first() else { return Vec::new() };
+    first
+        .keys()
+        .filter_map(|step| {
+            let values: Vec<f64> = per_run.iter().filter_map(|m| m.get(step).copied()).collect();
+            (values.len() == per_run.len()).then(|| (*step as f64, values.iter().sum::<f64>() / values.len() as f64))
+        })
+        .collect()
+}
+
+fn mean_sd(mean: Option<f64>, sd: Option<f64>) -> String {
+    match (mean, sd) {
+        (Some(m), Some(sd)) => format!("{m:.4} ± {sd:.4}"),
+        (m, _) => fmt(m),
+    }
+}
+
 /// A comparison's report: markdown and the SVG files it links, from each run's records.
+/// Runs named `variant/seed-S` are several seeds of one variant: the report then adds
+/// their means and spread, and plots the mean curves.
 pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Vec<StepRecord>)]) -> (String, Vec<(String, String)>) {
     let summaries: Vec<Summary> = runs.iter().map(|(n, c, r)| Summary::of(n, c, r)).collect();
+    let groups = group_by_variant(runs.iter().map(|(n, _, _)| n.as_str()));
+    let seeds = groups.iter().map(|(_, runs)| runs.len()).max().unwrap_or(1);
     let curve = |pick: fn(&StepRecord) -> Option<f64>| -> Vec<(String, Vec<(f64, f64)>)> {
-        runs.iter().map(|(n, _, r)| (n.clone(), r.iter().filter_map(|x| pick(x).map(|v| (x.step as f64, v))).collect())).collect()
+        groups
+            .iter()
+            .map(|(v, idx)| (v.clone(), mean_curve(&idx.iter().map(|&i| runs[i].2.as_slice()).collect::<Vec<_>>(), pick)))
+            .collect()
     };
+    let over = if seeds > 1 { format!(" (mean over {seeds} seeds)") } else { String::new() };
     let mut svgs = vec![
-        ("loss.svg".to_string(), svg_plot("training loss", "step", "loss", &curve(|r| r.loss), false, false)),
-        ("val_loss.svg".to_string(), svg_plot("validation loss", "step", "loss", &curve(|r| r.val_loss), false, false)),
+        ("loss.svg".to_string(), svg_plot(&format!("training loss{over}"), "step", "loss", &curve(|r| r.loss), false, false)),
+        ("val_loss.svg".to_string(), svg_plot(&format!("validation loss{over}"), "step", "loss", &curve(|r| r.val_loss), false, false)),
     ];
-    let mut md = format!("# {title}\n\nCommand: `{command}`\n\n{}\n![training loss](loss.svg)\n\n![validation loss](val_loss.svg)\n\n", comparison_table(&summaries));
+    let mut md = format!("# {title}\n\nCommand: `{command}`\n\n{}\n", comparison_table(&summaries));
+    if seeds > 1 {
+        md.push_str("Across seeds: the mean ± the sample standard deviation over the runs that did not diverge.\n\n| variant | seeds | best val | final val | diverged |\n|---|---:|---:|---:|---:|\n");
+        for (v, idx) in &groups {
+            let s = Summary::over_seeds(v, &idx.iter().map(|&i| summaries[i].clone()).collect::<Vec<_>>());
+            let _ = writeln!(md, "| {v} | {} | {} | {} | {} of {} |", s.runs, mean_sd(s.best_val, s.best_val_sd), mean_sd(s.final_val, s.final_val_sd), s.diverged_runs, s.runs);
+        }
+        md.push('\n');
+    }
+    md.push_str("![training loss](loss.svg)\n\n![validation loss](val_loss.svg)\n\n");
     for (name, _, records) in runs {
-        let (g, a) = (format!("grad_norms-{name}.svg"), format!("act_rms-{name}.svg"));
+        let file = name.replace('/', "-");
+        let (g, a) = (format!("grad_norms-{file}.svg"), format!("act_rms-{file}.svg"));
         svgs.push((g.clone(), svg_plot(&format!("{name}: gradient norm per parameter group"), "step", "norm", &grouped_grad_norms(records), false, true)));
         svgs.push((a.clone(), svg_plot(&format!("{name}: activation RMS per block"), "step", "RMS", &block_rms(records), false, true)));
         let _ = write!(md, "## {name}\n\n![gradient norms]({g})\n\n![activation RMS]({a})\n\nRun directory: `{name}/`\n\n");
@@ -268,7 +403,17 @@ pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Ve
 /// `unigram` (the data's `Dataset::unigram_loss`) is quoted as the level a run that learns
 /// no context stalls at.
 pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], near: f64, unigram: f64) -> (String, Vec<(String, String)>) {
-    let summaries: Vec<(String, Summary)> = runs.iter().map(|(v, c, r)| (v.clone(), Summary::of(v, c, r))).collect();
+    let per_run: Vec<(String, Summary)> = runs.iter().map(|(v, c, r)| (v.clone(), Summary::of(v, c, r))).collect();
+    // Several seeds of one variant at one LR are summarised together.
+    let mut summaries: Vec<(String, Summary)> = Vec::new();
+    for (v, s) in &per_run {
+        if summaries.iter().any(|(n, x)| n == v && x.lr == s.lr) {
+            continue;
+        }
+        let seeds: Vec<Summary> = per_run.iter().filter(|(n, x)| n == v && x.lr == s.lr).map(|(_, x)| x.clone()).collect();
+        summaries.push((v.clone(), if seeds.len() == 1 { seeds[0].clone() } else { Summary::over_seeds(v, &seeds) }));
+    }
+    let seeds = summaries.iter().map(|(_, s)| s.runs).max().unwrap_or(1);
     let mut variants: Vec<String> = Vec::new();
     for (v, _) in &summaries {
         if !variants.contains(v) {
@@ -278,7 +423,11 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
     let mut lrs: Vec<f64> = summaries.iter().map(|(_, s)| s.lr).collect();
     lrs.sort_by(f64::total_cmp);
     lrs.dedup();
-    let mut md = format!("# Learning-rate sweep\n\nCommand: `{command}`\n\nFinal validation loss at each learning rate (the final training batch's loss where a run has no evaluation; `diverged@N`: divergence detected at step N; `*`: did not train, final training loss not below the first). For scale: a model that knows only how often each character occurs has a validation loss of {unigram:.4} on this data, so a run that ends near it has learned the alphabet, not the text.\n\n| variant |");
+    let mut md = format!("# Learning-rate sweep\n\nCommand: `{command}`\n\nFinal validation loss at each learning rate (the final training batch's loss where a run has no evaluation; `diverged@N`: divergence detected at step N; `*`: did not train, final training loss not below the first). For scale: a model that knows only how often each character occurs has a validation loss of {unigram:.4} on this data, so a run that ends near it has learned the alphabet, not the text.");
+    if seeds > 1 {
+        let _ = write!(md, " Each cell is the mean over {seeds} seeds ± their sample standard deviation; a learning rate counts as diverged if any seed diverged there.");
+    }
+    md.push_str("\n\n| variant |");
     for lr in &lrs {
         let _ = write!(md, " {lr:.1e} |");
     }
@@ -289,8 +438,9 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
         let _ = write!(md, "| {v} |");
         for lr in &lrs {
             let cell = summaries.iter().find(|(n, s)| n == v && s.lr == *lr).map_or("–".to_string(), |(_, s)| match s.diverged_at {
+                Some(d) if s.runs > 1 => format!("diverged@{d} ({} of {} seeds)", s.diverged_runs, s.runs),
                 Some(d) => format!("diverged@{d}"),
-                None => format!("{}{}", fmt(s.end_loss()), if s.stable() { "" } else { "*" }),
+                None => format!("{}{}", mean_sd(s.end_loss(), s.final_val_sd), if s.stable() { "" } else { "*" }),
             });
             let _ = write!(md, " {cell} |");
         }
@@ -309,7 +459,8 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
     }
     let _ = write!(
         md,
-        "\n\"Trained\": did not diverge and its training loss ended below its first. \"Within {near}\": its final validation loss is at most {near} nats above the variant's best in this sweep.\n"
+        "\n\"Trained\": did not diverge and its training loss ended below its first{}. \"Within {near}\": its final validation loss is at most {near} nats above the variant's best in this sweep.\n",
+        if seeds > 1 { " (over seeds: no seed diverged, and the mean final training loss is below the mean first)" } else { "" }
     );
     let norm_of = |v: &String| runs.iter().find(|(n, _, _)| n == v).map(|(_, c, _)| c.model.norm);
     let find = |norm| variants.iter().find(|v| norm_of(v) == Some(norm)).map(|v| &stability[v]);
@@ -405,6 +556,66 @@ mod tests {
         assert_eq!(s.largest_trained, Some(1e-1));
         assert_eq!(s.largest_near_best, Some(1e-2));
         assert_eq!(s.best, Some((1e-2, 2.0)));
+    }
+
+    #[test]
+    fn seeds_are_summarised_by_their_mean_and_spread() {
+        let c = Config::preset("tiny").unwrap();
+        let rec = |step, loss: f64| StepRecord { step, loss: Some(loss), val_loss: Some(loss + 0.1), ..Default::default() };
+        let a = Summary::of("a/seed-1", &c, &[rec(0, 4.0), rec(10, 2.0)]);
+        let b = Summary::of("a/seed-2", &c, &[rec(0, 4.0), rec(10, 2.2)]);
+        let diverged = Summary::of("a/seed-3", &c, &[rec(0, 4.0), StepRecord { step: 5, loss: Some(f64::NAN), diverged: Some("NaN".into()), ..Default::default() }]);
+        let s = Summary::over_seeds("a", &[a.clone(), b.clone()]);
+        assert!((s.best_val.unwrap() - 2.2).abs() < 1e-12 && (s.final_loss.unwrap() - 2.1).abs() < 1e-12);
+        assert!((s.best_val_sd.unwrap() - 0.02f64.sqrt()).abs() < 1e-12, "sample sd of 2.1 and 2.3");
+        assert!(s.stable() && s.diverged_at.is_none() && s.runs == 2);
+        // A diverged seed makes the group diverged but does not enter the means.
+        let s = Summary::over_seeds("a", &[a, b, diverged]);
+        assert_eq!((s.diverged_at, s.diverged_runs, s.runs), (Some(5), 1, 3));
+        assert!((s.best_val.unwrap() - 2.2).abs() < 1e-12 && !s.stable());
+    }
+
+    #[test]
+    fn seeded_jobs_and_their_report() {
+        let c = Config::preset("tiny").unwrap();
+        let jobs = with_seeds(vec![("x".into(), c.clone()), ("y".into(), c.clone())], 2).unwrap();
+        let names: Vec<&str> = jobs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x/seed-1337", "x/seed-1338", "y/seed-1337", "y/seed-1338"]);
+        assert_eq!(jobs[1].1.train.seed, 1338);
+        assert!(with_seeds(jobs.clone(), 0).is_err());
+        assert!(Variant::parse_all(&["a:norm=simple".into(), "a:norm=pre_ln".into()]).is_err());
+        // x's seeds end at val 2.1 and 2.3, y's both at 3.1; one val point each at step 10.
+        let rec = |step, loss: f64| StepRecord { step, loss: Some(loss), val_loss: (step == 10).then_some(loss + 0.1), ..Default::default() };
+        let runs: Vec<_> = jobs
+            .iter()
+            .zip([2.0, 2.2, 3.0, 3.0])
+            .map(|((n, c), end)| (n.clone(), c.clone(), vec![rec(0, 4.0), rec(10, end)]))
+            .collect();
+        let (md, svgs) = comparison_report("t", "cmd", &runs);
+        assert!(md.contains("| x | 2 | 2.2000 ± 0.1414 | 2.2000 ± 0.1414 | 0 of 2 |"), "{md}");
+        assert!(md.contains("| y | 2 | 3.1000 ± 0.0000 |"), "{md}");
+        assert!(svgs.iter().any(|(f, _)| f == "grad_norms-x-seed-1338.svg"), "no '/' in file names");
+        assert_eq!(mean_curve(&[runs[0].2.as_slice(), runs[1].2.as_slice()], |r| r.loss), vec![(0.0, 4.0), (10.0, 2.1)]);
+    }
+
+    #[test]
+    fn a_sweep_with_seeds_averages_each_learning_rate() {
+        let rec = |step, loss: f64| StepRecord { step, loss: Some(loss), val_loss: Some(loss), ..Default::default() };
+        let blown = StepRecord { step: 5, loss: Some(f64::INFINITY), diverged: Some("inf".into()), ..Default::default() };
+        let at = |lr: f64, records: Vec<StepRecord>| {
+            let mut c = Config::preset("tiny").unwrap();
+            c.train.lr = lr;
+            ("v".to_string(), c, records)
+        };
+        let runs = [
+            at(1e-3, vec![rec(0, 4.0), rec(10, 2.0)]),
+            at(1e-3, vec![rec(0, 4.0), rec(10, 2.2)]),
+            at(1.0, vec![rec(0, 4.0), rec(10, 3.0)]),
+            at(1.0, vec![rec(0, 4.0), blown]),
+        ];
+        let (md, _) = sweep_report("cmd", &runs, 0.1, 3.3);
+        assert!(md.contains("| v | 2.1000 ± 0.1414 | diverged@5 (1 of 2 seeds) |"), "{md}");
+        assert!(md.contains("| v | 1.0e-3 | 1.0e-3 | 1.0e-3 | 2.1000 |"), "{md}");
     }
 
     #[test]
