@@ -74,7 +74,7 @@ fn train_writes_a_run_directory_and_sample_reads_it() {
     }
     assert!(records[5]["tokens_per_sec"].as_f64().unwrap() > 0.0);
     assert!(dir.join("ckpt.safetensors").exists());
-    assert!(!dir.join("ckpt.tmp").exists(), "no temp file left behind");
+    assert!(!dir.join("ckpt.safetensors.tmp").exists(), "no temp file left behind");
 
     let out = ok({
         let mut c = bin();
@@ -83,6 +83,20 @@ fn train_writes_a_run_directory_and_sample_reads_it() {
     });
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("KING:\n") && text.trim_end().chars().count() >= 30, "{text:?}");
+
+    // A temperature near 0 is the argmax (the same text for any seed), not an overflow.
+    let cold = |seed: &str| {
+        let mut c = bin();
+        c.args(["sample", "--tokens", "40", "--temperature", "1e-30", "--seed", seed, "--from"]).arg(&dir);
+        String::from_utf8(ok(c).stdout).unwrap()
+    };
+    let greedy = cold("1");
+    assert_eq!(greedy, cold("2"));
+    assert!(greedy.chars().collect::<std::collections::BTreeSet<_>>().len() > 1, "not one character repeated: {greedy:?}");
+
+    // A new run in the same directory without checkpoints leaves no checkpoint of the old one.
+    ok(train(&dir, 3, &["--set", "checkpoint=false"]));
+    assert!(!dir.join("ckpt.safetensors").exists());
 }
 
 #[test]
@@ -155,16 +169,36 @@ fn bad_input_gets_a_one_line_error() {
     run(&["--set", "n_layers=2"], "unknown config key 'n_layers'");
     run(&["--set", "lr=fast"], "bad value");
     run(&["--set", "n_head=3"], "divisible by n_head");
+    run(&["--set", "block_size=4294967296"], "too large");
+    run(&["--set", "eps=nan"], "eps > 0");
+    run(&["--set", "min_lr=1"], "min_lr <= lr");
+    run(&["--set", "grad_clip=-1"], "grad_clip must be >= 0");
     if !cfg!(feature = "cuda") {
         run(&["--device", "cuda"], "no CUDA support");
     }
     run(&["--device", "metal"], "no metal GPU adapter");
     fails(&["train", "--out", &format!("{}/sub", p("file")), "--device", "cpu"], "cannot create output directory");
 
-    // Checkpoints: from another config, and corrupted.
+    // Nothing is created for a run that cannot start.
+    fails(&["train", "--device", "cpu", "--resume", &p("nothing-here")], "holds no run to resume");
+    fails(&["train", "--device", "tpu", "--out", &p("never")], "unknown device");
+    assert!(!Path::new(&p("nothing-here")).exists() && !Path::new(&p("never")).exists());
+
+    // Checkpoints: from another config, other data, and corrupted.
     let run_dir = p("run");
     ok(train(Path::new(&run_dir), 5, &[]));
     fails(&["train", "--device", "cpu", "--resume", &run_dir, "--set", "n_layer=2"], "from another config");
+    // The same characters in another order: the vocabulary agrees, the text does not.
+    let corpus = simplegpt::data::default_corpus();
+    std::fs::write(p("shuffled.txt"), corpus.lines().rev().collect::<Vec<_>>().join("\n")).unwrap();
+    fails(&["train", "--device", "cpu", "--resume", &run_dir, "--data", &p("shuffled.txt")], "differs from the data this run started with");
+    std::fs::write(p("other.txt"), "Ünïcödé text with other characters entirely. ".repeat(50)).unwrap();
+    fails(&["hessian", "--device", "cpu", "--from", &run_dir, "--data", &p("other.txt")], "differ from the checkpoint's vocabulary");
+    fails(&["export", "--from", &run_dir, "--set", "n_layer=2", "--out", &p("x.safetensors")], "--from uses the checkpoint's own config");
+    fails(&["export", "--from", &run_dir, "--out", &dir.to_string_lossy()], "is a directory");
+    fails(&["export", "--from", &run_dir, "--out", &p("no/such/x.safetensors")], "does not exist");
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert!(!files.iter().any(|f| f.ends_with(".tmp")), "no temp file left: {files:?}");
     std::fs::write(Path::new(&run_dir).join("ckpt.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!").unwrap();
     fails(&["sample", "--from", &run_dir], "corrupted");
     fails(&["train", "--device", "cpu", "--resume", &run_dir], "corrupted");
@@ -178,7 +212,24 @@ fn bad_input_gets_a_one_line_error() {
     };
     study(&["--variant", "a:norm=simple", "--variant", "a:norm=pre_ln"], "two variants are named 'a'");
     study(&["--variant", "a:norm=simple", "--seeds", "0"], "--seeds must be at least 1");
+    study(&["--variant", "..:norm=simple"], "variant name '..'");
+    let sweep = |extra: &[&str], expect: &str| {
+        let mut args = vec!["sweep", "--device", "cpu", "--out", &out];
+        args.extend(extra);
+        fails(&args, expect);
+    };
+    sweep(&["--lr-min", "1e-3", "--lr-max", "1.04e-3", "--points", "3"], "agree to two digits");
+    sweep(&["--lr-max", "inf"], "(finite)");
+    assert!(!Path::new(&out).join("pre_ln").exists(), "a sweep with a bad grid trains nothing");
+
+    // The other commands' numbers.
+    fails(&["hessian", "--device", "cpu", "--batches", "0"], "--batches >= 1");
+    fails(&["bench", "--device", "cpu", "--steps", "18446744073709551615"], "too many steps");
+    fails(&["bench", "--device", "cpu", "--peak-tflops", "0"], "--peak-tflops must be > 0");
+    fails(&["repro", &run_dir, &run_dir, "--tolerance", "nan"], "--tolerance");
+    fails(&["repro", "--backends", "cpu,cpu", "--steps", "0"], "--steps must be at least 1");
 }
+
 
 #[test]
 fn repro_passes_identical_runs_and_names_what_differs() {

@@ -273,8 +273,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export { run, from, batches, out } => {
             let (config, model, tokenizer, data) = match from {
                 Some(from) => {
-                    let ckpt = read_checkpoint(&from)?;
+                    let ckpt = read_checkpoint_only(&from, &run)?;
                     let data = run.data(ckpt.config.model.block_size)?;
+                    ckpt.check_data(&data)?;
                     (ckpt.config.clone(), ckpt.model(&Device::flex())?, ckpt.tokenizer.clone(), data)
                 }
                 None => {
@@ -285,6 +286,12 @@ fn run(cli: Cli) -> Result<()> {
                     (trainer.config, model, trainer.data.tokenizer.clone(), trainer.data)
                 }
             };
+            let ids = batches as u128 * (config.train.batch_size * config.model.block_size) as u128;
+            if ids > MAX_EXPORTED_IDS {
+                return Err(Error::Input(format!(
+                    "--batches {batches} would write {ids} token ids per tensor, more than {MAX_EXPORTED_IDS}; export fewer batches"
+                )));
+            }
             let batches = (batches > 0).then_some((&data, batches));
             let bytes = pollster::block_on(interop::export(&model, &config, &tokenizer, batches))?;
             simplegpt::checkpoint::write_atomic(&out, &bytes)?;
@@ -325,8 +332,8 @@ fn run(cli: Cli) -> Result<()> {
             write_report(&out, &md, &svgs)
         }
         Command::Sweep { run, variants, lr_min, lr_max, points, near, seeds, out } => {
-            if !(lr_min > 0.0 && lr_max >= lr_min && points >= 1) {
-                return Err(Error::Input("need 0 < --lr-min <= --lr-max and --points >= 1".into()));
+            if !(lr_min > 0.0 && lr_max >= lr_min && lr_max.is_finite() && points >= 1) {
+                return Err(Error::Input("need 0 < --lr-min <= --lr-max (finite) and --points >= 1".into()));
             }
             if !(near >= 0.0) {
                 return Err(Error::Input(format!("--near must be a number of nats >= 0, got {near}")));
@@ -338,13 +345,23 @@ fn run(cli: Cli) -> Result<()> {
             };
             let variants = Variant::parse_all(&variants)?;
             let base = run.config()?;
+            let grid = study::log_grid(lr_min, lr_max, points);
+            // Each LR names a directory and a column (two significant digits).
+            let names: Vec<String> = grid.iter().map(|lr| format!("lr-{lr:.1e}")).collect();
+            if (1..names.len()).any(|i| names[i] == names[i - 1]) {
+                return Err(Error::Input(format!(
+                    "{points} points from {lr_min} to {lr_max} give learning rates that agree to two digits; use fewer --points or a wider range"
+                )));
+            }
             let mut jobs = Vec::new();
             for v in &variants {
-                for lr in study::log_grid(lr_min, lr_max, points) {
+                for (lr, dir) in grid.iter().zip(&names) {
                     let mut c = v.apply(&base)?;
-                    c.train.lr = lr;
+                    c.train.lr = *lr;
                     c.train.min_lr = lr / 10.0;
-                    jobs.push((format!("{}/lr-{lr:.1e}", v.name), c));
+                    // Every run's config is checked before the first one trains.
+                    c.validate()?;
+                    jobs.push((format!("{}/{dir}", v.name), c));
                 }
             }
             let runs = run_study(&run, &out, study::with_seeds(jobs, seeds)?)?;
@@ -355,14 +372,20 @@ fn run(cli: Cli) -> Result<()> {
             write_report(&out, &md, &svgs)
         }
         Command::Hessian { run, from, iters, eps, batches } => {
+            if iters == 0 || batches == 0 || !(eps > 0.0 && eps.is_finite()) {
+                return Err(Error::Input(format!(
+                    "need --iters >= 1, --batches >= 1 and --eps > 0, got {iters}, {batches}, {eps}"
+                )));
+            }
             let opened = device::open(&run.device)?;
             let device = opened.device.clone().autodiff();
             // The Hessian's loss is `Gpt::forward`'s, which has no dropout: a fixed function
             // of the weights.
             let (config, model, data) = match from {
                 Some(from) => {
-                    let ckpt = read_checkpoint(&from)?;
+                    let ckpt = read_checkpoint_only(&from, &run)?;
                     let data = run.data(ckpt.config.model.block_size)?;
+                    ckpt.check_data(&data)?;
                     (ckpt.config.clone(), ckpt.model(&device)?, data)
                 }
                 None => {
@@ -414,6 +437,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Repro { records, backends, run, steps, tolerance } => repro(records, backends, run, steps, tolerance),
         Command::Bench { run, warmup, steps, peak_tflops } => {
+            if !(peak_tflops > 0.0 && peak_tflops.is_finite()) {
+                return Err(Error::Input(format!("--peak-tflops must be > 0, got {peak_tflops}")));
+            }
+            simplegpt::bench::max_steps(warmup, steps)?;
             let config = run.config()?;
             let data = run.data(config.model.block_size)?;
             let opened = device::open(&run.device)?;
@@ -437,7 +464,7 @@ fn run(cli: Cli) -> Result<()> {
 fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option<PathBuf>) -> Result<()> {
     let (mut trainer, dir, opened) = match &resume {
         Some(dir_path) => {
-            let dir = RunDir::create(dir_path)?;
+            let dir = RunDir::open(dir_path)?;
             let ckpt = Checkpoint::read(&dir.checkpoint_path())?;
             if args.explicit_config() {
                 let asked = args.config()?;
@@ -452,6 +479,7 @@ fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option
                 }
             }
             let data = args.data(ckpt.config.model.block_size)?;
+            dir.check_data(&data)?;
             let opened = device::open(&args.device)?;
             let trainer = Trainer::resume(&ckpt, data, &opened.device)?;
             dir.truncate_metrics(trainer.progress.step)?;
@@ -461,13 +489,14 @@ fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option
         None => {
             let config = args.config()?;
             let data = args.data(config.model.block_size)?;
-            let dir = RunDir::create(&out)?;
             let opened = device::open(&args.device)?;
             let mut trainer = Trainer::new(config, data, &opened.device)?;
             if let Some(path) = &init_from {
                 let bytes = std::fs::read(path).map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
                 trainer.model = interop::import(trainer.model, &bytes, &path.display().to_string(), &trainer.device)?;
             }
+            // Only now, with everything the run needs in hand: bad input leaves no directory.
+            let dir = RunDir::create(&out)?;
             let header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
             dir.start(&trainer, &header)?;
             (trainer, dir, opened)
@@ -525,6 +554,12 @@ fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option
 }
 
 fn repro(records: Vec<PathBuf>, backends: Vec<String>, args: RunArgs, steps: usize, tolerance: f64) -> Result<()> {
+    if !(tolerance >= 0.0 && tolerance.is_finite()) {
+        return Err(Error::Input(format!("--tolerance must be a relative difference >= 0, got {tolerance}")));
+    }
+    if !backends.is_empty() && steps == 0 {
+        return Err(Error::Input("--steps must be at least 1".into()));
+    }
     let runs: Vec<(String, RunRecord)> = match (records.len(), backends.len()) {
         (2, 0) => records
             .iter()
@@ -592,6 +627,20 @@ fn print_loss_table(runs: &[(String, RunRecord)]) {
 fn read_checkpoint(from: &Path) -> Result<Checkpoint> {
     if from.is_dir() { Checkpoint::read(&from.join(simplegpt::run::CHECKPOINT_FILE)) } else { Checkpoint::read(from) }
 }
+
+/// The same for commands that otherwise take a config: a checkpoint brings its own, so a
+/// --preset, --config or --set beside --from would be silently ignored; refuse it instead.
+fn read_checkpoint_only(from: &Path, args: &RunArgs) -> Result<Checkpoint> {
+    if args.explicit_config() {
+        return Err(Error::Input(
+            "--from uses the checkpoint's own config; drop --preset, --config and --set".into(),
+        ));
+    }
+    read_checkpoint(from)
+}
+
+/// The most token ids `export --batches` writes per tensor (x and y): 256 MiB as i32.
+const MAX_EXPORTED_IDS: u128 = 1 << 26;
 
 fn command_line() -> String {
     std::env::args().skip(1).fold("simplegpt".to_string(), |acc, a| format!("{acc} {a}"))

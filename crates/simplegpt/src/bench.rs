@@ -32,12 +32,21 @@ pub fn flops_per_token(config: &Config) -> f64 {
     6.0 * n + 12.0 * l * h * q * t
 }
 
-pub fn bench(mut config: Config, data: Dataset, device: &Device, warmup: usize, steps: usize, peak_flops: f64) -> Result<BenchResult> {
+/// The `max_steps` a bench of `warmup` + `steps` steps runs to; an error for a count it
+/// cannot run (no timed step, or more steps than a usize holds).
+pub fn max_steps(warmup: usize, steps: usize) -> Result<usize> {
     if steps == 0 {
         return Err(Error::Input("--steps must be at least 1".into()));
     }
+    warmup
+        .checked_add(steps)
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(|| Error::Input(format!("--warmup {warmup} plus --steps {steps} is too many steps")))
+}
+
+pub fn bench(mut config: Config, data: Dataset, device: &Device, warmup: usize, steps: usize, peak_flops: f64) -> Result<BenchResult> {
     // Only training steps: no evaluation, no logging, no checkpoint inside the window.
-    config.train.max_steps = warmup + steps + 1;
+    config.train.max_steps = max_steps(warmup, steps)?;
     config.train.eval_interval = usize::MAX;
     config.train.log_interval = usize::MAX;
     config.train.diag_interval = usize::MAX;

@@ -67,14 +67,39 @@ pub async fn to_bytes(trainer: &Trainer) -> Result<Vec<u8>> {
     safetensors_bytes(&tensors, metadata)
 }
 
-/// Writes `bytes` to `path` atomically: a temp file beside it, then a rename.
+/// Writes `bytes` to `path` atomically: a temp file beside it (`path` + `.tmp`), then a
+/// rename. On failure the temp file is removed and `path` is as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io("cannot write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io("cannot move the new file into place at", path))
+    if path.is_dir() {
+        return Err(Error::Input(format!("{} is a directory; give a file name", path.display())));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        return Err(Error::Input(format!("cannot write {}: the directory {} does not exist; create it first", path.display(), dir.display())));
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = std::fs::write(&tmp, bytes)
+        .map_err(io("cannot write", path))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io("cannot move the new file into place at", path)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 impl Checkpoint {
+    /// Checks that `data` has the vocabulary this checkpoint was trained with: other text
+    /// would be encoded into the wrong token ids.
+    pub fn check_data(&self, data: &crate::data::Dataset) -> Result<()> {
+        if data.tokenizer != self.tokenizer {
+            return Err(Error::Input(
+                "the data's characters differ from the checkpoint's vocabulary: pass the --data the run was trained on".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn read(path: &Path) -> Result<Checkpoint> {
         let bytes = std::fs::read(path).map_err(io("cannot read checkpoint", path))?;
         let corrupt = |why: String| {

@@ -181,7 +181,7 @@ impl Config {
         let overrides: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| {
-                let line = e.span().map_or(0, |s| text[..s.start].lines().count().max(1));
+                let line = e.span().map_or(0, |s| text[..s.start].matches('\n').count() + 1);
                 Error::Input(format!("{origin}: bad TOML at line {line}: {}", one_line(e.message())))
             })?;
         let mut merged = toml::Table::try_from(&base).expect("a Config always serialises");
@@ -257,6 +257,46 @@ impl Config {
         if m.n_head == 0 || m.n_embd == 0 || m.n_layer == 0 || m.block_size == 0 {
             return bad("n_head, n_embd, n_layer and block_size must all be at least 1".into());
         }
+        if t.batch_size == 0 || t.grad_accum == 0 {
+            return bad("batch_size and grad_accum must be at least 1".into());
+        }
+        let dims = [
+            ("n_layer", m.n_layer),
+            ("n_head", m.n_head),
+            ("n_embd", m.n_embd),
+            ("block_size", m.block_size),
+            ("vocab_size", m.vocab_size),
+            ("batch_size", t.batch_size),
+            ("grad_accum", t.grad_accum),
+        ];
+        if let Some((name, v)) = dims.iter().find(|(_, v)| *v > MAX_DIM) {
+            return bad(format!("{name} = {v} is too large (at most {MAX_DIM})"));
+        }
+        // Sizes in 128 bits: with each dimension at most 2^24 they cannot overflow there.
+        let (b, nh, tt, c) = (t.batch_size as u128, m.n_head as u128, m.block_size as u128, m.n_embd as u128);
+        let params = m.num_params_u128();
+        if params > MAX_ELEMENTS {
+            return bad(format!("the model would have {params} parameters, more than simplegpt's {MAX_ELEMENTS}; lower n_layer or n_embd"));
+        }
+        // The tensors a dropout masks: the attention weights [B, nh, T, T] and the
+        // activations [B, T, C].
+        let (attention, activations) = (b * nh * tt * tt, b * tt * c);
+        if m.dropout > 0.0 && attention.max(activations) > crate::rng::MASK_MAX_ELEMENTS as u128 {
+            return bad(format!(
+                "dropout masks hold at most 2^30 elements, but the attention weights have \
+                 batch_size x n_head x block_size^2 = {attention} and the activations \
+                 batch_size x block_size x n_embd = {activations}; lower batch_size (and raise \
+                 grad_accum) or set dropout=0"
+            ));
+        }
+        let tensors = [
+            ("the attention weights, batch_size x n_head x block_size^2", attention),
+            ("the MLP activations, batch_size x block_size x hidden", b * tt * m.mlp_hidden() as u128),
+            ("the logits, batch_size x block_size x vocab_size", b * tt * m.vocab_size as u128),
+        ];
+        if let Some((what, n)) = tensors.iter().find(|(_, n)| *n > MAX_ELEMENTS) {
+            return bad(format!("{what} would hold {n} elements, more than simplegpt's {MAX_ELEMENTS} in one tensor; lower batch_size (and raise grad_accum) or block_size"));
+        }
         if m.n_embd % m.n_head != 0 {
             return bad(format!(
                 "n_embd ({}) must be divisible by n_head ({}); pick e.g. n_embd={}",
@@ -271,36 +311,35 @@ impl Config {
         if !(0.0..1.0).contains(&m.dropout) {
             return bad(format!("dropout must be in [0, 1), got {}", m.dropout));
         }
-        if t.batch_size == 0 || t.grad_accum == 0 {
-            return bad("batch_size and grad_accum must be at least 1".into());
+        // Written so that NaN fails every check: a comparison with NaN is false.
+        if !(t.lr > 0.0 && t.lr.is_finite() && t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+            return bad(format!("need lr > 0 (finite) and 0 <= min_lr <= lr, got lr={}, min_lr={}", t.lr, t.min_lr));
         }
-        // The tensors a dropout masks: the attention weights [B, nh, T, T] and the
-        // activations [B, T, C].
-        let attention = t.batch_size * m.n_head * m.block_size * m.block_size;
-        let activations = t.batch_size * m.block_size * m.n_embd;
-        if m.dropout > 0.0 && attention.max(activations) > crate::rng::MASK_MAX_ELEMENTS {
-            return bad(format!(
-                "dropout masks hold at most 2^30 elements, but the attention weights have \
-                 batch_size x n_head x block_size^2 = {attention} and the activations \
-                 batch_size x block_size x n_embd = {activations}; lower batch_size (and raise \
-                 grad_accum) or set dropout=0"
-            ));
+        if !((0.0..1.0).contains(&t.beta1) && (0.0..1.0).contains(&t.beta2) && t.eps > 0.0 && t.eps.is_finite()) {
+            return bad(format!("beta1 and beta2 must be in [0, 1) and eps > 0 (finite), got {}, {}, {}", t.beta1, t.beta2, t.eps));
         }
-        if !(t.lr > 0.0 && t.lr.is_finite()) || t.min_lr < 0.0 {
-            return bad(format!("lr must be a positive number and min_lr >= 0 (lr={}, min_lr={})", t.lr, t.min_lr));
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            return bad(format!("weight_decay must be >= 0 (finite), got {}", t.weight_decay));
         }
-        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) || t.eps <= 0.0 {
-            return bad("beta1 and beta2 must be in [0, 1) and eps > 0".into());
+        if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
+            return bad(format!("grad_clip must be >= 0 (0 turns clipping off), got {}", t.grad_clip));
         }
         if t.log_interval == 0 || t.eval_interval == 0 || t.eval_iters == 0 || t.diag_interval == 0 {
             return bad("log_interval, eval_interval, eval_iters and diag_interval must be at least 1".into());
         }
-        if t.diverge_factor <= 1.0 {
+        if !(t.diverge_factor > 1.0) {
             return bad(format!("diverge_factor must be > 1, got {}", t.diverge_factor));
         }
         Ok(())
     }
 }
+
+/// The largest value of any one size in a config (layers, width, context, batch, ...).
+const MAX_DIM: usize = 1 << 24;
+
+/// The most parameters, and the most elements of one activation tensor, simplegpt allows:
+/// their counts must fit the browser's 32-bit usize.
+const MAX_ELEMENTS: u128 = u32::MAX as u128;
 
 fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -366,7 +405,10 @@ mod tests {
         let again = Config::from_toml(&c.to_toml(), Config::preset("tiny").unwrap(), "y").unwrap();
         assert_eq!(again, c);
         assert!(Config::from_toml("[model\n", base.clone(), "z").is_err());
-        assert!(Config::from_toml("[optim]\nlr=1\n", base, "z").is_err());
+        assert!(Config::from_toml("[optim]\nlr=1\n", base.clone(), "z").is_err());
+        // The line of the error, also when it is the first character of its line.
+        let err = Config::from_toml("[train]\nlr = 1\nlr = 2\n", base, "dup.toml").unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
     }
 
     #[test]
@@ -377,9 +419,26 @@ mod tests {
         // Dropout masks: the activations [B, T, C] can be the largest dropped tensor.
         let mut c = Config::preset("tiny").unwrap();
         (c.model.dropout, c.model.block_size, c.model.n_head, c.model.n_embd) = (0.1, 8, 1, 4096);
+        c.model.mlp = MlpKind::Swiglu; // GELU's 4 C hidden would pass the 2^32 elements of one tensor
         c.train.batch_size = 1 << 15;
         assert!(c.validate().is_ok(), "B T C = 2^30 elements");
         c.train.batch_size = 1 << 16;
         assert!(c.validate().unwrap_err().to_string().contains("batch_size x block_size x n_embd = 2147483648"));
+        // Sizes that overflow 64 bits, and values that are NaN, are input errors.
+        let bad = |set: &str, expect: &str| {
+            let mut c = Config::preset("tiny").unwrap();
+            c.set(set).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(expect), "{set}: {err}");
+        };
+        bad("block_size=4294967296", "block_size = 4294967296 is too large");
+        bad("n_layer=1000000", "parameters");
+        bad("batch_size=1000000", "the attention weights");
+        bad("eps=nan", "eps > 0");
+        bad("min_lr=nan", "min_lr <= lr");
+        bad("min_lr=1", "min_lr <= lr");
+        bad("diverge_factor=nan", "diverge_factor");
+        bad("grad_clip=-1", "grad_clip");
+        bad("weight_decay=-5", "weight_decay");
     }
 }

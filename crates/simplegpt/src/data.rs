@@ -30,7 +30,7 @@ impl Tokenizer {
         text.chars()
             .map(|ch| {
                 self.chars.binary_search(&ch).map(|i| i as u32).map_err(|_| {
-                    Error::Input(format!("character {ch:?} is not in the model's vocabulary"))
+                    Error::Input(format!("character {ch:?} is not in the model's vocabulary (the characters of its training text); use only those"))
                 })
             })
             .collect()

@@ -351,9 +351,15 @@ impl ModelConfig {
 
     /// Parameter count (tied weights once), as nanoGPT's `get_num_params(non_embedding=False)`.
     pub fn num_params(&self) -> usize {
-        let (c, v, h) = (self.n_embd, self.vocab_size, self.mlp_hidden());
-        let lin = |i: usize, o: usize| i * o + if self.bias { o } else { 0 };
-        let norm_p = |d: usize, rms: bool| d + if self.bias && !rms { d } else { 0 };
+        self.num_params_u128() as usize
+    }
+
+    /// The same in 128 bits, where `Config::validate` checks it: any config's count fits
+    /// there, not always a usize (32 bits in the browser).
+    pub fn num_params_u128(&self) -> u128 {
+        let (c, v, h) = (self.n_embd as u128, self.vocab_size as u128, self.mlp_hidden() as u128);
+        let lin = |i: u128, o: u128| i * o + if self.bias { o } else { 0 };
+        let norm_p = |d: u128, rms: bool| d + if self.bias && !rms { d } else { 0 };
         let rms = !matches!(self.norm, NormKind::PreLn | NormKind::PostLn);
         let (pre, qk, simple) = (
             matches!(self.norm, NormKind::PreLn | NormKind::PreRms | NormKind::PreRmsQk | NormKind::PostLn),
@@ -368,8 +374,8 @@ impl ModelConfig {
             + if qk { 2 * c } else { 0 }
             + if simple { 2 * c + c + h * if swiglu { 2 } else { 1 } } else { 0 };
         v * c
-            + if self.pos == PosKind::Learned { self.block_size * c } else { 0 }
-            + self.n_layer * block
+            + if self.pos == PosKind::Learned { self.block_size as u128 * c } else { 0 }
+            + self.n_layer as u128 * block
             + if matches!(self.norm, NormKind::PostLn | NormKind::None) { 0 } else { norm_p(c, rms) }
             + if self.tie_weights { 0 } else { c * v }
     }

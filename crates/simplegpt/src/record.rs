@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::read_f32;
 use crate::params::{self, f32_bytes};
-use crate::data::Split;
+use crate::data::{Dataset, Split};
 use crate::error::Result;
 use crate::rng::fnv1a;
 use crate::train::{StepRecord, Trainer};
@@ -57,6 +57,12 @@ fn hash_ids(ids: &[u32]) -> u64 {
     fnv1a(&ids.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>())
 }
 
+/// The checksum of a dataset: its vocabulary and both splits' token ids.
+pub fn data_checksum(data: &Dataset) -> String {
+    let vocab: String = data.tokenizer.chars.iter().collect();
+    hex(fnv1a(&[vocab.as_bytes(), &hash_ids(&data.train).to_le_bytes(), &hash_ids(&data.val).to_le_bytes()].concat()))
+}
+
 impl RunHeader {
     /// The header of `trainer`'s run, taken before its first step (the weights are read
     /// back from the device, so the checksum is of what the device really holds).
@@ -67,8 +73,6 @@ impl RunHeader {
             bytes.extend(f32_bytes(&read_f32(t).await?));
         }
         let data = &trainer.data;
-        let vocab: String = data.tokenizer.chars.iter().collect();
-        let data_hash = fnv1a(&[vocab.as_bytes(), &hash_ids(&data.train).to_le_bytes(), &hash_ids(&data.val).to_le_bytes()].concat());
         let (cfg, t) = (&trainer.config.train, trainer.config.model.block_size);
         let mut batch_ids = Vec::new();
         for i in 0..CHECKSUM_BATCHES {
@@ -83,7 +87,7 @@ impl RunHeader {
             config_hash: hex(fnv1a(trainer.config.to_toml().as_bytes())),
             seed: cfg.seed,
             init_checksum: hex(fnv1a(&bytes)),
-            data_checksum: hex(data_hash),
+            data_checksum: data_checksum(data),
             batches_checksum: hex(hash_ids(&batch_ids)),
             backend: backend.into(),
             adapter: adapter.into(),
@@ -107,6 +111,8 @@ pub struct Comparison {
     /// The first step whose relative loss difference exceeds the tolerance.
     pub first_past_tolerance: Option<usize>,
     pub tolerance: f64,
+    /// The step each run diverged at (A, B), if it did.
+    pub diverged: (Option<usize>, Option<usize>),
 }
 
 impl Comparison {
@@ -134,8 +140,8 @@ pub fn compare(a: &RunRecord, b: &RunRecord, tolerance: f64) -> Comparison {
         ("data", ha.data_checksum.clone(), hb.data_checksum.clone()),
         ("first batches", ha.batches_checksum.clone(), hb.batches_checksum.clone()),
     ];
-    let losses_b: std::collections::BTreeMap<usize, f64> =
-        b.steps.iter().filter_map(|r| r.loss.map(|l| (r.step, l))).collect();
+    let steps_b: std::collections::BTreeMap<usize, &StepRecord> = b.steps.iter().map(|r| (r.step, r)).collect();
+    let diverged = |x: &RunRecord| x.steps.iter().find(|r| r.diverged.is_some()).map(|r| r.step);
     let mut c = Comparison {
         identity,
         steps_compared: 0,
@@ -144,22 +150,38 @@ pub fn compare(a: &RunRecord, b: &RunRecord, tolerance: f64) -> Comparison {
         max_rel: 0.0,
         first_past_tolerance: None,
         tolerance,
+        diverged: (diverged(a), diverged(b)),
     };
-    for r in &a.steps {
-        let (Some(la), Some(&lb)) = (r.loss, losses_b.get(&r.step)) else { continue };
-        c.steps_compared += 1;
-        let abs = if la == lb { 0.0 } else { (la - lb).abs() };
-        let rel = if abs == 0.0 { 0.0 } else { abs / la.abs().max(lb.abs()) };
-        // NaN on one side only is a difference, and an infinite one.
-        let (abs, rel) = if abs.is_nan() { (f64::INFINITY, f64::INFINITY) } else { (abs, rel) };
+    let differ = |c: &mut Comparison, step: usize, abs: f64, rel: f64| {
         if abs > c.max_abs {
             c.max_abs = abs;
-            c.max_abs_step = Some(r.step);
+            c.max_abs_step = Some(step);
         }
         c.max_rel = c.max_rel.max(rel);
-        if rel > tolerance && c.first_past_tolerance.is_none() {
-            c.first_past_tolerance = Some(r.step);
+        if rel > tolerance && c.first_past_tolerance.is_none_or(|f| step < f) {
+            c.first_past_tolerance = Some(step);
         }
+    };
+    for r in &a.steps {
+        let Some(rb) = steps_b.get(&r.step) else { continue };
+        // A non-finite loss is recorded as null (JSON has no NaN): null on both sides is
+        // the same, null on one side only is an infinite difference.
+        let (abs, rel) = match (r.loss, rb.loss) {
+            (None, None) => continue,
+            (Some(la), Some(lb)) if la == lb => (0.0, 0.0),
+            (Some(la), Some(lb)) => ((la - lb).abs(), (la - lb).abs() / la.abs().max(lb.abs())),
+            _ => (f64::INFINITY, f64::INFINITY),
+        };
+        c.steps_compared += 1;
+        differ(&mut c, r.step, abs, rel);
+    }
+    // One run diverging where the other does not is a parting of ways, even where the
+    // shorter run has no step left to compare.
+    if let (da, db) = c.diverged
+        && da != db
+    {
+        let step = da.into_iter().chain(db).min().expect("one of them diverged");
+        differ(&mut c, step, f64::INFINITY, f64::INFINITY);
     }
     c
 }
@@ -171,6 +193,10 @@ impl std::fmt::Display for Comparison {
             writeln!(f, "  {what:<16} {a:<18} {b:<18} {verdict}")?;
         }
         writeln!(f, "  steps compared   {}", self.steps_compared)?;
+        if self.diverged != (None, None) {
+            let at = |d: Option<usize>| d.map_or("never".to_string(), |s| format!("step {s}"));
+            writeln!(f, "  diverged at      A: {}, B: {}", at(self.diverged.0), at(self.diverged.1))?;
+        }
         let at = self.max_abs_step.map_or(String::new(), |s| format!(" (step {s})"));
         writeln!(f, "  max |loss diff|  {:.2e}{at}, max relative {:.2e}", self.max_abs, self.max_rel)?;
         match self.first_past_tolerance {
@@ -209,4 +235,54 @@ pub fn read(path: &std::path::Path) -> Result<RunRecord> {
     serde_json::from_str(&text).map_err(|e| {
         Error::Input(format!("{} is not a simplegpt run record (a run directory or an exported JSON) ({e})", path.display()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(losses: &[Option<f64>], diverged_at: Option<usize>) -> RunRecord {
+        let s = String::new;
+        let header = RunHeader {
+            format: FORMAT.into(),
+            config: Config::preset("tiny").unwrap(),
+            config_hash: s(),
+            seed: 1,
+            init_checksum: s(),
+            data_checksum: s(),
+            batches_checksum: s(),
+            backend: s(),
+            adapter: s(),
+            precision: s(),
+            simplegpt_version: s(),
+            burn_version: s(),
+            target: s(),
+        };
+        let steps = losses
+            .iter()
+            .enumerate()
+            .map(|(step, &loss)| StepRecord { step, loss, diverged: (Some(step) == diverged_at).then(|| "loss is NaN".into()), ..Default::default() })
+            .collect();
+        RunRecord { header, steps }
+    }
+
+    #[test]
+    fn runs_that_diverge_differently_do_not_reproduce() {
+        let finite = record(&[Some(4.0), Some(3.5), Some(3.0)], None);
+        assert!(compare(&finite, &finite, 0.0).bitwise());
+        // B's loss went NaN (recorded as null) at step 1 and it stopped there: steps 0 agree.
+        let blown = record(&[Some(4.0), None], Some(1));
+        for (a, b) in [(&finite, &blown), (&blown, &finite)] {
+            let c = compare(a, b, 1e-3);
+            assert!(!c.passed(), "{c}");
+            assert_eq!(c.first_past_tolerance, Some(1));
+            assert!(c.to_string().contains("diverged at"), "{c}");
+        }
+        // Both diverged at the same step: the same run.
+        assert!(compare(&blown, &blown, 0.0).passed());
+        // A is slightly off at step 2 only.
+        let off = record(&[Some(4.0), Some(3.5), Some(3.01)], None);
+        let c = compare(&finite, &off, 1e-3);
+        assert_eq!((c.first_past_tolerance, c.max_abs_step, c.steps_compared), (Some(2), Some(2), 3));
+    }
 }

@@ -37,12 +37,43 @@ impl RunDir {
         Ok(RunDir { path: path.to_path_buf() })
     }
 
+    /// An existing run directory, to resume.
+    pub fn open(path: &Path) -> Result<RunDir> {
+        if !path.join(CHECKPOINT_FILE).is_file() {
+            return Err(Error::Input(format!(
+                "{} holds no run to resume (no {CHECKPOINT_FILE}); give the --out directory of a run trained with checkpoint=true",
+                path.display()
+            )));
+        }
+        RunDir::create(path)
+    }
+
     pub fn checkpoint_path(&self) -> PathBuf {
         self.path.join(CHECKPOINT_FILE)
     }
 
+    /// Checks that `data` is the data this run started with (its header's checksum), so
+    /// that a resumed run continues on the same text.
+    pub fn check_data(&self, data: &Dataset) -> Result<()> {
+        let header = crate::record::read(&self.path)?.header;
+        let now = crate::record::data_checksum(data);
+        if header.data_checksum != now {
+            return Err(Error::Input(format!(
+                "the data differs from the data this run started with (checksum {now}, the run's {}): resume with the same --data",
+                header.data_checksum
+            )));
+        }
+        Ok(())
+    }
+
     /// A fresh run: writes config.toml and the run header, and starts metrics.jsonl empty.
+    /// A checkpoint left by an earlier run in this directory is removed: it is not this
+    /// run's, and `sample` or `--resume` would take it for this run's.
     pub fn start(&self, trainer: &Trainer, header: &RunHeader) -> Result<()> {
+        match std::fs::remove_file(self.checkpoint_path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::Io(format!("cannot remove the old {CHECKPOINT_FILE} in {}", self.path.display()), e)),
+            _ => {}
+        }
         checkpoint::write_atomic(&self.path.join(CONFIG_FILE), trainer.config.to_toml().as_bytes())?;
         let header = serde_json::to_string_pretty(header).expect("serialisable");
         checkpoint::write_atomic(&self.path.join(HEADER_FILE), header.as_bytes())?;
@@ -103,13 +134,7 @@ impl Trainer {
     /// Continues the run saved in `ckpt` on `device`. The data must be the data it was
     /// trained on (same characters).
     pub fn resume(ckpt: &Checkpoint, data: Dataset, device: &Device) -> Result<Trainer> {
-        if data.tokenizer != ckpt.tokenizer {
-            return Err(Error::Input(
-                "the data's characters differ from the checkpoint's vocabulary: resume with the \
-                 same --data the run was started with"
-                    .into(),
-            ));
-        }
+        ckpt.check_data(&data)?;
         let mut trainer = Trainer::new(ckpt.config.clone(), data, device)?;
         trainer.model = ckpt.model(&trainer.device)?;
         trainer.optimizer = ckpt.optimizer(&trainer.device.clone().inner());

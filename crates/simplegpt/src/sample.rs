@@ -1,7 +1,7 @@
 //! Text generation from a trained model: temperature and top-k sampling (nanoGPT's
 //! `generate`), with the token draws from a seeded CPU stream.
 
-use burn::tensor::{Int, Tensor, TensorData, activation};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::data::Tokenizer;
 use crate::error::{Error, Result};
@@ -40,31 +40,45 @@ pub async fn generate(model: &Gpt, tokenizer: &Tokenizer, block_size: usize, opt
             TensorData::new(context.iter().map(|&i| i as i32).collect::<Vec<_>>(), [1, t]),
             &device,
         );
-        let logits = model.forward(x).slice([0..1, t - 1..t]).reshape([-1]) / opts.temperature;
-        let probs = activation::softmax(logits, 0)
+        let logits = model
+            .forward(x)
+            .slice([0..1, t - 1..t])
+            .reshape([-1])
             .into_data_async()
             .await
             .map_err(|e| Error::Backend(format!("reading logits failed: {e:?}")))?
             .convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|e| Error::Backend(format!("unexpected logits: {e:?}")))?;
+        // Only the tokenizer's characters: a vocab_size padded past them has ids that
+        // decode to nothing.
+        let probs = softmax(&logits[..tokenizer.vocab_size()], opts.temperature);
         ids.push(draw(&probs, opts.top_k, &mut rng) as u32);
     }
     let start = if prompt_len == 0 { 1 } else { 0 };
     Ok(tokenizer.decode(&ids[start..]))
 }
 
+/// softmax(logits / temperature) in f64, from the largest logit down: no overflow even at
+/// a tiny temperature, where it becomes the argmax.
+fn softmax(logits: &[f32], temperature: f64) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) / temperature).exp()).collect();
+    let total: f64 = exp.iter().sum();
+    exp.iter().map(|e| e / total).collect()
+}
+
 /// Draws an index from `probs`, restricted to the `top_k` largest (0: all).
-fn draw(probs: &[f32], top_k: usize, rng: &mut Stream) -> usize {
+fn draw(probs: &[f64], top_k: usize, rng: &mut Stream) -> usize {
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
     if top_k > 0 {
         order.truncate(top_k);
     }
-    let total: f64 = order.iter().map(|&i| probs[i] as f64).sum();
+    let total: f64 = order.iter().map(|&i| probs[i]).sum();
     let mut u = rng.uniform() * total;
     for &i in &order {
-        u -= probs[i] as f64;
+        u -= probs[i];
         if u <= 0.0 {
             return i;
         }

@@ -31,8 +31,11 @@ impl Variant {
         }
         let name = name.unwrap_or_else(|| sets.iter().map(|s| s.split_once('=').unwrap().1).collect::<Vec<_>>().join("-"));
         let safe = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
-        if name.is_empty() || !name.chars().all(safe) {
-            return Err(Error::Input(format!("variant name '{name}' must be letters, digits, '-', '_' or '.' (it names a directory)")));
+        // The name is a directory beside the report's own files.
+        if name.is_empty() || !name.chars().all(safe) || name.starts_with('.') || name.ends_with(".md") || name.ends_with(".svg") {
+            return Err(Error::Input(format!(
+                "variant name '{name}' must be letters, digits, '-', '_' or '.', not start with '.' nor end in .md or .svg (it names a directory)"
+            )));
         }
         Ok(Variant { name, sets })
     }
@@ -535,6 +538,9 @@ mod tests {
         assert_eq!(Variant::parse("norm=post_ln,residual=false").unwrap().name, "post_ln-false");
         assert!(Variant::parse("simple").is_err());
         assert!(Variant::parse("a/b:norm=simple").is_err());
+        for name in [".", "..", "report.md", "loss.svg"] {
+            assert!(Variant::parse(&format!("{name}:norm=simple")).is_err(), "{name}");
+        }
     }
 
     #[test]
