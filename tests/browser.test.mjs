@@ -141,9 +141,57 @@ test('the LR sweep trains each variant at each LR and plots final loss against L
   }
 });
 
-test('a bad query parameter is an error on the page, not a hang', async () => {
-  const { state, browser } = await runPage(QUIET, '?compare=nonsense&preset=micro&steps=3&autostart=1');
-  await browser.close();
-  assert.equal(state.state, 'error');
-  assert.match(state.error, /unknown comparison 'nonsense'/);
+test('a bad query parameter or form value is an error on the page, and the page still works', async () => {
+  // `constructor` is a name every JavaScript object has: not a comparison all the same.
+  const { page, state, browser } = await runPage(QUIET, '?compare=constructor&preset=micro&steps=2&backend=cpu&autostart=1');
+  try {
+    assert.equal(state.state, 'error');
+    assert.match(state.error, /unknown comparison 'constructor'; choose one of residual/);
+    const error = () => page.evaluate(() => document.body.dataset.error);
+    await page.fill('#steps', '1e3');
+    await page.click('#start');
+    assert.match(await error(), /steps must be a whole number from 1 to 100000, got '1e3'/);
+    await page.fill('#steps', '2');
+    await page.fill('#lr', 'Infinity');
+    await page.click('#start');
+    assert.match(await error(), /learning rate must be a positive number, got 'Infinity'/);
+    // With the form fixed, Train trains.
+    await page.fill('#lr', '');
+    await page.click('#start');
+    await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state));
+    const done = await page.evaluate(() => ({ state: document.body.dataset.state, error: document.body.dataset.error, n: window.simplegptResults?.variants.length }));
+    assert.deepEqual(done, { state: 'done', error: undefined, n: 2 });
+  } finally {
+    await browser.close();
+  }
+});
+
+test('a run that diverges is shown as a result, not a crash', async () => {
+  const { page, state, logs, browser } = await runPage(QUIET, '?compare=lr&preset=micro&steps=6&lr=1e9&seed=4&backend=cpu&autostart=1');
+  try {
+    await page.screenshot({ path: join(OUT, 'diverged.png'), fullPage: true });
+    assert.equal(state.state, 'done', `${state.error}\n${logs.join('\n')}`);
+    for (const v of state.results.variants) {
+      assert.ok(Number.isInteger(v.diverged_at) && v.diverged_at < 6, `${v.name} diverged: ${v.diverged_at}`);
+      // Its validation loss is the untrained model's, and the table says so.
+      assert.equal(v.val_step, 0);
+    }
+    const table = await page.textContent('#results tbody');
+    assert.match(table, /\(step 0\)/);
+    assert.match(await page.textContent('#samples'), /diverged at step \d+; what the broken model writes/);
+    // The finite losses before the divergence are drawn (as dots where they stand alone):
+    // pixels in the first variant's colour, #1f77b4.
+    const inked = await page.evaluate(() => {
+      const c = document.getElementById('loss-chart');
+      const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let n = 0;
+      for (let i = 0; i < px.length; i += 4) {
+        n += Math.abs(px[i] - 0x1f) < 24 && Math.abs(px[i + 1] - 0x77) < 24 && Math.abs(px[i + 2] - 0xb4) < 24 && px[i + 3] > 200;
+      }
+      return n;
+    });
+    assert.ok(inked >= 16, `pixels of the first variant in the loss chart: ${inked}`);
+  } finally {
+    await browser.close();
+  }
 });

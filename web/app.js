@@ -96,15 +96,23 @@ async function openDevice(allowWebGpu) {
 
 // Draws line series [{name, color, xs, ys}] on a canvas; non-finite points break the line.
 // The x axis is steps from 0, or (logX) log-scaled over the data's range. `reference`: a
-// loss drawn as a dashed horizontal line.
-function drawChart(canvas, series, { logY = false, logX = false, reference = null } = {}) {
+// loss drawn as a dashed horizontal line. `yCap`: the top of the y axis at most; larger
+// values (a loss blowing up) are drawn at the top edge, so the rest stays readable.
+function drawChart(canvas, series, { logY = false, logX = false, reference = null, yCap = null } = {}) {
   const ctx = canvas.getContext('2d');
   const { width: w, height: h } = canvas;
   const pad = { l: 52, r: 10, t: 10, b: 28 };
   ctx.clearRect(0, 0, w, h);
   const tf = (y) => (logY ? Math.log10(y) : y);
   const pts = series.flatMap((s) => s.ys.map((y, i) => [s.xs[i], y])).filter(([, y]) => Number.isFinite(tf(y)));
-  if (pts.length === 0) return;
+  if (pts.length === 0) {
+    if (series.some((s) => s.ys.length)) {
+      ctx.fillStyle = '#b00020';
+      ctx.font = '14px system-ui';
+      ctx.fillText('no finite values to draw (the runs diverged)', pad.l, h / 2);
+    }
+    return;
+  }
   const xMax = Math.max(1, ...pts.map(([x]) => x));
   // Over every x given, so that a run that diverged at the edge of a sweep still spans it.
   const xs = series.flatMap((s) => s.xs).filter((x) => x > 0).map(Math.log10);
@@ -112,9 +120,10 @@ function drawChart(canvas, series, { logY = false, logX = false, reference = nul
   const ys = [...pts.map(([, y]) => tf(y)), ...(reference == null ? [] : [tf(reference)])];
   let yMin = Math.min(...ys);
   let yMax = Math.max(...ys);
+  if (yCap != null && tf(yCap) > yMin) yMax = Math.min(yMax, tf(yCap));
   if (yMax - yMin < 1e-9) { yMin -= 0.5; yMax += 0.5; }
   const X = (x) => pad.l + (logX ? (Math.log10(x) - lxMin) / (lxMax - lxMin) : x / xMax) * (w - pad.l - pad.r);
-  const Y = (y) => pad.t + (1 - (tf(y) - yMin) / (yMax - yMin)) * (h - pad.t - pad.b);
+  const Y = (y) => pad.t + (1 - (Math.min(tf(y), yMax) - yMin) / (yMax - yMin)) * (h - pad.t - pad.b);
   ctx.strokeStyle = '#999';
   ctx.fillStyle = '#333';
   ctx.font = '12px system-ui';
@@ -125,7 +134,7 @@ function drawChart(canvas, series, { logY = false, logX = false, reference = nul
   ctx.stroke();
   for (let i = 0; i <= 4; i++) {
     const v = yMin + ((yMax - yMin) * i) / 4;
-    const label = logY ? (10 ** v).toPrecision(2) : v.toFixed(2);
+    const label = logY ? (10 ** v).toPrecision(2) : Math.abs(v) >= 1e4 ? v.toExponential(1) : v.toFixed(2);
     ctx.fillText(label, 4, Y(logY ? 10 ** v : v) + 4);
   }
   if (logX) {
@@ -146,22 +155,20 @@ function drawChart(canvas, series, { logY = false, logX = false, reference = nul
     ctx.restore();
   }
   for (const s of series) {
+    const finite = (i) => Number.isFinite(tf(s.ys[i])); // false past either end
     ctx.strokeStyle = s.color;
+    ctx.fillStyle = s.color;
     ctx.lineWidth = 1.5;
     ctx.beginPath();
-    let drawing = false;
     s.ys.forEach((y, i) => {
-      if (!Number.isFinite(tf(y))) { drawing = false; return; }
-      if (drawing) ctx.lineTo(X(s.xs[i]), Y(y));
+      if (!finite(i)) return;
+      if (finite(i - 1)) ctx.lineTo(X(s.xs[i]), Y(y));
       else ctx.moveTo(X(s.xs[i]), Y(y));
-      drawing = true;
+      // A point with no finite neighbour (a first diagnostic step, a run cut short by
+      // divergence, an LR between two that diverged) has no line: it shows as a dot.
+      if (!finite(i - 1) && !finite(i + 1)) ctx.fillRect(X(s.xs[i]) - 2.5, Y(y) - 2.5, 5, 5);
     });
     ctx.stroke();
-    // A lone point (the first diagnostic step) shows as a dot.
-    if (s.ys.length === 1 && Number.isFinite(tf(s.ys[0]))) {
-      ctx.fillStyle = s.color;
-      ctx.fillRect(X(s.xs[0]) - 2, Y(s.ys[0]) - 2, 4, 4);
-    }
   }
 }
 
@@ -171,7 +178,12 @@ function redraw() {
   const reference = state.results?.unigram ?? null;
   $('unigram-note').textContent = reference == null ? ''
     : `; dashed: ${reference.toFixed(3)}, the loss of a model that knows only how often each character occurs`;
-  drawChart($('loss-chart'), variants.map((v, i) => ({ name: v.name, color: COLORS[i % COLORS.length], xs: v.steps, ys: v.loss })), { reference });
+  // Up to the divergence threshold (diverge_factor x the first loss): a run is stopped there,
+  // so only its last step goes past, and that one is drawn at the top edge.
+  const firsts = variants.map((v) => v.loss[0]).filter(Number.isFinite);
+  const factor = Math.max(...variants.map((v) => v.config.train.diverge_factor));
+  const yCap = firsts.length ? factor * Math.max(...firsts) : null;
+  drawChart($('loss-chart'), variants.map((v, i) => ({ name: v.name, color: COLORS[i % COLORS.length], xs: v.steps, ys: v.loss })), { reference, yCap });
   $('legend').innerHTML = variants
     .map((v, i) => `<span style="--c:${COLORS[i % COLORS.length]}">${v.name}</span>`)
     .join('');
@@ -203,12 +215,19 @@ function redraw() {
   $('grad-legend').innerHTML = series.map((s) => `<span style="--c:${s.color}">${s.name}</span>`).join('');
 }
 
+// The run is evaluated at step 0 and at its last step: a run that diverged or was stopped
+// before the end has only the untrained model's validation loss, so say which step it is.
+function staleVal(v) {
+  const last = v.records[v.records.length - 1]?.step;
+  return v.val_loss != null && v.val_step !== last ? ` (step ${v.val_step})` : '';
+}
+
 function updateTable() {
   const rows = (state.results?.variants ?? []).map((v, i) => {
     const finite = v.loss.filter(Number.isFinite);
-    const fmt = (x) => (x == null ? '–' : Number.isFinite(x) ? x.toFixed(4) : String(x));
+    const fmt = (x) => (x == null ? '–' : !Number.isFinite(x) ? String(x) : Math.abs(x) >= 1e4 ? x.toExponential(3) : x.toFixed(4));
     return `<tr><td>${v.name}</td><td>${fmt(v.loss[v.loss.length - 1])}</td>
-      <td>${fmt(finite.length ? Math.min(...finite) : null)}</td><td>${fmt(v.val_loss)}</td>
+      <td>${fmt(finite.length ? Math.min(...finite) : null)}</td><td>${fmt(v.val_loss)}${staleVal(v)}</td>
       <td>${v.diverged_at ?? '–'}</td><td>${v.tokens_per_sec ? Math.round(v.tokens_per_sec) : '–'}</td>
       <td>${state.results.backend}: ${state.results.adapter}</td></tr>`;
   });
@@ -235,10 +254,15 @@ function overridesFor(comparison, variant, form) {
 
 async function runComparison(form) {
   const comparison = COMPARISONS[form.compare];
-  if (!comparison) throw new Error(`unknown comparison '${form.compare}'; choose one of ${Object.keys(COMPARISONS).join(', ')}`);
-  if (!PRESETS[form.preset]) throw new Error(`unknown preset '${form.preset}'; choose one of ${Object.keys(PRESETS).join(', ')}`);
   const text = form.customText ?? state.text;
+  if (comparison.lrs && state.extraSet.some((s) => /^\s*(train\.)?(min_)?lr\s*=/.test(s))) {
+    throw new Error('the sweep sets its own learning rates; drop set=lr and set=min_lr from the address');
+  }
   state.results = { backend: state.device.backend, adapter: state.device.adapter, sweep: !!comparison.lrs, variants: [] };
+  // Clear the last comparison's charts and table now, so that a failure below leaves none
+  // of its results looking like this one's.
+  redraw();
+  updateTable();
   // A sweep trains every variant at every LR of its grid (the form's LR is not used).
   const runs = comparison.lrs
     ? comparison.variants.flatMap((v) => comparison.lrs.map((lr) => ({
@@ -251,34 +275,47 @@ async function runComparison(form) {
     const configJson = resolve_config('tiny', overridesFor(comparison, variant, form));
     setState('running', `${variant.name}: building the model`);
     const run = await Run.create(configJson, text);
-    state.results.unigram ??= run.unigram_loss();
-    const v = { name: variant.name, base: variant.base, lr: variant.lr, config: JSON.parse(configJson), header: JSON.parse(run.header()),
-      steps: [], loss: [], val_loss: null, diverged_at: null, tokens_per_sec: null, records: [] };
-    state.results.variants.push(v);
-    $('grad-variant').value = variant.name;
-    setState('running', `${variant.name}: compiling shaders (the first step)`);
-    while (!run.finished() && !state.stop) {
-      const json = await run.step();
-      if (json) {
-        const r = JSON.parse(json);
-        v.records.push(r);
-        if (r.loss !== undefined) { v.steps.push(r.step); v.loss.push(r.loss ?? NaN); }
-        if (r.val_loss !== undefined) v.val_loss = r.val_loss;
-        if (r.tokens_per_sec) v.tokens_per_sec = r.tokens_per_sec;
-        if (r.diverged) v.diverged_at = r.step;
-        setState('running', `${variant.name}: step ${r.step} of ${form.steps}` +
-          (r.loss !== undefined ? `, loss ${Number(r.loss).toFixed(4)}` : ''));
-        redraw();
-        updateTable();
-      }
-      await nextTask(); // let the page paint and take clicks between steps
+    try {
+      await trainVariant(run, variant, configJson, form);
+    } finally {
+      run.free(); // its GPU memory, also when a step failed
     }
-    const sample = await run.sample('', 200, BigInt(form.seed));
-    $('samples').insertAdjacentHTML('beforeend', `<h3>${variant.name}</h3><pre></pre>`);
-    $('samples').lastElementChild.textContent = sample;
-    run.free();
   }
   window.simplegptResults = state.results;
+}
+
+// Trains one variant to its end (or divergence, or Stop), recording and drawing each step.
+async function trainVariant(run, variant, configJson, form) {
+  state.results.unigram ??= run.unigram_loss();
+  const v = { name: variant.name, base: variant.base, lr: variant.lr, config: JSON.parse(configJson), header: JSON.parse(run.header()),
+    steps: [], loss: [], val_loss: null, val_step: null, diverged_at: null, tokens_per_sec: null, records: [] };
+  state.results.variants.push(v);
+  $('grad-variant').value = variant.name;
+  setState('running', `${variant.name}: compiling shaders (the first step)`);
+  while (!run.finished() && !state.stop) {
+    const json = await run.step();
+    if (json) {
+      const r = JSON.parse(json);
+      v.records.push(r);
+      if (r.loss !== undefined) { v.steps.push(r.step); v.loss.push(r.loss ?? NaN); }
+      if (r.val_loss !== undefined) { v.val_loss = r.val_loss; v.val_step = r.step; }
+      if (r.tokens_per_sec) v.tokens_per_sec = r.tokens_per_sec;
+      if (r.diverged) v.diverged_at = r.step;
+      // A non-finite loss arrives as null (JSON has no NaN).
+      const loss = r.loss === undefined ? '' : r.loss === null ? ', loss not finite' : `, loss ${r.loss.toFixed(4)}`;
+      setState('running', `${variant.name}: step ${r.step} of ${form.steps}${loss}${r.diverged ? ' (diverged)' : ''}`);
+      redraw();
+      updateTable();
+    }
+    await nextTask(); // let the page paint and take clicks between steps
+  }
+  const sample = await run.sample('', 200, BigInt(form.seed));
+  const heading = document.createElement('h3');
+  heading.textContent = v.diverged_at == null ? variant.name
+    : `${variant.name}: diverged at step ${v.diverged_at}; what the broken model writes`;
+  const pre = document.createElement('pre');
+  pre.textContent = sample;
+  $('samples').append(heading, pre);
 }
 
 // The records in the format the native CLI writes (run.json + metrics.jsonl as one object),
@@ -301,26 +338,51 @@ function exportRecords() {
 
 // ---------------------------------------------------------------------------- controls
 
+// The form's values, or an Error naming the first bad one.
 function readForm() {
-  const lr = $('lr').value.trim();
-  const custom = document.querySelector('input[name=text]:checked').value === 'custom';
-  return {
-    compare: $('compare').value,
-    preset: $('preset').value,
-    steps: Math.max(1, parseInt($('steps').value, 10) || 1),
-    seed: Math.max(0, parseInt($('seed').value, 10) || 0),
-    lr: lr === '' ? null : Number(lr),
-    customText: custom ? $('custom-text').value : null,
+  const value = (id) => $(id).value.trim();
+  const count = (id, what, min, max) => {
+    const n = Number(value(id));
+    if (!/^\d+$/.test(value(id)) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new Error(`${what} must be a whole number from ${min} to ${max}, got '${value(id)}'`);
+    }
+    return n;
   };
+  const custom = document.querySelector('input[name=text]:checked').value === 'custom';
+  const lr = value('lr') === '' ? null : Number(value('lr'));
+  if (lr !== null && !(Number.isFinite(lr) && lr > 0)) throw new Error(`learning rate must be a positive number, got '${value('lr')}'`);
+  const customText = custom ? $('custom-text').value : null;
+  if (customText === '') throw new Error('paste or drop some text first');
+  const form = { compare: value('compare'), preset: value('preset'), steps: count('steps', 'steps', 1, 100000),
+    seed: count('seed', 'seed', 0, Number.MAX_SAFE_INTEGER), lr, customText };
+  for (const [key, table] of [['compare', COMPARISONS], ['preset', PRESETS]]) {
+    if (!Object.hasOwn(table, form[key])) throw new Error(unknown(key, form[key]));
+  }
+  return form;
+}
+
+function unknown(key, value) {
+  const table = key === 'compare' ? COMPARISONS : PRESETS;
+  return `unknown ${key === 'compare' ? 'comparison' : 'preset'} '${value}'; choose one of ${Object.keys(table).join(', ')}`;
+}
+
+// Nothing in the form changes while a run uses it.
+function lockForm(locked) {
+  for (const el of $('controls').querySelectorAll('select, input, textarea')) el.disabled = locked;
+  if (!locked) $('lr').disabled = !!COMPARISONS[$('compare').value]?.lrs;
+  $('start').disabled = locked;
+  $('stop').disabled = !locked;
 }
 
 async function start() {
-  const form = readForm();
-  if (form.lr !== null && !(form.lr > 0)) return setState('error', `learning rate must be a positive number, got '${$('lr').value}'`);
-  if (form.customText !== null && form.customText.length === 0) return setState('error', 'paste or drop some text first');
+  let form;
+  try {
+    form = readForm();
+  } catch (e) {
+    return setState('error', `error: ${e.message}`);
+  }
   state.stop = false;
-  $('start').disabled = true;
-  $('stop').disabled = false;
+  lockForm(true);
   $('export').disabled = true;
   try {
     await runComparison(form);
@@ -328,8 +390,7 @@ async function start() {
   } catch (e) {
     setState('error', `error: ${e?.message ?? e}`);
   } finally {
-    $('start').disabled = false;
-    $('stop').disabled = true;
+    lockForm(false);
     $('export').disabled = !state.results?.variants.length;
   }
 }
@@ -342,6 +403,7 @@ function wireControls() {
   $('compare').addEventListener('change', () => {
     const suggested = COMPARISONS[$('compare').value].preset;
     if (suggested) $('preset').value = suggested;
+    lockForm(false); // the sweep has its own LRs: its LR field is off
   });
   const box = $('custom-text');
   box.addEventListener('input', () => { document.querySelector('input[name=text][value=custom]').checked = true; });
@@ -360,22 +422,23 @@ function wireControls() {
 
 async function main() {
   const params = new URLSearchParams(location.search);
-  const known = { compare: COMPARISONS, preset: PRESETS };
-  for (const [key, table] of Object.entries(known)) {
+  // A bad parameter is reported once the page is ready, and the form keeps its default
+  // for it, so that choosing a valid value and pressing Train still works.
+  let paramError = null;
+  for (const [key, table] of [['compare', COMPARISONS], ['preset', PRESETS]]) {
     const value = params.get(key);
-    if (value !== null && !(value in table)) {
-      const what = key === 'compare' ? 'comparison' : 'preset';
-      setState('error', `error: unknown ${what} '${value}'; choose one of ${Object.keys(table).join(', ')}`);
-      return;
-    }
+    if (value !== null && !Object.hasOwn(table, value)) paramError ??= unknown(key, value);
+    else if (value !== null) $(key).value = value;
   }
-  for (const key of ['compare', 'preset', 'steps', 'seed', 'lr']) {
+  for (const key of ['steps', 'seed', 'lr']) {
     if (params.has(key)) $(key).value = params.get(key);
   }
   // Any config key, as the CLI's --set (e.g. ?set=dropout=0.1&set=n_layer=2).
   state.extraSet = params.getAll('set');
   if (!params.has('preset') && COMPARISONS[$('compare').value].preset) $('preset').value = COMPARISONS[$('compare').value].preset;
   wireControls();
+  lockForm(false);
+  $('start').disabled = true; // until the device is open
   try {
     setState('loading', 'loading the WebAssembly module');
     await init();
@@ -388,7 +451,9 @@ async function main() {
     setState('error', `error: ${e?.message ?? e}`);
     return;
   }
-  if (params.get('autostart') === '1') start();
+  $('start').disabled = false;
+  if (paramError) setState('error', `error: ${paramError}`);
+  else if (params.get('autostart') === '1') start();
 }
 
 main();

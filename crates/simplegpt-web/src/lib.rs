@@ -31,6 +31,12 @@ fn js_err(e: impl std::fmt::Display) -> JsValue {
     JsValue::from_str(&e.to_string())
 }
 
+/// The run's trainer, or an error while a step holds it (JavaScript may call in while a
+/// `step()` promise is pending).
+fn lock(trainer: &RefCell<Trainer>) -> Result<std::cell::RefMut<'_, Trainer>, JsValue> {
+    trainer.try_borrow_mut().map_err(|_| js_err("a step of this run is in progress; await it first"))
+}
+
 fn device() -> Result<Rc<Opened>, JsValue> {
     DEVICE.with(|d| d.borrow().clone()).ok_or_else(|| js_err("call open_device first"))
 }
@@ -108,12 +114,12 @@ impl Run {
 
     /// The validation loss of the character frequencies alone (`Dataset::unigram_loss`): the
     /// level a run that learns no context stalls at, drawn as a reference line.
-    pub fn unigram_loss(&self) -> f64 {
-        self.trainer.borrow().data.unigram_loss()
+    pub fn unigram_loss(&self) -> Result<f64, JsValue> {
+        Ok(lock(&self.trainer)?.data.unigram_loss())
     }
 
-    pub fn finished(&self) -> bool {
-        self.trainer.borrow().finished()
+    pub fn finished(&self) -> Result<bool, JsValue> {
+        Ok(lock(&self.trainer)?.finished())
     }
 
     /// One step; resolves to the step's record (JSON) when it was logged, else `null`.
@@ -122,7 +128,7 @@ impl Run {
         future_to_promise(async move {
             // One step at a time: the page awaits each before asking for the next.
             #[allow(clippy::await_holding_refcell_ref)]
-            let record = trainer.borrow_mut().step().await.map_err(js_err)?;
+            let record = lock(&trainer)?.step().await.map_err(js_err)?;
             Ok(record.map_or(JsValue::NULL, |r| JsValue::from_str(&serde_json::to_string(&r).expect("serialisable"))))
         })
     }
@@ -132,7 +138,7 @@ impl Run {
         let trainer = self.trainer.clone();
         future_to_promise(async move {
             let (model, tokenizer, block) = {
-                let t = trainer.borrow();
+                let t = lock(&trainer)?;
                 (t.model.valid(), t.data.tokenizer.clone(), t.config.model.block_size)
             };
             let opts = SampleOptions { prompt, max_new_tokens: tokens, temperature: 0.8, top_k: 20, seed };
