@@ -123,11 +123,12 @@ impl Run {
     }
 
     /// One step; resolves to the step's record (JSON) when it was logged, else `null`.
+    // The step holds the trainer across its awaits (its GPU read-backs). The page awaits
+    // each step before the next call; a call that comes earlier gets `lock`'s error.
+    #[allow(clippy::await_holding_refcell_ref)]
     pub fn step(&self) -> Promise {
         let trainer = self.trainer.clone();
         future_to_promise(async move {
-            // One step at a time: the page awaits each before asking for the next.
-            #[allow(clippy::await_holding_refcell_ref)]
             let record = lock(&trainer)?.step().await.map_err(js_err)?;
             Ok(record.map_or(JsValue::NULL, |r| JsValue::from_str(&serde_json::to_string(&r).expect("serialisable"))))
         })
