@@ -115,6 +115,9 @@ fn a_killed_run_resumes_to_the_uninterrupted_runs_numbers() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(metrics(&part).len() < steps, "the run was interrupted");
+    // A kill mid-write leaves a torn last line: resuming drops it.
+    let mut torn = std::fs::OpenOptions::new().append(true).open(part.join("metrics.jsonl")).unwrap();
+    std::io::Write::write_all(&mut torn, b"{\"step\":9").unwrap();
 
     let mut resume = bin();
     resume.args(["train", "--device", "cpu", "--resume"]).arg(&part);

@@ -223,18 +223,24 @@ impl std::fmt::Display for Comparison {
 #[cfg(not(target_family = "wasm"))]
 pub fn read(path: &std::path::Path) -> Result<RunRecord> {
     use crate::error::Error;
-    use crate::run::{HEADER_FILE, METRICS_FILE, read_metrics};
+    use crate::run::{METRICS_FILE, read_metrics};
     if path.is_dir() {
-        let header_path = path.join(HEADER_FILE);
-        let text = std::fs::read_to_string(&header_path).map_err(crate::error::io("cannot read run header", &header_path))?;
-        let header = serde_json::from_str(&text)
-            .map_err(|e| Error::Input(format!("{} is not a simplegpt run header ({e})", header_path.display())))?;
-        return Ok(RunRecord { header, steps: read_metrics(&path.join(METRICS_FILE))? });
+        return Ok(RunRecord { header: read_header(path)?, steps: read_metrics(&path.join(METRICS_FILE))? });
     }
     let text = std::fs::read_to_string(path).map_err(crate::error::io("cannot read run record", path))?;
     serde_json::from_str(&text).map_err(|e| {
         Error::Input(format!("{} is not a simplegpt run record (a run directory or an exported JSON) ({e})", path.display()))
     })
+}
+
+/// The header (run.json) of a run directory, without its metrics: a run killed mid-write
+/// may have left a torn last metrics line, which resuming drops.
+#[cfg(not(target_family = "wasm"))]
+pub fn read_header(dir: &std::path::Path) -> Result<RunHeader> {
+    let path = dir.join(crate::run::HEADER_FILE);
+    let text = std::fs::read_to_string(&path).map_err(crate::error::io("cannot read run header", &path))?;
+    serde_json::from_str(&text)
+        .map_err(|e| crate::error::Error::Input(format!("{} is not a simplegpt run header ({e})", path.display())))
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ impl RunDir {
     /// Checks that `data` is the data this run started with (its header's checksum), so
     /// that a resumed run continues on the same text.
     pub fn check_data(&self, data: &Dataset) -> Result<()> {
-        let header = crate::record::read(&self.path)?.header;
+        let header = crate::record::read_header(&self.path)?;
         let now = crate::record::data_checksum(data);
         if header.data_checksum != now {
             return Err(Error::Input(format!(
