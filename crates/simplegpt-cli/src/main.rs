@@ -366,7 +366,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let runs = run_study(&run, &out, study::with_seeds(jobs, seeds)?)?;
             // Group the runs by variant (the part of the directory before "/lr-").
-            let runs: Vec<_> = runs.into_iter().map(|(n, c, r)| (n.split('/').next().unwrap_or(&n).to_string(), c, r)).collect();
+            let runs: Vec<_> = runs.into_iter().map(|(n, c, r)| (study::variant_of(&n).to_string(), c, r)).collect();
             let unigram = run.data(base.model.block_size)?.unigram_loss();
             let (md, svgs) = study::sweep_report(&command_line(), &runs, near, unigram);
             write_report(&out, &md, &svgs)

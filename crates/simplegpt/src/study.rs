@@ -326,7 +326,7 @@ fn escape(s: &str) -> String {
 
 /// Run names `variant/seed-S` (or `variant/lr-X/seed-S`) belong to `variant`; a name
 /// without a '/' is a variant of its own.
-fn variant_of(run: &str) -> &str {
+pub fn variant_of(run: &str) -> &str {
     run.split('/').next().unwrap_or(run)
 }
 
@@ -351,7 +351,7 @@ fn mean_curve(runs: &[&[StepRecord]], pick: fn(&StepRecord) -> Option<f64>) -> V
         .keys()
         .filter_map(|step| {
             let values: Vec<f64> = per_run.iter().filter_map(|m| m.get(step).copied()).collect();
-            (values.len() == per_run.len()).then(|| (*step as f64, values.iter().sum::<f64>() / values.len() as f64))
+            if values.len() == per_run.len() { mean(&values).map(|m| (*step as f64, m)) } else { None }
         })
         .collect()
 }
