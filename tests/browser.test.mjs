@@ -52,6 +52,21 @@ async function runPage(args, query) {
   }
 }
 
+/// Pixels of a canvas that are drawn on (or, given `rgb`, of about that colour), in the
+/// rectangle at (x, y) of the canvas's width + w and height + h.
+function countPixels(page, id, rect, rgb = null) {
+  return page.evaluate(({ id, rect, rgb }) => {
+    const c = document.getElementById(id);
+    const px = c.getContext('2d').getImageData(rect.x, rect.y, c.width + rect.w, c.height + rect.h).data;
+    let n = 0;
+    for (let i = 0; i < px.length; i += 4) {
+      n += rgb === null ? px[i + 3] > 0
+        : Math.abs(px[i] - rgb[0]) < 24 && Math.abs(px[i + 1] - rgb[1]) < 24 && Math.abs(px[i + 2] - rgb[2]) < 24 && px[i + 3] > 200;
+    }
+    return n;
+  }, { id, rect, rgb });
+}
+
 /// The page's config (JSON) as the CLI's TOML.
 function toToml(config) {
   const value = (v) => (typeof v === 'number' && Number.isInteger(v) ? String(v) : JSON.stringify(v));
@@ -128,13 +143,7 @@ test('the LR sweep trains each variant at each LR and plots final loss against L
     assert.deepEqual(runs.map((v) => v.config.train.min_lr), [...lrs, ...lrs].map((lr) => lr / 10));
     assert.ok(await page.isVisible('#lr-chart'), 'the loss-vs-LR chart is shown');
     // The chart has drawn: some pixels in the plot area are not blank.
-    const inked = await page.evaluate(() => {
-      const c = document.getElementById('lr-chart');
-      const px = c.getContext('2d').getImageData(60, 10, c.width - 70, c.height - 40).data;
-      let n = 0;
-      for (let i = 3; i < px.length; i += 4) n += px[i] > 0;
-      return n;
-    });
+    const inked = await countPixels(page, 'lr-chart', { x: 60, y: 10, w: -70, h: -40 });
     assert.ok(inked > 100, `inked pixels: ${inked}`);
   } finally {
     await browser.close();
@@ -181,15 +190,7 @@ test('a run that diverges is shown as a result, not a crash', async () => {
     assert.match(await page.textContent('#samples'), /diverged at step \d+; what the broken model writes/);
     // The finite losses before the divergence are drawn (as dots where they stand alone):
     // pixels in the first variant's colour, #1f77b4.
-    const inked = await page.evaluate(() => {
-      const c = document.getElementById('loss-chart');
-      const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-      let n = 0;
-      for (let i = 0; i < px.length; i += 4) {
-        n += Math.abs(px[i] - 0x1f) < 24 && Math.abs(px[i + 1] - 0x77) < 24 && Math.abs(px[i + 2] - 0xb4) < 24 && px[i + 3] > 200;
-      }
-      return n;
-    });
+    const inked = await countPixels(page, 'loss-chart', { x: 0, y: 0, w: 0, h: 0 }, [0x1f, 0x77, 0xb4]);
     assert.ok(inked >= 16, `pixels of the first variant in the loss chart: ${inked}`);
   } finally {
     await browser.close();
