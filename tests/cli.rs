@@ -386,6 +386,28 @@ fn compare_with_seeds_reports_the_mean_and_spread_of_the_seeds_records() {
 }
 
 #[test]
+fn an_interleaved_compare_trains_the_same_runs_as_one_after_another() {
+    let compare = |out: &Path, extra: &[&str]| {
+        let mut c = bin();
+        c.args(["compare", "--device", "cpu", "--out"]).arg(out).args(QUICK);
+        c.args(["--set", "max_steps=12", "--set", "lr_decay_steps=12", "--set", "dropout=0.1"]);
+        c.args(["--variant", "pre:norm=pre_ln", "--variant", "simple:norm=simple"]).args(extra);
+        ok(c)
+    };
+    let (one_by_one, interleaved) = (tmp("compare-sequential"), tmp("compare-interleaved"));
+    compare(&one_by_one, &[]);
+    compare(&interleaved, &["--interleave"]);
+    // Each run draws from its own seeded streams, so taking turns on the device changes nothing.
+    for name in ["pre", "simple"] {
+        let (a, b) = (metrics(&one_by_one.join(name)), metrics(&interleaved.join(name)));
+        assert_eq!(a.len(), 13, "{name}");
+        assert_eq!(numbers(&a), numbers(&b), "{name}");
+    }
+    let report = std::fs::read_to_string(interleaved.join("report.md")).unwrap();
+    assert!(report.starts_with("# Comparison\n"), "the final report is not marked in progress: {report}");
+}
+
+#[test]
 fn sweep_records_an_absurd_learning_rate_as_divergence() {
     let out = tmp("sweep");
     let sweep = || {

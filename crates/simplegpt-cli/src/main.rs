@@ -11,7 +11,7 @@ use simplegpt::data::Dataset;
 use simplegpt::record::{self, RunHeader, RunRecord};
 use simplegpt::run::RunDir;
 use simplegpt::sample::SampleOptions;
-use simplegpt::train::Trainer;
+use simplegpt::train::{StepRecord, Trainer};
 use burn::module::Module;
 use burn::tensor::Device;
 use simplegpt::study::{self, Variant};
@@ -107,6 +107,10 @@ enum Command {
         /// it, in VARIANT/seed-S); the report adds their means and spread.
         #[arg(long, default_value_t = 1)]
         seeds: usize,
+        /// Train all runs at once, one step of each in turn (all models in memory), and
+        /// rewrite the report at every evaluation so that it can be watched.
+        #[arg(long)]
+        interleave: bool,
         #[arg(long, default_value = "study")]
         out: PathBuf,
     },
@@ -323,11 +327,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Compare { run, variants, seeds, out } => {
+        Command::Compare { run, variants, seeds, interleave, out } => {
             let variants = Variant::parse_all(&variants)?;
             let base = run.config()?;
             let jobs = variants.iter().map(|v| Ok((v.name.clone(), v.apply(&base)?))).collect::<Result<Vec<_>>>()?;
-            let runs = run_study(&run, &out, study::with_seeds(jobs, seeds)?)?;
+            let runs = run_study(&run, &out, study::with_seeds(jobs, seeds)?, interleave)?;
             let (md, svgs) = study::comparison_report("Comparison", &command_line(), &runs);
             write_report(&out, &md, &svgs)
         }
@@ -364,7 +368,7 @@ fn run(cli: Cli) -> Result<()> {
                     jobs.push((format!("{}/{dir}", v.name), c));
                 }
             }
-            let runs = run_study(&run, &out, study::with_seeds(jobs, seeds)?)?;
+            let runs = run_study(&run, &out, study::with_seeds(jobs, seeds)?, false)?;
             // Group the runs by variant (the part of the directory before "/lr-").
             let runs: Vec<_> = runs.into_iter().map(|(n, c, r)| (study::variant_of(&n).to_string(), c, r)).collect();
             let unigram = run.data(base.model.block_size)?.unigram_loss();
@@ -646,70 +650,115 @@ fn command_line() -> String {
     std::env::args().skip(1).fold("simplegpt".to_string(), |acc, a| format!("{acc} {a}"))
 }
 
-/// Trains each (name, config) into `out/name`, one after another, with a progress line per
-/// run; returns the records as read back from each run's metrics.jsonl.
-fn run_study(args: &RunArgs, out: &Path, jobs: Vec<(String, Config)>) -> Result<Vec<(String, Config, Vec<simplegpt::train::StepRecord>)>> {
+/// A run of a study being trained: its directory, trainer and progress bar.
+struct LiveRun {
+    index: usize,
+    name: String,
+    dir: RunDir,
+    trainer: Trainer,
+    records: Vec<StepRecord>,
+    bar: ProgressBar,
+}
+
+/// Trains each (name, config) into `out/name` and returns the records as read back from
+/// each run's metrics.jsonl. One run after another, or with `interleave` all at once, one
+/// step of each in turn, so that their curves grow side by side: the report is then
+/// rewritten at every evaluation, to be watched while the study trains.
+fn run_study(args: &RunArgs, out: &Path, jobs: Vec<(String, Config)>, interleave: bool) -> Result<Vec<(String, Config, Vec<StepRecord>)>> {
     let opened = device::open(&args.device)?;
     let total = jobs.len();
-    // Two bars: the whole study (steps of every run, with its ETA) and the current run.
+    let title = |done: usize| if done == total { "Comparison".to_string() } else { format!("Comparison (in progress: {done} of {total} runs finished)") };
+    // The whole study's bar (steps of every run, with its ETA), and one bar per run trained.
     let bars = MultiProgress::new();
     let study = bars.add(ProgressBar::new(jobs.iter().map(|(_, c)| c.train.max_steps as u64).sum()));
     study.set_style(ProgressStyle::with_template("[study] {bar:30} {pos}/{len} steps [{elapsed} < {eta}]").expect("valid template"));
-    let mut runs = Vec::new();
-    for (i, (name, config)) in jobs.into_iter().enumerate() {
-        let study_done = study.position() + config.train.max_steps as u64;
-        let data = args.data(config.model.block_size)?;
-        let dir = RunDir::create(&out.join(&name))?;
-        let mut trainer = Trainer::new(config, data, &opened.device)?;
-        let header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
-        // A study run again (after an interruption, or to redo its report) keeps the runs
-        // that already finished with this very header: same config, data, weights, device.
-        if let Ok(done) = simplegpt::record::read(&dir.path) {
-            let max_steps = trainer.config.train.max_steps;
-            let finished = done.steps.iter().any(|r| r.diverged.is_some()) || done.steps.last().is_some_and(|r| r.step >= max_steps);
-            if done.header == header && finished {
-                bars.suspend(|| eprintln!("[{}/{total}] {name}: already finished in {}, reused", i + 1, dir.path.display()));
-                study.set_position(study_done);
-                runs.push((name, trainer.config.clone(), done.steps));
-                continue;
+    let mut finished: Vec<Option<(String, Config, Vec<StepRecord>)>> = vec![None; total];
+    let mut jobs = jobs.into_iter().enumerate().peekable();
+    while jobs.peek().is_some() {
+        let mut live = Vec::new();
+        while let Some((index, (name, config))) = jobs.next_if(|_| interleave || live.is_empty()) {
+            let data = args.data(config.model.block_size)?;
+            let dir = RunDir::create(&out.join(&name))?;
+            let trainer = Trainer::new(config, data, &opened.device)?;
+            let header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
+            // A study run again (after an interruption, or to redo its report) keeps the runs
+            // that already finished with this very header: same config, data, weights, device.
+            if let Ok(done) = record::read(&dir.path) {
+                let max_steps = trainer.config.train.max_steps;
+                let ended = done.steps.iter().any(|r| r.diverged.is_some()) || done.steps.last().is_some_and(|r| r.step >= max_steps);
+                if done.header == header && ended {
+                    bars.suspend(|| eprintln!("[{}/{total}] {name}: already finished in {}, reused", index + 1, dir.path.display()));
+                    study.inc(max_steps as u64);
+                    finished[index] = Some((name, trainer.config.clone(), done.steps));
+                    continue;
+                }
+            }
+            dir.start(&trainer, &header)?;
+            let bar = bars.add(ProgressBar::new(trainer.config.train.max_steps as u64));
+            bar.set_style(ProgressStyle::with_template("[{prefix}] {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]").expect("valid template"));
+            bar.set_prefix(format!("{}/{total} {name}", index + 1));
+            live.push(LiveRun { index, name, dir, trainer, records: Vec::new(), bar });
+        }
+        while live.iter().any(|run| !run.trainer.finished()) {
+            let mut evaluated = false;
+            for run in live.iter_mut().filter(|run| !run.trainer.finished()) {
+                let before = updates_done(&run.trainer);
+                let record = run.trainer.step_to_dir(&run.dir)?;
+                study.inc((updates_done(&run.trainer) - before) as u64);
+                let Some(record) = record else { continue };
+                run.bar.set_position(record.step as u64);
+                if let Some(loss) = record.loss {
+                    run.bar.set_message(format!("loss {loss:.4}"));
+                }
+                evaluated |= record.val_loss.is_some();
+                run.records.push(record);
+            }
+            if interleave && evaluated {
+                let done = finished.iter().flatten().count();
+                let sofar: Vec<_> = (0..total)
+                    .filter_map(|i| finished[i].clone().or_else(|| live.iter().find(|r| r.index == i).map(|r| (r.name.clone(), r.trainer.config.clone(), r.records.clone()))))
+                    .collect();
+                let (md, svgs) = study::comparison_report(&title(done), &command_line(), &sofar);
+                write_report_files(out, &md, &svgs)?;
             }
         }
-        dir.start(&trainer, &header)?;
-        let bar = bars.add(ProgressBar::new(trainer.config.train.max_steps as u64));
-        bar.set_style(ProgressStyle::with_template("[{prefix}] {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]").expect("valid template"));
-        bar.set_prefix(format!("{}/{total} {name}", i + 1));
-        let study_start = study.position();
-        trainer.run_to_dir(&dir, |_, r| {
-            bar.set_position(r.step as u64);
-            study.set_position(study_start + r.step as u64);
-            if let Some(loss) = r.loss {
-                bar.set_message(format!("loss {loss:.4}"));
-            }
-        })?;
-        bar.finish_and_clear();
-        // A diverged run ends early: the study bar counts its remaining steps as done.
-        study.set_position(study_done);
-        let records = simplegpt::run::read_metrics(&dir.path.join(simplegpt::run::METRICS_FILE))?;
-        let summary = study::Summary::of(&name, &trainer.config, &records);
-        bars.suspend(|| {
-            eprintln!(
-                "[{}/{total}] {name}: final loss {}{}",
-                i + 1,
-                summary.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
-                summary.diverged_at.map_or(String::new(), |d| format!(", diverged at step {d}"))
-            )
-        });
-        runs.push((name, trainer.config.clone(), records));
+        for run in live {
+            run.bar.finish_and_clear();
+            // A diverged run ends early: the study bar counts its remaining steps as done.
+            study.inc((run.trainer.config.train.max_steps - updates_done(&run.trainer)) as u64);
+            let records = simplegpt::run::read_metrics(&run.dir.path.join(simplegpt::run::METRICS_FILE))?;
+            let summary = study::Summary::of(&run.name, &run.trainer.config, &records);
+            bars.suspend(|| {
+                eprintln!(
+                    "[{}/{total}] {}: final loss {}{}",
+                    run.index + 1,
+                    run.name,
+                    summary.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
+                    summary.diverged_at.map_or(String::new(), |d| format!(", diverged at step {d}"))
+                )
+            });
+            finished[run.index] = Some((run.name, run.trainer.config, records));
+        }
     }
     study.finish_and_clear();
-    Ok(runs)
+    Ok(finished.into_iter().flatten().collect())
 }
 
-fn write_report(out: &Path, md: &str, svgs: &[(String, String)]) -> Result<()> {
+/// The optimizer updates a run has made (its last step, `max_steps`, only evaluates).
+fn updates_done(trainer: &Trainer) -> usize {
+    trainer.progress.step.min(trainer.config.train.max_steps)
+}
+
+/// Writes the SVG plots and report.md of a study into `out`.
+fn write_report_files(out: &Path, md: &str, svgs: &[(String, String)]) -> Result<()> {
     for (name, svg) in svgs {
         simplegpt::checkpoint::write_atomic(&out.join(name), svg.as_bytes())?;
     }
-    simplegpt::checkpoint::write_atomic(&out.join("report.md"), md.as_bytes())?;
+    simplegpt::checkpoint::write_atomic(&out.join("report.md"), md.as_bytes())
+}
+
+fn write_report(out: &Path, md: &str, svgs: &[(String, String)]) -> Result<()> {
+    write_report_files(out, md, svgs)?;
     println!("{md}");
     println!("report: {}", out.join("report.md").display());
     Ok(())

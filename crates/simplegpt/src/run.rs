@@ -142,16 +142,23 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// Trains to the end (or divergence), logging to `dir` and checkpointing at every
-    /// evaluation and at the end. `on_record` sees each logged record (progress display).
+    /// Runs one step (see `Trainer::step`), logging its record to `dir` and checkpointing
+    /// at every evaluation and at the end.
+    pub fn step_to_dir(&mut self, dir: &RunDir) -> Result<Option<StepRecord>> {
+        let Some(record) = pollster::block_on(self.step())? else { return Ok(None) };
+        dir.append(&record)?;
+        if self.config.train.checkpoint && (record.val_loss.is_some() || self.finished()) {
+            dir.save_checkpoint(self)?;
+        }
+        Ok(Some(record))
+    }
+
+    /// Trains to the end (or divergence) with `step_to_dir`. `on_record` sees each logged
+    /// record (progress display).
     pub fn run_to_dir(&mut self, dir: &RunDir, mut on_record: impl FnMut(&Trainer, &StepRecord)) -> Result<()> {
         while !self.finished() {
-            let Some(record) = pollster::block_on(self.step())? else { continue };
-            dir.append(&record)?;
-            on_record(self, &record);
-            let evaluated = record.val_loss.is_some();
-            if self.config.train.checkpoint && (evaluated || self.finished()) {
-                dir.save_checkpoint(self)?;
+            if let Some(record) = self.step_to_dir(dir)? {
+                on_record(self, &record);
             }
         }
         Ok(())
