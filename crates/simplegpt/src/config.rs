@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Where the normalisation goes. Each variant is a few lines in `model::Block::forward`.
+/// Where the normalisation goes. Which norms each variant has is answered by the methods
+/// below; where they act is a few lines in `model::Block::forward`, `Attention` and `Mlp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NormKind {
@@ -22,6 +23,28 @@ pub enum NormKind {
     Simple,
     /// No normalisation at all.
     None,
+}
+
+impl NormKind {
+    /// A norm on each block's two sublayers (`ln_1`, `ln_2`): before them, or after the add.
+    pub fn block_norms(self) -> bool {
+        matches!(self, NormKind::PreLn | NormKind::PreRms | NormKind::PreRmsQk | NormKind::PostLn)
+    }
+
+    /// LayerNorm (GPT-2 and the original Transformer); every other variant uses RMSNorm.
+    pub fn layer_norm(self) -> bool {
+        matches!(self, NormKind::PreLn | NormKind::PostLn)
+    }
+
+    /// An RMSNorm on q and k right after their projections.
+    pub fn qk_norm(self) -> bool {
+        matches!(self, NormKind::PreRmsQk | NormKind::Simple)
+    }
+
+    /// A norm before the LM head: post-LN's last block already ends in one, `none` has none.
+    pub fn final_norm(self) -> bool {
+        !matches!(self, NormKind::PostLn | NormKind::None)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +172,9 @@ impl Config {
             "simplegpt-shakespeare-char" => {
                 let mut c = nanogpt;
                 c.model.norm = NormKind::Simple;
+                // The optimizer stays nanoGPT's (betas 0.9/0.99, no decay on gains), not the
+                // reference's (0.9/0.95, decay on all), so that against the baseline only the
+                // norm, its init and the untied head differ.
                 // The reference initialises the embedding N(0, 1) and the head with std
                 // d^-0.5: one matrix cannot have both, so SimpleGPT keeps them separate.
                 c.model.tie_weights = false;

@@ -54,6 +54,14 @@ impl Norm {
     }
 }
 
+/// The norm where the variant has one, else `x` unchanged.
+fn norm_opt<const D: usize>(norm: &Option<Norm>, x: Tensor<D>) -> Tensor<D> {
+    match norm {
+        Some(n) => n.forward(x),
+        None => x,
+    }
+}
+
 /// Dropout whose mask every backend draws identically: a hash of each element's index keyed
 /// by (seed, batch, site) (`rng::feistel30`, computed by `kernels::dropout`), instead of the
 /// backend's RNG. `forward` drops only when given the batch's key (`Some` while training,
@@ -175,6 +183,7 @@ impl Block {
     }
 }
 
+/// The GPT: token (+ position) embedding, the blocks, the final norm, the LM head.
 #[derive(Module, Debug)]
 pub struct Gpt {
     /// Token embedding [V, C]; with tied weights it is also the LM head.
@@ -256,13 +265,6 @@ impl Weights<'_> {
     }
 }
 
-fn norm_opt<const D: usize>(norm: &Option<Norm>, x: Tensor<D>) -> Tensor<D> {
-    match norm {
-        Some(n) => n.forward(x),
-        None => x,
-    }
-}
-
 impl ModelConfig {
     /// Hidden width of the MLP: 4C for GELU; for SwiGLU 2/3 of that (rounded up to a
     /// multiple of 8), which keeps the parameter count equal with its third matrix.
@@ -284,10 +286,10 @@ impl ModelConfig {
         let (c, v, hidden) = (self.n_embd, self.vocab_size, self.mlp_hidden());
         let simple = self.norm == NormKind::Simple;
         let mut w = Weights { seed, count: 0, bias: self.bias, device };
-        let rms = self.norm != NormKind::PreLn && self.norm != NormKind::PostLn;
-        let norm = |on: bool| on.then(|| Norm::new(c, rms, self.bias, device));
-        let pre_or_post = matches!(self.norm, NormKind::PreLn | NormKind::PreRms | NormKind::PreRmsQk | NormKind::PostLn);
-        let qk = matches!(self.norm, NormKind::PreRmsQk | NormKind::Simple);
+        // The variant's own norm (LayerNorm or RMSNorm) over the width, where `on`.
+        let norm = |on: bool| on.then(|| Norm::new(c, !self.norm.layer_norm(), self.bias, device));
+        // SimpleNorm's and QK-norm's RMSNorms have no bias, as the reference's.
+        let rms_norm = |on: bool, d: usize| on.then(|| Norm::new(d, true, false, device));
         let dropout = |site: usize| Dropout { prob: self.dropout, site: site as u64 };
 
         let wte_std = if !simple {
@@ -307,30 +309,30 @@ impl ModelConfig {
                 } else {
                     0.02 / (2.0 * self.n_layer as f64).sqrt()
                 };
-                let hidden_norm = || simple.then(|| Norm::new(hidden, true, false, device));
+                let swiglu = self.mlp == MlpKind::Swiglu;
                 Block {
-                    ln_1: norm(pre_or_post),
+                    ln_1: norm(self.norm.block_norms()),
                     attn: Attention {
                         q: w.linear(c, c, 0.02),
                         k: w.linear(c, c, 0.02),
                         v: w.linear(c, c, 0.02),
                         o: w.linear(c, c, out_std),
-                        q_norm: qk.then(|| Norm::new(c, true, false, device)),
-                        k_norm: qk.then(|| Norm::new(c, true, false, device)),
-                        v_norm: norm(simple),
-                        o_norm: norm(simple),
+                        q_norm: rms_norm(self.norm.qk_norm(), c),
+                        k_norm: rms_norm(self.norm.qk_norm(), c),
+                        v_norm: rms_norm(simple, c),
+                        o_norm: rms_norm(simple, c),
                         attn_dropout: dropout(1 + 3 * layer),
                         resid_dropout: dropout(2 + 3 * layer),
                         n_head: self.n_head,
                     },
-                    ln_2: norm(pre_or_post),
+                    ln_2: norm(self.norm.block_norms()),
                     mlp: Mlp {
                         fc: w.linear(c, hidden, 0.02),
-                        gate: (self.mlp == MlpKind::Swiglu).then(|| w.linear(c, hidden, 0.02)),
+                        gate: swiglu.then(|| w.linear(c, hidden, 0.02)),
                         proj: w.linear(hidden, c, out_std),
-                        fc_norm: hidden_norm(),
-                        gate_norm: if self.mlp == MlpKind::Swiglu { hidden_norm() } else { None },
-                        proj_norm: norm(simple),
+                        fc_norm: rms_norm(simple, hidden),
+                        gate_norm: rms_norm(simple && swiglu, hidden),
+                        proj_norm: rms_norm(simple, c),
                         dropout: dropout(3 + 3 * layer),
                     },
                     post_norm: self.norm == NormKind::PostLn,
@@ -338,8 +340,7 @@ impl ModelConfig {
                 }
             })
             .collect();
-        // Post-LN's last block already ends in a norm; `none` has none anywhere.
-        let ln_f = norm(!matches!(self.norm, NormKind::PostLn | NormKind::None));
+        let ln_f = norm(self.norm.final_norm());
         let lm_head = (!self.tie_weights).then(|| {
             let std = if simple { (c as f64).powf(-0.5) } else { 0.02 };
             w.normal([c, v], std, simple)
@@ -359,24 +360,17 @@ impl ModelConfig {
     pub fn num_params_u128(&self) -> u128 {
         let (c, v, h) = (self.n_embd as u128, self.vocab_size as u128, self.mlp_hidden() as u128);
         let lin = |i: u128, o: u128| i * o + if self.bias { o } else { 0 };
-        let norm_p = |d: u128, rms: bool| d + if self.bias && !rms { d } else { 0 };
-        let rms = !matches!(self.norm, NormKind::PreLn | NormKind::PostLn);
-        let (pre, qk, simple) = (
-            matches!(self.norm, NormKind::PreLn | NormKind::PreRms | NormKind::PreRmsQk | NormKind::PostLn),
-            matches!(self.norm, NormKind::PreRmsQk | NormKind::Simple),
-            self.norm == NormKind::Simple,
-        );
-        let swiglu = self.mlp == MlpKind::Swiglu;
-        let block = 4 * lin(c, c)
-            + lin(c, h) * if swiglu { 2 } else { 1 }
-            + lin(h, c)
-            + if pre { 2 * norm_p(c, rms) } else { 0 }
-            + if qk { 2 * c } else { 0 }
-            + if simple { 2 * c + c + h * if swiglu { 2 } else { 1 } } else { 0 };
+        // The variant's own norm has a gain, and a bias when it is a LayerNorm with bias.
+        let norm = |on: bool| if !on { 0 } else if self.bias && self.norm.layer_norm() { 2 * c } else { c };
+        let n_fc = if self.mlp == MlpKind::Swiglu { 2 } else { 1 }; // fc, and the gate
+        let simple = self.norm == NormKind::Simple;
+        let attention = 4 * lin(c, c) + if self.norm.qk_norm() { 2 * c } else { 0 } + if simple { 2 * c } else { 0 };
+        let mlp = n_fc * lin(c, h) + lin(h, c) + if simple { n_fc * h + c } else { 0 };
+        let block = attention + mlp + 2 * norm(self.norm.block_norms());
         v * c
             + if self.pos == PosKind::Learned { self.block_size as u128 * c } else { 0 }
             + self.n_layer as u128 * block
-            + if matches!(self.norm, NormKind::PostLn | NormKind::None) { 0 } else { norm_p(c, rms) }
+            + norm(self.norm.final_norm())
             + if self.tie_weights { 0 } else { c * v }
     }
 }
