@@ -94,9 +94,14 @@ fn train_writes_a_run_directory_and_sample_reads_it() {
     assert_eq!(greedy, cold("2"));
     assert!(greedy.chars().collect::<std::collections::BTreeSet<_>>().len() > 1, "not one character repeated: {greedy:?}");
 
-    // A new run in the same directory without checkpoints leaves no checkpoint of the old one.
-    ok(train(&dir, 3, &["--set", "checkpoint=false"]));
+    // A new run in the same directory is refused unless asked to replace the old one; then,
+    // without checkpoints, it leaves no checkpoint of the old one.
+    let refused = train(&dir, 3, &["--set", "checkpoint=false"]).output().unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("--overwrite"));
+    assert_eq!(metrics(&dir).len(), 21, "the old run is untouched");
+    ok(train(&dir, 3, &["--set", "checkpoint=false", "--overwrite"]));
     assert!(!dir.join("ckpt.safetensors").exists());
+    assert_eq!(metrics(&dir).len(), 4);
 }
 
 #[test]
@@ -202,6 +207,25 @@ fn bad_input_gets_a_one_line_error() {
     fails(&["export", "--from", &run_dir, "--out", &p("no/such/x.safetensors")], "does not exist");
     let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     assert!(!files.iter().any(|f| f.ends_with(".tmp")), "no temp file left: {files:?}");
+    fails(&["train", "--resume", &run_dir, "--device", "wgpu"], "was trained on cpu");
+    fails(&["train", "--device", "cpu", "--out", &p("x"), "--init-from", &format!("{run_dir}/ckpt.safetensors")], "a training checkpoint, not weights");
+    ok({
+        let mut c = bin();
+        c.args(["export", "--from", &run_dir, "--out", &p("w.safetensors")]);
+        c
+    });
+    fails(&["train", "--device", "cpu", "--out", &p("x"), "--data", &p("other.txt"), "--init-from", &p("w.safetensors")], "vocabulary differs");
+    fails(&["repro", &run_dir, &run_dir, "--set", "lr=1"], "compares two finished runs");
+    fails(&["repro", "--backends", "cpu,gpu"], "unknown device 'gpu'");
+    // A run records its data: --resume (here of a finished run) finds it without --data.
+    let on_file = p("on-file");
+    ok(train(Path::new(&on_file), 2, &["--data", &p("other.txt")]));
+    let resumed = ok({
+        let mut c = bin();
+        c.args(["train", "--resume", &on_file]);
+        c
+    });
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("already finished"));
     std::fs::write(Path::new(&run_dir).join("ckpt.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!").unwrap();
     fails(&["sample", "--from", &run_dir], "corrupted");
     fails(&["train", "--device", "cpu", "--resume", &run_dir], "corrupted");
@@ -223,6 +247,7 @@ fn bad_input_gets_a_one_line_error() {
     };
     sweep(&["--lr-min", "1e-3", "--lr-max", "1.04e-3", "--points", "3"], "agree to two digits");
     sweep(&["--lr-max", "inf"], "(finite)");
+    sweep(&["--set", "lr=0.5"], "sweep sets lr and min_lr itself");
     assert!(!Path::new(&out).join("pre_ln").exists(), "a sweep with a bad grid trains nothing");
 
     // The other commands' numbers.

@@ -30,10 +30,14 @@ enum Command {
     Train {
         #[command(flatten)]
         run: RunArgs,
-        /// Output directory: config.toml, metrics.jsonl, ckpt.safetensors.
+        /// Output directory: config.toml, run.json, metrics.jsonl, ckpt.safetensors.
         #[arg(long, default_value = "out")]
         out: PathBuf,
-        /// Continue the run in this directory from its checkpoint.
+        /// Replace the run that --out already holds.
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
+        /// Continue the run in this directory from its checkpoint, on its data and backend
+        /// (those it recorded, unless --data/--device say otherwise).
         #[arg(long, conflicts_with = "out")]
         resume: Option<PathBuf>,
         /// Start from these weights (a safetensors file in the names `export` writes)
@@ -88,9 +92,9 @@ enum Command {
         backends: Vec<String>,
         #[command(flatten)]
         run: RunArgs,
-        /// Steps to train with --backends.
-        #[arg(long, default_value_t = 50)]
-        steps: usize,
+        /// Steps to train with --backends (default 50; sets max_steps, and every step is logged).
+        #[arg(long)]
+        steps: Option<usize>,
         /// The largest relative loss difference |a - b| / max(|a|, |b|) that still passes.
         #[arg(long, default_value_t = 1e-3)]
         tolerance: f64,
@@ -211,11 +215,27 @@ impl RunArgs {
     }
 
     fn data(&self, block_size: usize) -> Result<Dataset> {
+        load_data(self.data.as_deref(), block_size)
+    }
+
+    /// `--data` as a run header records it: a path made absolute, so that `--resume` finds
+    /// the file from any directory.
+    fn data_source(&self) -> String {
         match self.data.as_deref() {
-            None => Dataset::from_text(&simplegpt::data::default_corpus(), "the embedded corpus", block_size),
-            Some("tinyshakespeare") => Dataset::from_file(&tinyshakespeare()?, block_size),
-            Some(path) => Dataset::from_file(Path::new(path), block_size),
+            None => record::EMBEDDED_DATA.to_string(),
+            Some("tinyshakespeare") => "tinyshakespeare".to_string(),
+            Some(path) => std::path::absolute(path).map_or(path.to_string(), |p| p.display().to_string()),
         }
+    }
+}
+
+/// The data named by `--data` (or a header's `data_source`): a file, `tinyshakespeare`, or
+/// the embedded corpus when none.
+fn load_data(source: Option<&str>, block_size: usize) -> Result<Dataset> {
+    match source {
+        None | Some(record::EMBEDDED_DATA) => Dataset::from_text(&simplegpt::data::default_corpus(), "the embedded corpus", block_size),
+        Some("tinyshakespeare") => Dataset::from_file(&tinyshakespeare()?, block_size),
+        Some(path) => Dataset::from_file(Path::new(path), block_size),
     }
 }
 
@@ -273,13 +293,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train { run, out, resume, init_from } => train(run, out, resume, init_from),
+        Command::Train { run, out, resume, init_from, overwrite } => train(run, out, resume, init_from, overwrite),
         Command::Export { run, from, batches, out } => {
             let (config, model, tokenizer, data) = match from {
                 Some(from) => {
-                    let ckpt = read_checkpoint_only(&from, &run)?;
-                    let data = run.data(ckpt.config.model.block_size)?;
-                    ckpt.check_data(&data)?;
+                    let (ckpt, data) = checkpoint_and_data(&from, &run)?;
                     (ckpt.config.clone(), ckpt.model(&Device::flex())?, ckpt.tokenizer.clone(), data)
                 }
                 None => {
@@ -348,6 +366,12 @@ fn run(cli: Cli) -> Result<()> {
                 variants
             };
             let variants = Variant::parse_all(&variants)?;
+            // The grid sets each run's lr (and min_lr to a tenth of it): a value given here
+            // would be overwritten without a word.
+            let sets_lr = |s: &String| s.split_once('=').is_some_and(|(k, _)| ["lr", "min_lr"].contains(&k.trim().trim_start_matches("train.")));
+            if run.set.iter().chain(variants.iter().flat_map(|v| &v.sets)).any(sets_lr) {
+                return Err(Error::Input("sweep sets lr and min_lr itself; give the range with --lr-min and --lr-max".into()));
+            }
             let base = run.config()?;
             let grid = study::log_grid(lr_min, lr_max, points);
             // Each LR names a directory and a column (two significant digits).
@@ -387,9 +411,7 @@ fn run(cli: Cli) -> Result<()> {
             // of the weights.
             let (config, model, data) = match from {
                 Some(from) => {
-                    let ckpt = read_checkpoint_only(&from, &run)?;
-                    let data = run.data(ckpt.config.model.block_size)?;
-                    ckpt.check_data(&data)?;
+                    let (ckpt, data) = checkpoint_and_data(&from, &run)?;
                     (ckpt.config.clone(), ckpt.model(&device)?, data)
                 }
                 None => {
@@ -465,7 +487,7 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option<PathBuf>) -> Result<()> {
+fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option<PathBuf>, overwrite: bool) -> Result<()> {
     let (mut trainer, dir, opened) = match &resume {
         Some(dir_path) => {
             let dir = RunDir::open(dir_path)?;
@@ -482,26 +504,51 @@ fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option
                     )));
                 }
             }
-            let data = args.data(ckpt.config.model.block_size)?;
-            dir.check_data(&data)?;
-            let opened = device::open(&args.device)?;
+            let header = record::read_header(&dir.path)?;
+            // Without --data, the data the run started with; then the same check either way.
+            let source = args.data.as_deref().or(header.data_source.as_deref());
+            let data = load_data(source, ckpt.config.model.block_size)?;
+            dir.check_same_data(&data, header.data_source.as_deref())?;
+            // One run, one backend: its header (and so `repro`) names the device it ran on.
+            let device = if args.device == "auto" { header.backend.as_str() } else { args.device.as_str() };
+            let opened = device::open(device)?;
+            if opened.backend != header.backend {
+                return Err(Error::Input(format!(
+                    "{} was trained on {}; resume it there (--device {}), since a run's record names one backend",
+                    dir_path.display(),
+                    header.backend,
+                    header.backend
+                )));
+            }
             let trainer = Trainer::resume(&ckpt, data, &opened.device)?;
+            if trainer.finished() {
+                println!("{} has already finished ({} steps); nothing to resume", dir_path.display(), trainer.config.train.max_steps);
+                return Ok(());
+            }
             dir.truncate_metrics(trainer.progress.step)?;
             eprintln!("resuming {} at step {}", dir_path.display(), trainer.progress.step);
             (trainer, dir, opened)
         }
         None => {
+            if out.join(simplegpt::run::HEADER_FILE).exists() && !overwrite {
+                return Err(Error::Input(format!(
+                    "{} already holds a run; continue it with --resume {}, choose another --out, or pass --overwrite to replace it",
+                    out.display(),
+                    out.display()
+                )));
+            }
             let config = args.config()?;
             let data = args.data(config.model.block_size)?;
             let opened = device::open(&args.device)?;
             let mut trainer = Trainer::new(config, data, &opened.device)?;
             if let Some(path) = &init_from {
                 let bytes = std::fs::read(path).map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
-                trainer.model = interop::import(trainer.model, &bytes, &path.display().to_string(), &trainer.device)?;
+                trainer.model = interop::import(trainer.model, &bytes, &path.display().to_string(), &trainer.data.tokenizer, &trainer.device)?;
             }
             // Only now, with everything the run needs in hand: bad input leaves no directory.
             let dir = RunDir::create(&out)?;
-            let header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
+            let mut header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
+            header.data_source = Some(args.data_source());
             dir.start(&trainer, &header)?;
             (trainer, dir, opened)
         }
@@ -557,19 +604,36 @@ fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option
     Ok(())
 }
 
-fn repro(records: Vec<PathBuf>, backends: Vec<String>, args: RunArgs, steps: usize, tolerance: f64) -> Result<()> {
+fn repro(records: Vec<PathBuf>, backends: Vec<String>, args: RunArgs, steps: Option<usize>, tolerance: f64) -> Result<()> {
     if !(tolerance >= 0.0 && tolerance.is_finite()) {
         return Err(Error::Input(format!("--tolerance must be a relative difference >= 0, got {tolerance}")));
     }
-    if !backends.is_empty() && steps == 0 {
-        return Err(Error::Input("--steps must be at least 1".into()));
-    }
     let runs: Vec<(String, RunRecord)> = match (records.len(), backends.len()) {
-        (2, 0) => records
+        (2, 0) => {
+            // Two records are compared as they are: options that shape a run would be ignored.
+            if args.explicit_config() || args.data.is_some() || args.device != "auto" || steps.is_some() {
+                return Err(Error::Input(
+                    "repro RUN_A RUN_B compares two finished runs; --preset, --config, --set, --data, --device and --steps \
+                     are for repro --backends"
+                        .into(),
+                ));
+            }
+            records
             .iter()
             .map(|p| Ok((p.display().to_string(), record::read(p)?)))
-            .collect::<Result<_>>()?,
+            .collect::<Result<_>>()?
+        }
         (0, n) if n >= 2 => {
+            if args.device != "auto" {
+                return Err(Error::Input("--backends names the devices to run on; drop --device".into()));
+            }
+            if let Some(bad) = backends.iter().find(|b| !device::NAMES.contains(&b.as_str())) {
+                return Err(Error::Input(format!("unknown device '{bad}' in --backends; choose from: {}", device::NAMES.join(", "))));
+            }
+            let steps = steps.unwrap_or(50);
+            if steps == 0 {
+                return Err(Error::Input("--steps must be at least 1".into()));
+            }
             let mut config = args.config()?;
             config.train.max_steps = steps;
             config.train.log_interval = 1;
@@ -632,15 +696,20 @@ fn read_checkpoint(from: &Path) -> Result<Checkpoint> {
     if from.is_dir() { Checkpoint::read(&from.join(simplegpt::run::CHECKPOINT_FILE)) } else { Checkpoint::read(from) }
 }
 
-/// The same for commands that otherwise take a config: a checkpoint brings its own, so a
-/// --preset, --config or --set beside --from would be silently ignored; refuse it instead.
-fn read_checkpoint_only(from: &Path, args: &RunArgs) -> Result<Checkpoint> {
+/// The checkpoint of `--from` and the data it was trained on: `--data`, or else the data
+/// its run directory recorded. A checkpoint brings its own config, so a --preset, --config
+/// or --set beside --from would be silently ignored; they are refused instead.
+fn checkpoint_and_data(from: &Path, args: &RunArgs) -> Result<(Checkpoint, Dataset)> {
     if args.explicit_config() {
         return Err(Error::Input(
             "--from uses the checkpoint's own config; drop --preset, --config and --set".into(),
         ));
     }
-    read_checkpoint(from)
+    let ckpt = read_checkpoint(from)?;
+    let recorded = if from.is_dir() { record::read_header(from).ok().and_then(|h| h.data_source) } else { None };
+    let data = load_data(args.data.as_deref().or(recorded.as_deref()), ckpt.config.model.block_size)?;
+    ckpt.check_vocabulary(&data)?;
+    Ok((ckpt, data))
 }
 
 /// The most token ids `export --batches` writes per tensor (x and y): 256 MiB as i32.
@@ -680,13 +749,14 @@ fn run_study(args: &RunArgs, out: &Path, jobs: Vec<(String, Config)>, interleave
             let data = args.data(config.model.block_size)?;
             let dir = RunDir::create(&out.join(&name))?;
             let trainer = Trainer::new(config, data, &opened.device)?;
-            let header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
+            let mut header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
+            header.data_source = Some(args.data_source());
             // A study run again (after an interruption, or to redo its report) keeps the runs
             // that already finished with this very header: same config, data, weights, device.
             if let Ok(done) = record::read(&dir.path) {
                 let max_steps = trainer.config.train.max_steps;
                 let ended = done.steps.iter().any(|r| r.diverged.is_some()) || done.steps.last().is_some_and(|r| r.step >= max_steps);
-                if done.header == header && ended {
+                if done.header.same_run(&header) && ended {
                     bars.suspend(|| eprintln!("[{}/{total}] {name}: already finished in {}, reused", index + 1, dir.path.display()));
                     study.inc(max_steps as u64);
                     finished[index] = Some((name, trainer.config.clone(), done.steps));

@@ -19,7 +19,7 @@ use crate::optim::AdamW;
 use crate::params::{self, PathMapper, f32_bytes, f32_values, safetensors_bytes};
 use crate::train::{Progress, Trainer};
 
-const FORMAT: &str = "simplegpt-checkpoint-1";
+pub(crate) const FORMAT: &str = "simplegpt-checkpoint-1";
 
 /// A checkpoint read from disk, before it is put on a device.
 pub struct Checkpoint {
@@ -91,7 +91,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 impl Checkpoint {
     /// Checks that `data` has the vocabulary this checkpoint was trained with: other text
     /// would be encoded into the wrong token ids.
-    pub fn check_data(&self, data: &crate::data::Dataset) -> Result<()> {
+    pub fn check_vocabulary(&self, data: &crate::data::Dataset) -> Result<()> {
         if data.tokenizer != self.tokenizer {
             return Err(Error::Input(
                 "the data's characters differ from the checkpoint's vocabulary: pass the --data the run was trained on".into(),

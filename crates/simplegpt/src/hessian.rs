@@ -52,8 +52,10 @@ pub struct TopEigen {
 pub const CONVERGED: f64 = 1e-4;
 
 /// Power iteration for the largest-magnitude eigenvalue of the symmetric operator `hvp`,
-/// from a seeded random start shaped like `like`, for at most `iters` iterations.
-pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, mut hvp: impl FnMut(&ParamVec) -> ParamVec) -> Result<TopEigen> {
+/// from a seeded random start shaped like `like`, for at most `iters` iterations. The
+/// estimates are reported (and tested for convergence) plus `offset`: the shift a shifted
+/// operator `H - offset I` took off, so that convergence is judged on H's own eigenvalue.
+pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, offset: f64, mut hvp: impl FnMut(&ParamVec) -> ParamVec) -> Result<TopEigen> {
     let mut v: ParamVec = like
         .iter()
         .enumerate()
@@ -70,7 +72,7 @@ pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, mut hvp: 
         let hv = hvp(&v);
         let rayleigh = dot(&v, &hv);
         let norm = dot(&hv, &hv).sqrt();
-        estimates.push(read_scalars(vec![rayleigh]).await?[0]);
+        estimates.push(read_scalars(vec![rayleigh]).await?[0] + offset);
         v = scale(&hv, norm.recip());
     }
     let converged = settled(&estimates);
@@ -117,19 +119,16 @@ pub struct Extremes {
 
 /// `Extremes` of the symmetric operator `hvp`, each by `iters` power iterations.
 pub async fn extreme_eigenvalues(like: &ParamVec, iters: usize, seed: u64, mut hvp: impl FnMut(&ParamVec) -> ParamVec) -> Result<Extremes> {
-    let spectral = power_iteration(like, iters, seed, &mut hvp).await?;
+    let spectral = power_iteration(like, iters, seed, 0.0, &mut hvp).await?;
     let lambda = *spectral.estimates.last().unwrap_or(&0.0);
     if lambda >= 0.0 {
         return Ok(Extremes { largest: spectral.clone(), spectral });
     }
-    let mut shifted = power_iteration(like, iters, seed, |v| {
-        hvp(v).into_iter().map(|(k, hv)| { let s = hv - v[&k].clone() * lambda; (k, s) }).collect()
+    let largest = power_iteration(like, iters, seed, lambda, |v| {
+        hvp(v).into_iter().map(|(k, hv)| (k.clone(), hv - v[&k].clone() * lambda)).collect()
     })
     .await?;
-    for e in &mut shifted.estimates {
-        *e += lambda;
-    }
-    Ok(Extremes { spectral, largest: shifted })
+    Ok(Extremes { spectral, largest })
 }
 
 /// `Extremes` of the Hessian of the loss over `batches` at `model` (`Gpt::forward` has no

@@ -85,10 +85,22 @@ pub async fn export(model: &Gpt, config: &Config, tokenizer: &Tokenizer, batches
 }
 
 /// Replaces every weight of `model` with the one of the same PyTorch name in `bytes`
-/// (a file written by `export`, or by any framework that follows the names above).
-pub fn import(model: Gpt, bytes: &[u8], origin: &str, device: &Device) -> Result<Gpt> {
+/// (a file written by `export`, or by any framework that follows the names above). When
+/// the file names its vocabulary (`export` does), it must be `tokenizer`, the data's:
+/// otherwise each embedding row would belong to another character.
+pub fn import(model: Gpt, bytes: &[u8], origin: &str, tokenizer: &Tokenizer, device: &Device) -> Result<Gpt> {
     let bad = |why: String| Error::Input(format!("{origin}: {why}"));
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) == Some(crate::checkpoint::FORMAT) {
+        return Err(bad("this is a training checkpoint, not weights; write them with `simplegpt export --from RUN_DIR --out FILE`".into()));
+    }
+    if let Some(vocab) = meta.get("tokenizer").and_then(|t| serde_json::from_str::<Tokenizer>(t).ok())
+        && vocab != *tokenizer
+    {
+        return Err(bad("its vocabulary differs from the data's characters: train with the --data it was exported with".into()));
+    }
     let mut mapper = Import { st: &st, device, error: None, origin };
     let model = params::map(model, &mut mapper);
     match mapper.error {

@@ -17,6 +17,8 @@ use crate::Config;
 pub const FORMAT: &str = "simplegpt-run-1";
 /// The burn version this build is pinned to (Cargo.toml says `=0.22.1`).
 pub const BURN_VERSION: &str = "0.22.1";
+/// `RunHeader::data_source` of a run on the embedded corpus.
+pub const EMBEDDED_DATA: &str = "embedded";
 /// How many training batches `batches_checksum` covers.
 pub const CHECKSUM_BATCHES: usize = 4;
 
@@ -40,6 +42,10 @@ pub struct RunHeader {
     pub burn_version: String,
     /// e.g. "x86_64-linux", "wasm32-unknown".
     pub target: String,
+    /// Where the data came from (`embedded`, `tinyshakespeare` or a file's path), so that
+    /// `--resume` finds it again. Not part of the run's identity: `data_checksum` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_source: Option<String>,
 }
 
 /// A whole run: its header and its logged steps.
@@ -95,7 +101,14 @@ impl RunHeader {
             simplegpt_version: env!("CARGO_PKG_VERSION").into(),
             burn_version: BURN_VERSION.into(),
             target,
+            data_source: None,
         })
+    }
+
+    /// Whether `other` is the header of this very run: everything but `data_source` (one
+    /// text may be named several ways; the checksum says whether it is the same).
+    pub fn same_run(&self, other: &RunHeader) -> bool {
+        RunHeader { data_source: other.data_source.clone(), ..self.clone() } == *other
     }
 }
 
@@ -162,14 +175,21 @@ pub fn compare(a: &RunRecord, b: &RunRecord, tolerance: f64) -> Comparison {
             c.first_past_tolerance = Some(step);
         }
     };
+    // A step's training loss: None where none was measured (an evaluation-only step),
+    // Some(None) where it was not finite (NaN in memory, null in JSON, which has no NaN).
+    let loss = |r: &StepRecord| match r.loss {
+        Some(l) if l.is_finite() => Some(Some(l)),
+        Some(_) => Some(None),
+        None if r.diverged.is_some() => Some(None),
+        None => None,
+    };
     for r in &a.steps {
         let Some(rb) = steps_b.get(&r.step) else { continue };
-        // A non-finite loss is recorded as null (JSON has no NaN): null on both sides is
-        // the same, null on one side only is an infinite difference.
-        let (abs, rel) = match (r.loss, rb.loss) {
-            (None, None) => continue,
-            (Some(la), Some(lb)) if la == lb => (0.0, 0.0),
-            (Some(la), Some(lb)) => ((la - lb).abs(), (la - lb).abs() / la.abs().max(lb.abs())),
+        // Non-finite on both sides is the same; on one side only, an infinite difference.
+        let (abs, rel) = match (loss(r), loss(rb)) {
+            (None, _) | (_, None) | (Some(None), Some(None)) => continue,
+            (Some(Some(la)), Some(Some(lb))) if la == lb => (0.0, 0.0),
+            (Some(Some(la)), Some(Some(lb))) => ((la - lb).abs(), (la - lb).abs() / la.abs().max(lb.abs())),
             _ => (f64::INFINITY, f64::INFINITY),
         };
         c.steps_compared += 1;
@@ -177,9 +197,8 @@ pub fn compare(a: &RunRecord, b: &RunRecord, tolerance: f64) -> Comparison {
     }
     // One run diverging where the other does not is a parting of ways, even where the
     // shorter run has no step left to compare.
-    if let (da, db) = c.diverged
-        && da != db
-    {
+    let (da, db) = c.diverged;
+    if da != db {
         let step = da.into_iter().chain(db).min().expect("one of them diverged");
         differ(&mut c, step, f64::INFINITY, f64::INFINITY);
     }
@@ -263,6 +282,7 @@ mod tests {
             simplegpt_version: s(),
             burn_version: s(),
             target: s(),
+            data_source: None,
         };
         let steps = losses
             .iter()
@@ -270,6 +290,16 @@ mod tests {
             .map(|(step, &loss)| StepRecord { step, loss, diverged: (Some(step) == diverged_at).then(|| "loss is NaN".into()), ..Default::default() })
             .collect();
         RunRecord { header, steps }
+    }
+
+    #[test]
+    fn a_shorter_runs_evaluation_only_last_step_is_no_difference() {
+        let long = record(&[Some(4.0), Some(3.5), Some(3.0)], None);
+        // A 1-step run ends with step 1 evaluated only: no training loss, and no divergence.
+        let short = record(&[Some(4.0), None], None);
+        let c = compare(&long, &short, 0.0);
+        assert_eq!((c.steps_compared, c.max_abs, c.first_past_tolerance), (1, 0.0, None));
+        assert!(c.passed());
     }
 
     #[test]

@@ -53,13 +53,19 @@ impl RunDir {
     }
 
     /// Checks that `data` is the data this run started with (its header's checksum), so
-    /// that a resumed run continues on the same text.
-    pub fn check_data(&self, data: &Dataset) -> Result<()> {
+    /// that a resumed run continues on the same text. `source` names that data for the
+    /// message.
+    pub fn check_same_data(&self, data: &Dataset, source: Option<&str>) -> Result<()> {
         let header = crate::record::read_header(&self.path)?;
         let now = crate::record::data_checksum(data);
         if header.data_checksum != now {
+            let hint = match source {
+                Some(crate::record::EMBEDDED_DATA) => "; it started on the embedded corpus: leave out --data".to_string(),
+                Some(s) => format!("; it recorded --data {s}"),
+                None => String::new(),
+            };
             return Err(Error::Input(format!(
-                "the data differs from the data this run started with (checksum {now}, the run's {}): resume with the same --data",
+                "the data differs from the data this run started with (checksum {now}, the run's {}{hint}): resume with the same --data",
                 header.data_checksum
             )));
         }
@@ -134,7 +140,7 @@ impl Trainer {
     /// Continues the run saved in `ckpt` on `device`. The data must be the data it was
     /// trained on (same characters).
     pub fn resume(ckpt: &Checkpoint, data: Dataset, device: &Device) -> Result<Trainer> {
-        ckpt.check_data(&data)?;
+        ckpt.check_vocabulary(&data)?;
         let mut trainer = Trainer::new(ckpt.config.clone(), data, device)?;
         trainer.model = ckpt.model(&trainer.device)?;
         trainer.optimizer = ckpt.optimizer(&trainer.device.clone().inner());

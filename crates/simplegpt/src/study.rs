@@ -468,7 +468,14 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
     let norm_of = |v: &String| runs.iter().find(|(n, _, _)| n == v).map(|(_, c, _)| c.model.norm);
     let find = |norm| variants.iter().find(|v| norm_of(v) == Some(norm)).map(|v| &stability[v]);
     if let (Some(simple), Some(pre)) = (find(crate::config::NormKind::Simple), find(crate::config::NormKind::PreLn)) {
-        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map_or("n/a".to_string(), |(a, b)| format!("{:.1}x", a / b));
+        // Two significant digits below 1 too: a ratio of 0.018 is not "0.0x".
+        let ratio = |a: Option<f64>, b: Option<f64>| {
+            a.zip(b).map_or("n/a".to_string(), |(a, b)| {
+                let r = a / b;
+                let decimals = if r >= 1.0 { 1 } else { (1.0 - r.log10().floor()) as usize };
+                format!("{r:.decimals$}x")
+            })
+        };
         let _ = writeln!(
             md,
             "\nSimpleNorm / pre-LN (the paper claims 3-10x): largest LR that trained **{}**, largest LR within {near} of its best **{}**.",
