@@ -187,14 +187,15 @@ function redraw() {
   $('legend').innerHTML = variants
     .map((v, i) => `<span style="--c:${COLORS[i % COLORS.length]}">${v.name}</span>`)
     .join('');
-  // A sweep: the final loss of each variant against its LR (a diverged run leaves a gap).
+  // A sweep: the final validation loss of each variant against its LR, as `simplegpt sweep`
+  // reports it (a diverged run leaves a gap).
   $('lr-figure').hidden = !state.results?.sweep;
   if (state.results?.sweep) {
     const base = [...new Set(variants.map((v) => v.base))];
     const series = base.map((b, i) => {
       const runs = variants.filter((v) => v.base === b);
       return { name: b, color: COLORS[i % COLORS.length], xs: runs.map((v) => v.lr),
-        ys: runs.map((v) => (v.diverged_at == null ? v.loss[v.loss.length - 1] : NaN)) };
+        ys: runs.map((v) => (v.diverged_at == null ? v.val_loss : NaN)) };
     });
     drawChart($('lr-chart'), series, { logX: true, reference });
     $('lr-legend').innerHTML = series.map((s) => `<span style="--c:${s.color}">${s.name}</span>`).join('');

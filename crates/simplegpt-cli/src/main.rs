@@ -178,8 +178,7 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// A preset: tiny (default), nanogpt-shakespeare-char, simplegpt-shakespeare-char.
-    #[arg(long)]
+    #[arg(long, help = preset_help())]
     preset: Option<String>,
     /// A TOML file with [model] and [train] keys over the preset.
     #[arg(long)]
@@ -193,6 +192,12 @@ struct RunArgs {
     /// A UTF-8 text file, or `tinyshakespeare` (downloaded once and cached).
     #[arg(long)]
     data: Option<String>,
+}
+
+/// The `--preset` help, from the presets' own descriptions.
+fn preset_help() -> String {
+    let presets: Vec<String> = simplegpt::config::PRESETS.iter().map(|(name, what)| format!("{name} ({what})")).collect();
+    format!("A preset: {}; tiny when none is given", presets.join(", "))
 }
 
 impl RunArgs {

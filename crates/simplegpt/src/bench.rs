@@ -23,11 +23,13 @@ pub struct BenchResult {
     pub device_memory: Option<u64>,
 }
 
-/// nanoGPT's FLOPs per token for a forward and backward pass: 6N plus the attention
-/// products, 12 L H Q T (PaLM appendix B).
+/// nanoGPT's FLOPs per token for a forward and backward pass (`estimate_mfu`): 6N plus the
+/// attention products, 12 L H Q T (PaLM appendix B), with N its `get_num_params()`, which
+/// leaves out the position embedding (a lookup, not a matmul).
 pub fn flops_per_token(config: &Config) -> f64 {
     let m = &config.model;
-    let n = m.num_params() as f64;
+    let wpe = if m.pos == crate::config::PosKind::Learned { m.block_size * m.n_embd } else { 0 };
+    let n = (m.num_params() - wpe) as f64;
     let (l, h, q, t) = (m.n_layer as f64, m.n_head as f64, (m.n_embd / m.n_head) as f64, m.block_size as f64);
     6.0 * n + 12.0 * l * h * q * t
 }

@@ -16,7 +16,7 @@ use crate::data::Tokenizer;
 use crate::error::{Error, Result, io};
 use crate::model::Gpt;
 use crate::optim::AdamW;
-use crate::params::{self, PathMapper, f32_bytes, f32_values, safetensors_bytes};
+use crate::params::{self, PathMapper, f32_bytes, f32_values, read_f32, safetensors_bytes};
 use crate::train::{Progress, Trainer};
 
 pub(crate) const FORMAT: &str = "simplegpt-checkpoint-1";
@@ -29,17 +29,6 @@ pub struct Checkpoint {
     pub optimizer_step: u64,
     /// name -> (shape, values)
     tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
-}
-
-/// Reads a flat tensor back to the host.
-pub async fn read_f32(t: Tensor<1>) -> Result<Vec<f32>> {
-    let data = t
-        .into_data_async()
-        .await
-        .map_err(|e| Error::Backend(format!("reading weights from the device failed: {e:?}")))?;
-    data.convert::<f32>()
-        .try_into_vec()
-        .map_err(|e| Error::Backend(format!("unexpected weight data: {e:?}")))
 }
 
 /// Serialises the trainer's state as safetensors bytes.

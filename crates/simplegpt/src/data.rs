@@ -111,6 +111,13 @@ impl Dataset {
         Dataset::from_text(&text, &format!("data file {}", path.display()), block_size)
     }
 
+    /// Training batch number `index` (`step * grad_accum + micro_step`): the one rule that
+    /// training, the run header's batch checksum and `export --batches` share.
+    pub fn train_batch(&self, config: &crate::Config, index: u64) -> Batch {
+        let t = &config.train;
+        self.batch(Split::Train, "train", t.seed, index, t.batch_size, config.model.block_size)
+    }
+
     /// Batch number `index` of the stream `purpose` ("train", "eval-val", ...): a pure
     /// function of its arguments, so a resumed run sees exactly the batches the
     /// uninterrupted run would have.

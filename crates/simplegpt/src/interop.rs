@@ -19,17 +19,16 @@ use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::checkpoint::read_f32;
-use crate::params::{self, PathMapper, f32_bytes, f32_values, safetensors_bytes};
+use crate::params::{self, PathMapper, f32_bytes, f32_values, read_f32, safetensors_bytes};
 use crate::config::Config;
-use crate::data::{Dataset, Split, Tokenizer};
+use crate::data::{Dataset, Tokenizer};
 use crate::error::{Error, Result};
 use crate::model::Gpt;
 
 const FORMAT: &str = "simplegpt-weights-1";
 
 /// The PyTorch name of a parameter at `path`, and whether its layout is transposed there.
-pub fn torch_name(path: &str, rank: usize) -> (String, bool) {
+fn torch_name(path: &str, rank: usize) -> (String, bool) {
     match path {
         "wte" | "wpe" => (format!("{path}.weight"), false),
         "lm_head" => ("lm_head.weight".into(), true),
@@ -65,7 +64,7 @@ pub async fn export(model: &Gpt, config: &Config, tokenizer: &Tokenizer, batches
         let (t, cfg) = (config.model.block_size, &config.train);
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
         for i in 0..n {
-            let b = data.batch(Split::Train, "train", cfg.seed, i as u64, cfg.batch_size, t);
+            let b = data.train_batch(config, i as u64);
             xs.extend(b.x.iter().flat_map(|&v| (v as i32).to_le_bytes()));
             ys.extend(b.y.iter().flat_map(|&v| (v as i32).to_le_bytes()));
         }

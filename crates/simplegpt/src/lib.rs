@@ -4,7 +4,10 @@
 //! Where things are: `model` (the GPT and every norm variant), `train` (the loop),
 //! `optim` (AdamW, clipping, schedule), `data` (tokenizer, batches, the embedded corpus),
 //! `config` (presets and overrides), `checkpoint`, `record` and `run` (what a run writes
-//! and how two runs compare), `sample`, `bench`, `device`.
+//! and how two runs compare), `study` (compare and sweep reports), `hessian` (its top
+//! eigenvalues), `interop` (weights in PyTorch names), `sample`, `bench`, `device`; below
+//! them `rng` (the portable random streams), `kernels` (the dropout mask kernel), `params`
+//! (parameters by path, read-back from the device) and `error`.
 
 #[cfg(not(target_family = "wasm"))]
 pub mod bench;

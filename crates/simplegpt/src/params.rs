@@ -97,3 +97,15 @@ pub fn safetensors_bytes(tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)], metad
         .collect();
     safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Backend(format!("serialising safetensors: {e}")))
 }
+
+/// Reads a flat tensor back to the host: the one read-back from the device, async because
+/// the browser can only wait for one that way.
+pub async fn read_f32(t: Tensor<1>) -> Result<Vec<f32>> {
+    let data = t
+        .into_data_async()
+        .await
+        .map_err(|e| Error::Backend(format!("reading from the device failed: {e:?}")))?;
+    data.convert::<f32>()
+        .try_into_vec()
+        .map_err(|e| Error::Backend(format!("unexpected data from the device: {e:?}")))
+}

@@ -6,9 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::read_f32;
-use crate::params::{self, f32_bytes};
-use crate::data::{Dataset, Split};
+use crate::data::Dataset;
+use crate::params::{self, f32_bytes, read_f32};
 use crate::error::Result;
 use crate::rng::fnv1a;
 use crate::train::{StepRecord, Trainer};
@@ -16,11 +15,11 @@ use crate::Config;
 
 pub const FORMAT: &str = "simplegpt-run-1";
 /// The burn version this build is pinned to (Cargo.toml says `=0.22.1`).
-pub const BURN_VERSION: &str = "0.22.1";
+const BURN_VERSION: &str = "0.22.1";
 /// `RunHeader::data_source` of a run on the embedded corpus.
 pub const EMBEDDED_DATA: &str = "embedded";
 /// How many training batches `batches_checksum` covers.
-pub const CHECKSUM_BATCHES: usize = 4;
+const CHECKSUM_BATCHES: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunHeader {
@@ -78,11 +77,10 @@ impl RunHeader {
             bytes.extend_from_slice(path.as_bytes());
             bytes.extend(f32_bytes(&read_f32(t).await?));
         }
-        let data = &trainer.data;
-        let (cfg, t) = (&trainer.config.train, trainer.config.model.block_size);
+        let (data, cfg) = (&trainer.data, &trainer.config.train);
         let mut batch_ids = Vec::new();
         for i in 0..CHECKSUM_BATCHES {
-            let b = data.batch(Split::Train, "train", cfg.seed, i as u64, cfg.batch_size, t);
+            let b = data.train_batch(&trainer.config, i as u64);
             batch_ids.extend(b.x);
             batch_ids.extend(b.y);
         }

@@ -58,7 +58,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// SplitMix64's finaliser: a stable 64-bit mixer for deriving keys.
-pub fn splitmix64(x: u64) -> u64 {
+fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E3779B97F4A7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
@@ -74,7 +74,7 @@ pub fn dropout_key(seed: u64, batch_index: u64, site: u64) -> u64 {
 
 /// Rounds of the Feistel hash below. Three leave visible correlations between elements 2^15
 /// apart; five pass the statistics in the tests.
-pub const ROUNDS: usize = 5;
+const ROUNDS: usize = 5;
 /// Multiplier of the round function: odd and below 2^15, so `(r ^ k) * MUL < 2^30`.
 pub const MUL: u32 = 0x5D2B;
 /// The hash permutes 30-bit indices: a tensor may hold up to 2^30 elements.

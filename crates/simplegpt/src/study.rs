@@ -160,7 +160,7 @@ fn fmt(v: Option<f64>) -> String {
 }
 
 /// The markdown table of a comparison.
-pub fn comparison_table(summaries: &[Summary]) -> String {
+fn comparison_table(summaries: &[Summary]) -> String {
     let mut s = String::from(
         "| variant | params | final loss | best loss | final val | best val | diverged at | tokens/s |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
@@ -195,7 +195,7 @@ pub struct LrStability {
 }
 
 /// Per variant (by name): its `LrStability`, with `near` in nats.
-pub fn lr_stability(runs: &[(String, Summary)], near: f64) -> BTreeMap<String, LrStability> {
+fn lr_stability(runs: &[(String, Summary)], near: f64) -> BTreeMap<String, LrStability> {
     let mut out: BTreeMap<String, LrStability> = BTreeMap::new();
     let trained = |s: &Summary| if s.stable() { s.end_loss().map(|l| (s.lr, l)) } else { None };
     for (variant, s) in runs {
@@ -495,7 +495,7 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
 }
 
 /// The parameter group of a parameter path, for grouped gradient norms.
-pub fn param_group(path: &str) -> &'static str {
+fn param_group(path: &str) -> &'static str {
     if path.contains(".attn.") {
         if path.contains("_norm") { "attention norms" } else { "attention" }
     } else if path.contains(".mlp.") {
@@ -508,7 +508,7 @@ pub fn param_group(path: &str) -> &'static str {
 }
 
 /// Gradient norm per parameter group (the root of the summed squares) at each diagnostic step.
-pub fn grouped_grad_norms(records: &[StepRecord]) -> Vec<(String, Vec<(f64, f64)>)> {
+fn grouped_grad_norms(records: &[StepRecord]) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut groups: BTreeMap<&'static str, Vec<(f64, f64)>> = BTreeMap::new();
     for r in records {
         let Some(norms) = &r.grad_norms else { continue };
@@ -524,7 +524,7 @@ pub fn grouped_grad_norms(records: &[StepRecord]) -> Vec<(String, Vec<(f64, f64)
 }
 
 /// Activation RMS of each block at each diagnostic step.
-pub fn block_rms(records: &[StepRecord]) -> Vec<(String, Vec<(f64, f64)>)> {
+fn block_rms(records: &[StepRecord]) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut blocks: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
     for r in records {
         for (i, v) in r.act_rms.iter().flatten().enumerate() {

@@ -13,6 +13,7 @@ use web_time::Instant;
 use crate::config::Config;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
+use crate::params::read_f32;
 use crate::model::{DropoutKey, Gpt};
 use crate::optim::{AdamW, GradSum, learning_rate};
 
@@ -117,6 +118,8 @@ impl Trainer {
             if val_loss.is_finite() && self.progress.best_val_loss.is_none_or(|b| val_loss < b) {
                 self.progress.best_val_loss = Some(val_loss);
             }
+            // Time spent evaluating is not training: the next tokens/s is timed from here.
+            self.last_log = None;
             logged = true;
         }
         if last {
@@ -130,25 +133,19 @@ impl Trainer {
         let diag = step % cfg.diag_interval == 0;
 
         let mut grads = GradSum::default();
-        let mut loss_sum: Option<Tensor<1>> = None;
+        let mut losses = Vec::new();
         let mut block_rms = Vec::new();
         for micro in 0..cfg.grad_accum {
             let index = (step * cfg.grad_accum + micro) as u64;
-            let batch = self.data.batch(Split::Train, "train", cfg.seed, index, cfg.batch_size, self.config.model.block_size);
-            let (x, y) = batch.tensors(&self.device);
-            let trace = (diag && micro == 0).then_some(&mut block_rms);
+            let (x, y) = self.data.train_batch(&self.config, index).tensors(&self.device);
             let key = DropoutKey { seed: cfg.seed, batch: index };
-            let logits = self.model.forward_train(x, Some(key), trace);
+            let logits = self.model.forward_train(x, Some(key), (diag && micro == 0).then_some(&mut block_rms));
             let loss = Gpt::loss(logits, y);
             let g = loss.backward();
             grads.add(&self.model, &g);
-            let loss = loss.detach().inner();
-            loss_sum = Some(match loss_sum {
-                Some(s) => s + loss,
-                None => loss,
-            });
+            losses.push(loss.detach().inner());
         }
-        let loss = loss_sum.expect("grad_accum >= 1") / cfg.grad_accum as f64;
+        let loss = Tensor::cat(losses, 0).mean();
 
         // The mean gradient over micro-steps, then clipped to one global norm.
         let accum = 1.0 / cfg.grad_accum as f64;
@@ -163,23 +160,17 @@ impl Trainer {
         self.progress.step += 1;
 
         if log || diag {
+            // One read-back for all of them, taken off in the order they were put in.
             let mut scalars = vec![loss, grad_norm];
-            let n_params = norms.as_ref().map_or(0, |n| n.len());
-            if let Some(norms) = &norms {
-                scalars.extend(norms.iter().map(|(_, n)| n.clone() * accum));
-            }
+            scalars.extend(norms.iter().flatten().map(|(_, n)| n.clone() * accum));
             scalars.extend(block_rms.iter().map(|r| r.clone().inner()));
-            let values = read_scalars(scalars).await?;
-            record.loss = Some(values[0]);
-            record.grad_norm = Some(values[1]);
-            if let Some(norms) = norms {
-                record.grad_norms = Some(norms.into_iter().map(|(p, _)| p).zip(values[2..2 + n_params].iter().copied()).collect());
-            }
-            if !block_rms.is_empty() {
-                record.act_rms = Some(values[2 + n_params..].to_vec());
-            }
+            let mut values = read_scalars(scalars).await?.into_iter();
+            record.loss = values.next();
+            record.grad_norm = values.next();
+            record.grad_norms = norms.map(|n| n.into_iter().map(|(path, _)| path).zip(values.by_ref()).collect());
+            record.act_rms = (!block_rms.is_empty()).then(|| values.collect());
             if self.progress.first_loss.is_none() {
-                self.progress.first_loss = Some(values[0]);
+                self.progress.first_loss = record.loss;
             }
             let now = Instant::now();
             if let Some((then, then_step)) = self.last_log {
@@ -225,36 +216,22 @@ impl Trainer {
         let model = self.model.valid();
         let device = self.device.clone().inner();
         let (t, b) = (self.config.model.block_size, self.config.train.batch_size);
-        let mut sums = Vec::new();
+        let mut means = Vec::new();
         for (split, purpose) in [(Split::Train, "eval-train"), (Split::Val, "eval-val")] {
-            let mut sum: Option<Tensor<1>> = None;
+            let mut losses = Vec::new();
             for i in 0..self.config.train.eval_iters {
                 let index = (step * self.config.train.eval_iters + i) as u64;
-                let batch = self.data.batch(split, purpose, self.config.train.seed, index, b, t);
-                let (x, y) = batch.tensors(&device);
-                let loss = Gpt::loss(model.forward(x), y);
-                sum = Some(match sum {
-                    Some(s) => s + loss,
-                    None => loss,
-                });
+                let (x, y) = self.data.batch(split, purpose, self.config.train.seed, index, b, t).tensors(&device);
+                losses.push(Gpt::loss(model.forward(x), y));
             }
-            sums.push(sum.expect("eval_iters >= 1") / self.config.train.eval_iters as f64);
+            means.push(Tensor::cat(losses, 0).mean());
         }
-        let v = read_scalars(sums).await?;
+        let v = read_scalars(means).await?;
         Ok((v[0], v[1]))
     }
 }
 
 /// Reads scalar tensors back with one transfer.
 pub async fn read_scalars(scalars: Vec<Tensor<1>>) -> Result<Vec<f64>> {
-    let all = Tensor::cat(scalars, 0);
-    let data = all
-        .into_data_async()
-        .await
-        .map_err(|e| Error::Backend(format!("reading results from the device failed: {e:?}")))?;
-    let values: Vec<f32> = data
-        .convert::<f32>()
-        .try_into_vec()
-        .map_err(|e| Error::Backend(format!("unexpected data from the device: {e:?}")))?;
-    Ok(values.into_iter().map(f64::from).collect())
+    Ok(read_f32(Tensor::cat(scalars, 0)).await?.into_iter().map(f64::from).collect())
 }
