@@ -206,17 +206,14 @@ impl RunArgs {
     }
 
     fn config(&self) -> Result<Config> {
-        let mut config = Config::preset(self.preset.as_deref().unwrap_or("tiny"))?;
-        if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::Input(format!("cannot read config file {}: {e}", path.display())))?;
-            config = Config::from_toml(&text, config, &path.display().to_string())?;
-        }
-        for s in &self.set {
-            config.set(s)?;
-        }
-        config.validate()?;
-        Ok(config)
+        let toml = match &self.config {
+            Some(path) => Some((
+                std::fs::read_to_string(path).map_err(|e| Error::Input(format!("cannot read config file {}: {e}", path.display())))?,
+                path.display().to_string(),
+            )),
+            None => None,
+        };
+        Config::resolve(self.preset.as_deref().unwrap_or("tiny"), toml.as_ref().map(|(t, o)| (t.as_str(), o.as_str())), &self.set)
     }
 
     fn data(&self, block_size: usize) -> Result<Dataset> {
@@ -576,7 +573,7 @@ fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option
     );
     bar.set_position(trainer.progress.step as u64);
     let mut last_loss = String::new();
-    trainer.run_to_dir(&dir, |_, r| {
+    trainer.run_to_dir(&dir, |r| {
         bar.set_position(r.step as u64);
         if let Some(loss) = r.loss {
             last_loss = format!("loss {loss:.4}");

@@ -76,11 +76,7 @@ pub fn default_corpus() -> String {
 /// A preset plus `key=value` overrides, as config JSON; throws the CLI's message on bad input.
 #[wasm_bindgen]
 pub fn resolve_config(preset: &str, overrides: Vec<String>) -> Result<String, JsValue> {
-    let mut config = Config::preset(preset).map_err(js_err)?;
-    for o in &overrides {
-        config.set(o).map_err(js_err)?;
-    }
-    config.validate().map_err(js_err)?;
+    let config = Config::resolve(preset, None, &overrides).map_err(js_err)?;
     Ok(serde_json::to_string(&config).expect("serialisable"))
 }
 

@@ -128,6 +128,20 @@ pub const PRESETS: &[(&str, &str)] = &[
 ];
 
 impl Config {
+    /// A run's config as every front end builds it: the preset, then a TOML file's keys
+    /// (its text, and a name for messages), then each `key=value`; validated.
+    pub fn resolve(preset: &str, toml: Option<(&str, &str)>, sets: &[String]) -> Result<Config> {
+        let mut config = Config::preset(preset)?;
+        if let Some((text, origin)) = toml {
+            config = Config::from_toml(text, config, origin)?;
+        }
+        for s in sets {
+            config.set(s)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
     pub fn preset(name: &str) -> Result<Config> {
         let nanogpt = Config {
             model: ModelConfig {

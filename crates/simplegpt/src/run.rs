@@ -161,10 +161,10 @@ impl Trainer {
 
     /// Trains to the end (or divergence) with `step_to_dir`. `on_record` sees each logged
     /// record (progress display).
-    pub fn run_to_dir(&mut self, dir: &RunDir, mut on_record: impl FnMut(&Trainer, &StepRecord)) -> Result<()> {
+    pub fn run_to_dir(&mut self, dir: &RunDir, mut on_record: impl FnMut(&StepRecord)) -> Result<()> {
         while !self.finished() {
             if let Some(record) = self.step_to_dir(dir)? {
-                on_record(self, &record);
+                on_record(&record);
             }
         }
         Ok(())
