@@ -174,6 +174,10 @@ fn bad_input_gets_a_one_line_error() {
     run(&["--device", "tpu"], "unknown device 'tpu'");
     run(&["--config", &p("bad.toml")], "bad TOML");
     run(&["--config", &p("nothere.toml")], "cannot read config file");
+    std::fs::write(p("loose.toml"), "lr = 1e-3\n").unwrap();
+    run(&["--config", &p("loose.toml")], "'lr' is outside a section; put it under [model] or [train]");
+    std::fs::write(p("typed.toml"), "[train]\nmax_steps = 2.5\n").unwrap();
+    run(&["--config", &p("typed.toml")], "[train] max_steps = 2.5: expected integer");
     run(&["--set", "n_layers=2"], "unknown config key 'n_layers'");
     run(&["--set", "lr=fast"], "bad value");
     run(&["--set", "n_head=3"], "divisible by n_head");
@@ -220,6 +224,10 @@ fn bad_input_gets_a_one_line_error() {
     // A run records its data: --resume (here of a finished run) finds it without --data.
     let on_file = p("on-file");
     ok(train(Path::new(&on_file), 2, &["--data", &p("other.txt")]));
+    let ckpt = Path::new(&on_file).join("ckpt.safetensors");
+    std::fs::rename(&ckpt, p("on-file.ckpt")).unwrap();
+    fails(&["sample", "--from", &on_file], "holds a run without a checkpoint");
+    std::fs::rename(p("on-file.ckpt"), &ckpt).unwrap();
     let resumed = ok({
         let mut c = bin();
         c.args(["train", "--resume", &on_file]);
@@ -240,6 +248,7 @@ fn bad_input_gets_a_one_line_error() {
     study(&["--variant", "a:norm=simple", "--variant", "a:norm=pre_ln"], "two variants are named 'a'");
     study(&["--variant", "a:norm=simple", "--seeds", "0"], "--seeds must be at least 1");
     study(&["--variant", "..:norm=simple"], "variant name '..'");
+    study(&["--variant", "a:norm=simpel"], "variant 'a': --set norm=simpel: bad value");
     let sweep = |extra: &[&str], expect: &str| {
         let mut args = vec!["sweep", "--device", "cpu", "--out", &out];
         args.extend(extra);

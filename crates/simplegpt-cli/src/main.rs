@@ -57,6 +57,7 @@ enum Command {
         /// Also write the token ids of the first N training batches.
         #[arg(long, default_value_t = 0)]
         batches: usize,
+        /// The safetensors file to write.
         #[arg(long)]
         out: PathBuf,
     },
@@ -65,18 +66,22 @@ enum Command {
         /// A run directory or a checkpoint file.
         #[arg(long, default_value = "out")]
         from: PathBuf,
+        /// Text to continue (its characters must be in the checkpoint's vocabulary).
         #[arg(long, default_value = "")]
         prompt: String,
         /// Number of characters to generate.
         #[arg(long, default_value_t = 500)]
         tokens: usize,
+        /// Divides the logits: below 1 sharper, above 1 flatter; near 0 the most likely.
         #[arg(long, default_value_t = 0.8)]
         temperature: f64,
         /// Sample from the k most likely characters only (0: all).
         #[arg(long, default_value_t = 200)]
         top_k: usize,
+        /// Seed of the draws: the same seed, the same text.
         #[arg(long, default_value_t = 1337)]
         seed: u64,
+        /// Device to run the model on (the CPU is quick enough for one sequence).
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -115,6 +120,7 @@ enum Command {
         /// rewrite the report at every evaluation so that it can be watched.
         #[arg(long)]
         interleave: bool,
+        /// Report directory, holding each run's directory.
         #[arg(long, default_value = "study")]
         out: PathBuf,
     },
@@ -126,8 +132,10 @@ enum Command {
         /// Variants as for compare (default: pre_ln:norm=pre_ln and simple:norm=simple).
         #[arg(long = "variant")]
         variants: Vec<String>,
+        /// Smallest learning rate of the grid.
         #[arg(long, default_value_t = 1e-4)]
         lr_min: f64,
+        /// Largest learning rate of the grid.
         #[arg(long, default_value_t = 1e-1)]
         lr_max: f64,
         /// Number of learning rates in the grid.
@@ -141,6 +149,7 @@ enum Command {
         /// LR counts as diverged if any seed diverged.
         #[arg(long, default_value_t = 1)]
         seeds: usize,
+        /// Report directory, holding each run's directory.
         #[arg(long, default_value = "sweep")]
         out: PathBuf,
     },
@@ -166,8 +175,10 @@ enum Command {
     Bench {
         #[command(flatten)]
         run: RunArgs,
+        /// Untimed steps first (kernel compilation, autotuning, allocator warm-up).
         #[arg(long, default_value_t = 10)]
         warmup: usize,
+        /// Timed steps.
         #[arg(long, default_value_t = 50)]
         steps: usize,
         /// Peak FLOP/s of the device in TFLOP/s, for MFU (nanoGPT uses the A100's 312).
@@ -695,7 +706,17 @@ fn print_loss_table(runs: &[(String, RunRecord)]) {
 
 /// A checkpoint from a run directory or a checkpoint file.
 fn read_checkpoint(from: &Path) -> Result<Checkpoint> {
-    if from.is_dir() { Checkpoint::read(&from.join(simplegpt::run::CHECKPOINT_FILE)) } else { Checkpoint::read(from) }
+    if !from.is_dir() {
+        return Checkpoint::read(from);
+    }
+    let path = from.join(simplegpt::run::CHECKPOINT_FILE);
+    if !path.exists() && from.join(simplegpt::run::HEADER_FILE).exists() {
+        return Err(Error::Input(format!(
+            "{} holds a run without a checkpoint (trained with checkpoint=false, or stopped before its first evaluation)",
+            from.display()
+        )));
+    }
+    Checkpoint::read(&path)
 }
 
 /// The checkpoint of `--from` and the data it was trained on: `--data`, or else the data

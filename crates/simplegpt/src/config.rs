@@ -234,8 +234,21 @@ impl Config {
                             (Some(toml::Value::Float(_)), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
                             (_, v) => v,
                         };
+                        if let Some(old) = dst.get(&key)
+                            && old.type_str() != v.type_str()
+                        {
+                            return Err(Error::Input(format!(
+                                "{origin}: [{section}] {key} = {v}: expected {}, like {old}",
+                                old.type_str()
+                            )));
+                        }
                         dst.insert(key, v);
                     }
+                }
+                (_, v) if !v.is_table() => {
+                    return Err(Error::Input(format!(
+                        "{origin}: '{section}' is outside a section; put it under [model] or [train]"
+                    )));
                 }
                 _ => {
                     return Err(Error::Input(format!(

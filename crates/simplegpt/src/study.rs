@@ -53,10 +53,11 @@ impl Variant {
 
     pub fn apply(&self, base: &Config) -> Result<Config> {
         let mut c = base.clone();
+        let in_variant = |e: Error| Error::Input(format!("variant '{}': {e}", self.name));
         for s in &self.sets {
-            c.set(s)?;
+            c.set(s).map_err(in_variant)?;
         }
-        c.validate()?;
+        c.validate().map_err(in_variant)?;
         Ok(c)
     }
 }
