@@ -17,7 +17,9 @@ pub struct Variant {
 }
 
 impl Variant {
-    /// `name:key=v,key=v` or `key=v,key=v` (then the name is the values joined by `-`).
+    /// `name:key=v,key=v` or `key=v,key=v`. Without a name, each assignment names itself by
+    /// its value when that is a word (`norm=simple`: `simple`), else by key and value
+    /// (`residual=false`: `residual-false`, `lr=3e-3`: `lr-3e-3`), joined by `-`.
     pub fn parse(spec: &str) -> Result<Variant> {
         let (name, body) = match spec.split_once(':') {
             Some((n, b)) if !n.contains('=') => (Some(n.trim().to_string()), b),
@@ -29,7 +31,15 @@ impl Variant {
                 "variant '{spec}': expected key=value[,key=value...], optionally after 'name:', e.g. --variant simple:norm=simple"
             )));
         }
-        let name = name.unwrap_or_else(|| sets.iter().map(|s| s.split_once('=').unwrap().1).collect::<Vec<_>>().join("-"));
+        let word = |v: &str| v.parse::<f64>().is_err() && v != "true" && v != "false";
+        let name = name.unwrap_or_else(|| {
+            let part = |s: &String| {
+                let (key, value) = s.split_once('=').expect("checked above");
+                let key = key.trim().trim_start_matches("model.").trim_start_matches("train.");
+                if word(value.trim()) { value.trim().to_string() } else { format!("{key}-{}", value.trim()) }
+            };
+            sets.iter().map(part).collect::<Vec<_>>().join("-")
+        });
         let safe = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
         // The name is a directory beside the report's own files.
         if name.is_empty() || !name.chars().all(safe) || name.starts_with('.') || name.ends_with(".md") || name.ends_with(".svg") {
@@ -543,7 +553,8 @@ mod tests {
     fn variants_parse_with_and_without_names() {
         let v = Variant::parse("simple:norm=simple,lr=3e-3").unwrap();
         assert_eq!((v.name.as_str(), v.sets.len()), ("simple", 2));
-        assert_eq!(Variant::parse("norm=post_ln,residual=false").unwrap().name, "post_ln-false");
+        assert_eq!(Variant::parse("norm=post_ln,residual=false").unwrap().name, "post_ln-residual-false");
+        assert_eq!(Variant::parse("train.lr=3e-3,mlp=swiglu").unwrap().name, "lr-3e-3-swiglu");
         assert!(Variant::parse("simple").is_err());
         assert!(Variant::parse("a/b:norm=simple").is_err());
         for name in [".", "..", "report.md", "loss.svg"] {
