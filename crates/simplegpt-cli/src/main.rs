@@ -73,10 +73,10 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         tokens: usize,
         /// Divides the logits: below 1 sharper, above 1 flatter; near 0 the most likely.
-        #[arg(long, default_value_t = 0.8)]
+        #[arg(long, default_value_t = simplegpt::sample::DEFAULT_TEMPERATURE)]
         temperature: f64,
         /// Sample from the k most likely characters only (0: all).
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = simplegpt::sample::DEFAULT_TOP_K)]
         top_k: usize,
         /// Seed of the draws: the same seed, the same text.
         #[arg(long, default_value_t = 1337)]

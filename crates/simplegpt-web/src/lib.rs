@@ -12,7 +12,7 @@ use js_sys::Promise;
 use simplegpt::Config;
 use simplegpt::data::Dataset;
 use simplegpt::record::RunHeader;
-use simplegpt::sample::{SampleOptions, generate};
+use simplegpt::sample::{DEFAULT_TEMPERATURE, DEFAULT_TOP_K, SampleOptions, generate};
 use simplegpt::train::Trainer;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
@@ -138,7 +138,7 @@ impl Run {
                 let t = lock(&trainer)?;
                 (t.model.valid(), t.data.tokenizer.clone(), t.config.model.block_size)
             };
-            let opts = SampleOptions { prompt, max_new_tokens: tokens, temperature: 0.8, top_k: 20, seed };
+            let opts = SampleOptions { prompt, max_new_tokens: tokens, temperature: DEFAULT_TEMPERATURE, top_k: DEFAULT_TOP_K, seed };
             let text = generate(&model, &tokenizer, block, &opts).await.map_err(js_err)?;
             Ok(JsValue::from_str(&text))
         })

@@ -8,6 +8,10 @@ use crate::error::{Error, Result};
 use crate::model::Gpt;
 use crate::rng::Stream;
 
+/// nanoGPT's `sample.py` defaults, which the CLI and the page share.
+pub const DEFAULT_TEMPERATURE: f64 = 0.8;
+pub const DEFAULT_TOP_K: usize = 200;
+
 pub struct SampleOptions {
     pub prompt: String,
     pub max_new_tokens: usize,
