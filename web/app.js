@@ -2,7 +2,7 @@
 // the core's trainer (compiled to wasm), and draws what happens. All training is in Rust;
 // this file is controls, charts and bookkeeping.
 
-import init, { open_device, default_corpus, resolve_config, Run } from './pkg/simplegpt_web.js';
+import init, { open_device, default_corpus, resolve_config, param_group, Run } from './pkg/simplegpt_web.js';
 
 // Each comparison: the variants (config overrides) and, for the stress test, its own LR.
 const COMPARISONS = {
@@ -204,10 +204,10 @@ function redraw() {
   if (!chosen) return;
   const diag = chosen.records.filter((r) => r.grad_norms);
   const names = diag.length ? Object.keys(diag[0].grad_norms) : [];
-  // Every parameter of a small model; groups (root of summed squares) of a bigger one.
+  // Every parameter of a small model; groups (root of summed squares) of a bigger one, the
+  // CLI report's groups.
   const grouped = names.length > 16;
-  const group = (n) => (!grouped ? n : n.includes('.attn.') ? 'attention' : n.includes('.mlp.') ? 'mlp'
-    : /^(wte|wpe|lm_head)/.test(n) ? 'embeddings and head' : 'block and final norms') + (grouped && n.includes('_norm') ? ' norms' : '');
+  const group = (n) => (grouped ? param_group(n) : n);
   const keys = [...new Set(names.map(group))];
   const norm = (r, k) => Math.sqrt(names.filter((n) => group(n) === k).reduce((a, n) => a + r.grad_norms[n] ** 2, 0));
   $('grad-caption').textContent = grouped ? 'Gradient norm per parameter group,' : 'Gradient norm per parameter,';

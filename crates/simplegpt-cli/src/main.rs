@@ -442,7 +442,7 @@ fn run(cli: Cli) -> Result<()> {
                 })
                 .collect();
             let e = pollster::block_on(simplegpt::hessian::hessian_extremes(&model, &fixed, iters, eps, t.seed))?;
-            let lies = |top: &simplegpt::hessian::TopEigen| {
+            let top_params = |top: &simplegpt::hessian::TopEigen| {
                 top.share.iter().take(3).map(|(p, s)| format!("{p} {:.0}%", s * 100.0)).collect::<Vec<_>>().join(", ")
             };
             let last = |top: &simplegpt::hessian::TopEigen| *top.estimates.last().unwrap_or(&f64::NAN);
@@ -455,7 +455,7 @@ fn run(cli: Cli) -> Result<()> {
                     println!("iteration {:>3}: largest lambda ~ {v:.6} (power iteration on H + {:.4} I)", i + 1, -spectral);
                 }
             }
-            let runs = |top: &simplegpt::hessian::TopEigen| {
+            let convergence = |top: &simplegpt::hessian::TopEigen| {
                 let n = top.estimates.len();
                 if top.converged { format!("converged after {n} iterations") } else { format!("NOT converged after {n} iterations: raise --iters") }
             };
@@ -467,10 +467,10 @@ fn run(cli: Cli) -> Result<()> {
             println!(
                 "lambda of largest magnitude {spectral:.6} (||H||_2 = {:.6}; {}); its eigenvector lies in: {}",
                 spectral.abs(),
-                runs(&e.spectral),
-                lies(&e.spectral)
+                convergence(&e.spectral),
+                top_params(&e.spectral)
             );
-            println!("largest lambda {largest:.6} ({}); its eigenvector lies in: {}", runs(&e.largest), lies(&e.largest));
+            println!("largest lambda {largest:.6} ({}); its eigenvector lies in: {}", convergence(&e.largest), top_params(&e.largest));
             println!("lambda_max {largest:.6} | 2 / lambda_max {:.3e}", 2.0 / largest);
             Ok(())
         }

@@ -73,6 +73,12 @@ pub fn default_corpus() -> String {
     simplegpt::data::default_corpus()
 }
 
+/// The group a parameter's gradient norm is summed into in the charts, as in the CLI's reports.
+#[wasm_bindgen]
+pub fn param_group(path: &str) -> String {
+    simplegpt::study::param_group(path).to_string()
+}
+
 /// A preset plus `key=value` overrides, as config JSON; throws the CLI's message on bad input.
 #[wasm_bindgen]
 pub fn resolve_config(preset: &str, overrides: Vec<String>) -> Result<String, JsValue> {

@@ -506,7 +506,7 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
 }
 
 /// The parameter group of a parameter path, for grouped gradient norms.
-fn param_group(path: &str) -> &'static str {
+pub fn param_group(path: &str) -> &'static str {
     if path.contains(".attn.") {
         if path.contains("_norm") { "attention norms" } else { "attention" }
     } else if path.contains(".mlp.") {
