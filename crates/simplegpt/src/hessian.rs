@@ -44,6 +44,8 @@ pub struct TopEigen {
     pub share: Vec<(String, f64)>,
     /// Whether the estimate settled before the iteration limit (see `CONVERGED`).
     pub converged: bool,
+    /// The eigenvector: the last iterate, of unit norm, by path.
+    pub vector: ParamVec,
 }
 
 /// Power iteration stops once the estimate has changed by less than this, relative, over
@@ -77,7 +79,7 @@ pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, mut hvp: 
     let squares = read_scalars(v.values().map(|x| x.clone().square().sum()).collect()).await?;
     let mut share: Vec<(String, f64)> = v.keys().cloned().zip(squares).collect();
     share.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Ok(TopEigen { estimates, share, converged })
+    Ok(TopEigen { estimates, share, converged, vector: v })
 }
 
 /// Adds `delta * v` to every parameter (by path) of `model`.
