@@ -82,6 +82,13 @@ fn train_writes_a_run_directory_and_sample_reads_it() {
     for key in ["step", "lr", "loss", "val_loss", "train_loss", "grad_norm", "grad_norms", "act_rms"] {
         assert!(first.get(key).is_some(), "step 0 has {key}: {first}");
     }
+    // The per-parameter norms make up the global one, and the activations are measured.
+    let norms: Vec<f64> = first["grad_norms"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).collect();
+    let global = norms.iter().map(|n| n * n).sum::<f64>().sqrt();
+    let grad_norm = first["grad_norm"].as_f64().unwrap();
+    assert!(grad_norm > 0.0 && (global - grad_norm).abs() <= 1e-5 * grad_norm, "{global} vs grad_norm {grad_norm}");
+    let rms: Vec<f64> = first["act_rms"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(!rms.is_empty() && rms.iter().all(|r| r.is_finite() && *r > 0.0), "act_rms {rms:?}");
     assert!(records[5]["tokens_per_sec"].as_f64().unwrap() > 0.0);
     assert!(dir.join("ckpt.safetensors").exists());
     assert!(!dir.join("ckpt.safetensors.tmp").exists(), "no temp file left behind");
@@ -92,7 +99,17 @@ fn train_writes_a_run_directory_and_sample_reads_it() {
         c
     });
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.starts_with("KING:\n") && text.trim_end().chars().count() >= 30, "{text:?}");
+    // The prompt, then exactly 40 characters, then the newline that ends the output.
+    let text = text.strip_suffix('\n').expect("ends with a newline");
+    assert!(text.starts_with("KING:\n") && text.chars().count() == "KING:\n".len() + 40, "{text:?}");
+
+    // At temperature 1 the seed decides the draws.
+    let warm = |seed: &str| {
+        let mut c = bin();
+        c.args(["sample", "--tokens", "40", "--temperature", "1", "--seed", seed, "--from"]).arg(&dir);
+        String::from_utf8(ok(c).stdout).unwrap()
+    };
+    assert_ne!(warm("1"), warm("2"));
 
     // A temperature near 0 is the argmax (the same text for any seed), not an overflow.
     let cold = |seed: &str| {
