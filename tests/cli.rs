@@ -210,6 +210,11 @@ fn bad_input_gets_a_one_line_error() {
     }
     run(&["--device", "metal"], "no metal GPU adapter");
     fails(&["train", "--out", &format!("{}/sub", p("file")), "--device", "cpu"], "cannot create output directory");
+    // A directory that exists but takes no files, even from root (chmod would not stop us):
+    // Linux's /proc. Elsewhere there is none to try.
+    if Path::new("/proc/self").is_dir() {
+        fails(&["train", "--device", "cpu", "--out", "/proc"], "output directory /proc is not writable");
+    }
 
     // Nothing is created for a run that cannot start.
     fails(&["train", "--device", "cpu", "--resume", &p("nothing-here")], "holds no run to resume");
@@ -231,7 +236,13 @@ fn bad_input_gets_a_one_line_error() {
     fails(&["export", "--from", &run_dir, "--out", &p("no/such/x.safetensors")], "does not exist");
     let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     assert!(!files.iter().any(|f| f.ends_with(".tmp")), "no temp file left: {files:?}");
-    std::fs::write(Path::new(&run_dir).join("ckpt.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!").unwrap();
+    // A checkpoint cut off half way (its header intact, its tensors not), then garbage.
+    let ckpt = Path::new(&run_dir).join("ckpt.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&ckpt, &bytes[..bytes.len() / 2]).unwrap();
+    fails(&["sample", "--from", &run_dir], "corrupted");
+    fails(&["train", "--device", "cpu", "--resume", &run_dir], "corrupted");
+    std::fs::write(&ckpt, b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!").unwrap();
     fails(&["sample", "--from", &run_dir], "corrupted");
     fails(&["train", "--device", "cpu", "--resume", &run_dir], "corrupted");
     fails(&["sample", "--from", &p("nothing")], "cannot read checkpoint");
