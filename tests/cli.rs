@@ -300,17 +300,24 @@ fn repro_passes_identical_runs_and_names_what_differs() {
 
     let text_file = dir.join("other.txt");
     std::fs::write(&text_file, "Another text altogether, long enough for a block of 32.\n".repeat(40)).unwrap();
+    // Which identity rows each change makes DIFFERENT (the others stay "same"): the seed
+    // redraws the weights and the batches; n_head reshapes no weight; other text changes
+    // the vocabulary (so the config's vocab_size and the embedding's shape) and the batches.
+    let rows = ["config", "seed", "initial weights", "data", "first batches"];
     for (name, extra, differs) in [
-        ("seed", vec!["--set", "seed=7"], "seed"),
-        ("config", vec!["--set", "n_head=4"], "config"),
-        ("data", vec!["--data", text_file.to_str().unwrap()], "data"),
+        ("seed", vec!["--set", "seed=7"], vec!["config", "seed", "initial weights", "first batches"]),
+        ("config", vec!["--set", "n_head=4"], vec!["config"]),
+        ("data", vec!["--data", text_file.to_str().unwrap()], vec!["config", "initial weights", "data", "first batches"]),
     ] {
         let other = run(name, &extra);
         let out = repro(&a, &other);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(!out.status.success(), "{name}: {text}");
-        let line = text.lines().find(|l| l.trim_start().starts_with(differs)).unwrap();
-        assert!(line.ends_with("DIFFERENT"), "{name}: {text}");
+        for row in rows {
+            let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{row}  "))).expect(&text);
+            let want = if differs.contains(&row) { "DIFFERENT" } else { "same" };
+            assert!(line.ends_with(want), "{name}: {row} should be {want}: {text}");
+        }
         assert!(text.contains("verdict: FAIL"), "{text}");
     }
 }
@@ -324,7 +331,14 @@ fn repro_runs_one_config_on_the_cpu_and_on_wgpu() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("initial weights") && text.contains("verdict: PASS"), "{text}");
+    assert!(text.contains("verdict: PASS"), "{text}");
+    // B really ran on wgpu, and the device held the same weights and saw the same batches.
+    assert!(text.lines().any(|l| l.starts_with("A: cpu (burn flex) (cpu, ")), "A is the CPU: {text}");
+    assert!(text.lines().any(|l| l.starts_with("B: wgpu: ") && l.contains("(wgpu, ")), "B is the wgpu adapter: {text}");
+    for row in ["config", "seed", "initial weights", "data", "first batches"] {
+        assert!(text.lines().any(|l| l.trim_start().starts_with(&format!("{row}  ")) && l.ends_with("same")), "{row}: {text}");
+    }
+    assert!(text.lines().any(|l| l.trim() == "steps compared   12"), "steps 0 to 11 trained on both: {text}");
     assert!(text.lines().any(|l| l.trim_start().starts_with("10 ")), "the loss table: {text}");
 }
 
