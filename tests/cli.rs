@@ -499,13 +499,38 @@ fn sweep_records_an_absurd_learning_rate_as_divergence() {
 }
 
 #[test]
-fn hessian_reports_a_finite_top_eigenvalue() {
+fn hessian_reports_the_librarys_eigenvalues_of_the_config() {
     let out = bin().args(["hessian", "--device", "cpu", "--iters", "4", "--batches", "1"]).args(QUICK).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    let last = text.lines().find(|l| l.starts_with("lambda_max ")).expect(&text);
-    let value: f64 = last.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(value.is_finite() && value > 0.0, "the largest eigenvalue: {last}");
-    assert_eq!(text.lines().filter(|l| l.contains("lambda of largest magnitude ~")).count(), 4);
+    let iterations: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split_once("lambda of largest magnitude ~ "))
+        .map(|(_, v)| v.parse().unwrap())
+        .collect();
+    assert_eq!(iterations.len(), 4, "{text}");
     assert!(text.contains("||H||_2 = ") && text.contains("eigenvector lies in: "), "{text}");
+
+    // The same computation through the library: the tiny preset with QUICK's settings, its
+    // seed's weights, one "hessian" batch, eps 1e-3. The command prints these numbers.
+    let mut config = simplegpt::Config::preset("tiny").unwrap();
+    for kv in QUICK.chunks(2) {
+        config.set(kv[1]).unwrap();
+    }
+    let data = simplegpt::data::Dataset::from_text(&simplegpt::data::default_corpus(), "corpus", config.model.block_size).unwrap();
+    let trainer = simplegpt::train::Trainer::new(config, data, &burn::tensor::Device::flex()).unwrap();
+    let (t, block) = (&trainer.config.train, trainer.config.model.block_size);
+    let batch = trainer.data.batch(simplegpt::data::Split::Train, "hessian", t.seed, 0, t.batch_size, block).tensors(&trainer.device);
+    let e = pollster::block_on(simplegpt::hessian::hessian_extremes(&trainer.model, &[batch], 4, 1e-3, t.seed)).unwrap();
+    for (printed, computed) in iterations.iter().zip(&e.spectral.estimates) {
+        assert!((printed - computed).abs() <= 1e-6 + 1e-6 * computed.abs(), "printed {printed}, the library's {computed}: {text}");
+    }
+
+    // lambda_max is the largest eigenvalue, and 2 / lambda_max is printed with it.
+    let line = text.lines().find(|l| l.starts_with("lambda_max ")).expect(&text);
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (lambda, two_over): (f64, f64) = (fields[1].parse().unwrap(), fields[6].parse().unwrap());
+    let largest = *e.largest.estimates.last().unwrap();
+    assert!((lambda - largest).abs() <= 1e-6 + 1e-6 * largest.abs(), "{line}: the library's largest is {largest}");
+    assert!((two_over - 2.0 / lambda).abs() <= 1e-3 * two_over.abs(), "{line}");
 }
