@@ -142,9 +142,12 @@ test('the LR sweep trains each variant at each LR and plots final loss against L
     assert.deepEqual(runs.map((v) => v.config.model.norm), [...Array(4).fill('pre_ln'), ...Array(4).fill('simple')]);
     assert.deepEqual(runs.map((v) => v.config.train.min_lr), [...lrs, ...lrs].map((lr) => lr / 10));
     assert.ok(await page.isVisible('#lr-chart'), 'the loss-vs-LR chart is shown');
-    // The chart has drawn: some pixels in the plot area are not blank.
-    const inked = await countPixels(page, 'lr-chart', { x: 60, y: 10, w: -70, h: -40 });
-    assert.ok(inked > 100, `inked pixels: ${inked}`);
+    // Each variant's curve is drawn: pixels of its colour (#1f77b4, #d62728) in the plot
+    // area, where the dashed unigram line and the axes are grey.
+    for (const [name, rgb] of [['pre_ln', [0x1f, 0x77, 0xb4]], ['simple', [0xd6, 0x27, 0x28]]]) {
+      const inked = await countPixels(page, 'lr-chart', { x: 60, y: 10, w: -70, h: -40 }, rgb);
+      assert.ok(inked > 100, `pixels of ${name}'s colour in the LR chart: ${inked}`);
+    }
   } finally {
     await browser.close();
   }
