@@ -15,7 +15,8 @@ import { chromium } from 'playwright-core';
 import { serve } from '../web/serve.mjs';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const OUT = process.env.SIMPLEGPT_TEST_OUT ?? join(tmpdir(), 'simplegpt-browser');
+// Screenshots and the browser's run record: a fresh directory per run unless told where.
+const OUT = process.env.SIMPLEGPT_TEST_OUT ?? mkdtempSync(join(tmpdir(), 'simplegpt-browser-'));
 // Without network: keep Chromium from reaching out; WebGPU on a CPU adapter needs the flag.
 const QUIET = ['--no-sandbox', '--disable-background-networking', '--disable-component-update',
   '--disable-sync', '--disable-quic', '--no-first-run'];
@@ -29,10 +30,13 @@ before(async () => {
 });
 after(() => server.close());
 
-async function runPage(args, query) {
+/// Opens the page at `query` in a fresh Chromium with `args` and waits until it is done;
+/// with `noWebGpu`, the page sees a browser without WebGPU (no navigator.gpu).
+async function runPage(args, query, { noWebGpu = false } = {}) {
   const browser = await chromium.launch({ executablePath: CHROMIUM, args, headless: true });
   try {
     const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
+    if (noWebGpu) await page.addInitScript(() => delete Navigator.prototype.gpu);
     const logs = [];
     page.on('console', (m) => logs.push(m.text()));
     page.on('pageerror', (e) => logs.push(`pageerror: ${e}`));
@@ -118,12 +122,16 @@ test('a two-variant comparison trains on WebGPU, every step, and matches a nativ
 });
 
 test('without WebGPU the page falls back to the CPU and says so', async () => {
-  const { page, state, logs, browser } = await runPage(QUIET, '?compare=residual&preset=micro&steps=3&seed=2&autostart=1');
+  // WebGPU taken away before the page loads (without --enable-unsafe-webgpu this Chromium
+  // grants no adapter anyway, but that is its default, not the test's): the page must find
+  // out on its own, without ?backend=cpu.
+  const { page, state, logs, browser } = await runPage(QUIET, '?compare=residual&preset=micro&steps=3&seed=2&autostart=1',
+    { noWebGpu: true });
   try {
     await page.screenshot({ path: join(OUT, 'cpu-fallback.png'), fullPage: true });
     assert.equal(state.state, 'done', `${state.error}\n${logs.join('\n')}`);
     assert.equal(state.results.backend, 'cpu');
-    assert.match(state.notice, /^CPU fallback/);
+    assert.match(state.notice, /^CPU fallback.*navigator\.gpu is missing/);
     assert.ok(await page.isVisible('#backend.fallback'));
     for (const v of state.results.variants) assert.deepEqual(v.steps, [0, 1, 2]);
   } finally {
@@ -142,9 +150,12 @@ test('the LR sweep trains each variant at each LR and plots final loss against L
     assert.deepEqual(runs.map((v) => v.config.model.norm), [...Array(4).fill('pre_ln'), ...Array(4).fill('simple')]);
     assert.deepEqual(runs.map((v) => v.config.train.min_lr), [...lrs, ...lrs].map((lr) => lr / 10));
     assert.ok(await page.isVisible('#lr-chart'), 'the loss-vs-LR chart is shown');
-    // The chart has drawn: some pixels in the plot area are not blank.
-    const inked = await countPixels(page, 'lr-chart', { x: 60, y: 10, w: -70, h: -40 });
-    assert.ok(inked > 100, `inked pixels: ${inked}`);
+    // Each variant's curve is drawn: pixels of its colour (#1f77b4, #d62728) in the plot
+    // area, where the dashed unigram line and the axes are grey.
+    for (const [name, rgb] of [['pre_ln', [0x1f, 0x77, 0xb4]], ['simple', [0xd6, 0x27, 0x28]]]) {
+      const inked = await countPixels(page, 'lr-chart', { x: 60, y: 10, w: -70, h: -40 }, rgb);
+      assert.ok(inked > 100, `pixels of ${name}'s colour in the LR chart: ${inked}`);
+    }
   } finally {
     await browser.close();
   }

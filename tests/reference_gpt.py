@@ -7,6 +7,9 @@ mean cross-entropy of each exported batch, one per line, in float64. With `dropo
 the config, batch i is run as training step i runs it: with dropout masks drawn by the hash
 specified in simplegpt's rng.rs (re-implemented below), keyed by (seed, i, site).
 
+Which tensors the model has follows from the config (norm kind, MLP, positions, bias, tied
+head); the export must hold exactly those, or the script fails.
+
 Usage: python3 reference_gpt.py EXPORT.safetensors
 """
 
@@ -84,9 +87,70 @@ def softmax(x, axis):
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def expected_names(m):
+    """Every tensor an export of this model config must hold, by the layout of interop.rs:
+    derived from the config, so that a missing or extra norm is an error, not skipped."""
+    kind = m["norm"]
+    rms = kind not in ("pre_ln", "post_ln")
+    names = {"wte.weight"}
+    if m["pos"] == "learned":
+        names.add("wpe.weight")
+    if not m["tie_weights"]:
+        names.add("lm_head.weight")
+
+    def linear(prefix):
+        names.add(prefix + ".weight")
+        if m["bias"]:
+            names.add(prefix + ".bias")
+
+    def norm(prefix, is_rms=rms):
+        names.add(prefix + ".weight")
+        if m["bias"] and not is_rms:
+            names.add(prefix + ".bias")
+
+    for i in range(m["n_layer"]):
+        p = f"blocks.{i}"
+        for lin in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc", "mlp.proj"):
+            linear(f"{p}.{lin}")
+        if m["mlp"] == "swiglu":
+            linear(f"{p}.mlp.gate")
+        if kind in ("pre_ln", "pre_rms", "pre_rms_qk", "post_ln"):
+            norm(f"{p}.ln_1")
+            norm(f"{p}.ln_2")
+        if kind in ("pre_rms_qk", "simple"):  # QK-norm: RMSNorm without bias
+            norm(f"{p}.attn.q_norm", True)
+            norm(f"{p}.attn.k_norm", True)
+        if kind == "simple":  # a norm after every linear
+            for n in ("attn.v_norm", "attn.o_norm", "mlp.fc_norm", "mlp.proj_norm"):
+                norm(f"{p}.{n}", True)
+            if m["mlp"] == "swiglu":
+                norm(f"{p}.mlp.gate_norm", True)
+    if kind not in ("post_ln", "none"):
+        norm("ln_f")
+    return names
+
+
+def rope(t, theta=10000.0):
+    """Rotary position embedding (RoFormer): the pairs (2i, 2i+1) of each head's channels
+    at position p rotated by the angle p * theta^(-2i/hs); t: [B, nh, T, hs]."""
+    T, hs = t.shape[-2], t.shape[-1]
+    freq = theta ** (-np.arange(0, hs, 2, dtype=np.float64) / hs)
+    angle = np.arange(T, dtype=np.float64)[:, None] * freq[None, :]  # [T, hs/2]
+    cos, sin = np.cos(angle), np.sin(angle)
+    even, odd = t[..., 0::2], t[..., 1::2]
+    out = np.empty_like(t)
+    out[..., 0::2] = even * cos - odd * sin
+    out[..., 1::2] = even * sin + odd * cos
+    return out
+
+
 def forward_loss(W, m, x, y, seed, batch):
     """Mean cross-entropy of next-character prediction; x, y: [B, T] ids."""
-    norm, rms = m["norm"], m["norm"] not in ("pre_ln", "post_ln")
+    kind = m["norm"]
+    rms = kind not in ("pre_ln", "post_ln")
+    pre_or_post = kind in ("pre_ln", "pre_rms", "pre_rms_qk", "post_ln")
+    qk = kind in ("pre_rms_qk", "simple")
+    simple = kind == "simple"
 
     def dropout(h, site):
         p = m["dropout"]
@@ -94,22 +158,22 @@ def forward_loss(W, m, x, y, seed, batch):
             return h
         return np.where(keep_mask(h.shape, seed, batch, site, p), h / (1.0 - p), 0.0)
 
-    if m["pos"] != "learned":
-        raise SystemExit("the reference implements learned positions only")
-
     def get(name):
-        return W[name].astype(np.float64) if name in W else None
+        return W[name].astype(np.float64)
 
-    def normalize(prefix, h):
-        if get(prefix + ".weight") is None:
+    def bias(name):
+        return get(name) if m["bias"] else None
+
+    def normalize(prefix, h, on=True, is_rms=rms):
+        if not on:
             return h
-        if rms:
+        if is_rms:
             return rms_norm(h, get(prefix + ".weight"))
-        return layer_norm(h, get(prefix + ".weight"), get(prefix + ".bias"))
+        return layer_norm(h, get(prefix + ".weight"), bias(prefix + ".bias"))
 
     def linear(prefix, h):  # torch layout: y = h W^T + b
         out = h @ get(prefix + ".weight").T
-        b = get(prefix + ".bias")
+        b = bias(prefix + ".bias")
         return out + b if b is not None else out
 
     def add(a, b):
@@ -118,37 +182,44 @@ def forward_loss(W, m, x, y, seed, batch):
     B, T = x.shape
     C, nh = m["n_embd"], m["n_head"]
     hs = C // nh
-    h = dropout(get("wte.weight")[x] + get("wpe.weight")[:T], 0)
+    h = get("wte.weight")[x]
+    if m["pos"] == "learned":
+        h = h + get("wpe.weight")[:T]
+    elif m["pos"] != "rope":
+        raise SystemExit(f"unknown pos {m['pos']!r}")
+    h = dropout(h, 0)
     causal = np.triu(np.ones((T, T), dtype=bool), 1)
     for i in range(m["n_layer"]):
         p = f"blocks.{i}"
 
         def attn(u):
-            q = normalize(p + ".attn.q_norm", linear(p + ".attn.q", u))
-            k = normalize(p + ".attn.k_norm", linear(p + ".attn.k", u))
-            v = normalize(p + ".attn.v_norm", linear(p + ".attn.v", u))
+            q = normalize(p + ".attn.q_norm", linear(p + ".attn.q", u), qk, True)
+            k = normalize(p + ".attn.k_norm", linear(p + ".attn.k", u), qk, True)
+            v = normalize(p + ".attn.v_norm", linear(p + ".attn.v", u), simple, True)
             q, k, v = (t.reshape(B, T, nh, hs).transpose(0, 2, 1, 3) for t in (q, k, v))
+            if m["pos"] == "rope":
+                q, k = rope(q), rope(k)
             att = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)
             att = dropout(softmax(np.where(causal, -np.inf, att), -1), 1 + 3 * i)
             out = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, C)
-            return dropout(normalize(p + ".attn.o_norm", linear(p + ".attn.o", out)), 2 + 3 * i)
+            return dropout(normalize(p + ".attn.o_norm", linear(p + ".attn.o", out), simple, True), 2 + 3 * i)
 
         def mlp(u):
-            a = normalize(p + ".mlp.fc_norm", linear(p + ".mlp.fc", u))
+            a = normalize(p + ".mlp.fc_norm", linear(p + ".mlp.fc", u), simple, True)
             if m["mlp"] == "swiglu":
-                a = silu(a) * normalize(p + ".mlp.gate_norm", linear(p + ".mlp.gate", u))
+                a = silu(a) * normalize(p + ".mlp.gate_norm", linear(p + ".mlp.gate", u), simple, True)
             else:
                 a = gelu(a)
-            return dropout(normalize(p + ".mlp.proj_norm", linear(p + ".mlp.proj", a)), 3 + 3 * i)
+            return dropout(normalize(p + ".mlp.proj_norm", linear(p + ".mlp.proj", a), simple, True), 3 + 3 * i)
 
-        if norm == "post_ln":
+        if kind == "post_ln":
             h = normalize(p + ".ln_1", add(h, attn(h)))
             h = normalize(p + ".ln_2", add(h, mlp(h)))
         else:
-            h = add(h, attn(normalize(p + ".ln_1", h)))
-            h = add(h, mlp(normalize(p + ".ln_2", h)))
-    h = normalize("ln_f", h)
-    head = get("lm_head.weight") if "lm_head.weight" in W else get("wte.weight")
+            h = add(h, attn(normalize(p + ".ln_1", h, pre_or_post)))
+            h = add(h, mlp(normalize(p + ".ln_2", h, pre_or_post)))
+    h = normalize("ln_f", h, kind not in ("post_ln", "none"))
+    head = get("wte.weight") if m["tie_weights"] else get("lm_head.weight")
     logits = h @ head.T
     logits = logits - logits.max(-1, keepdims=True)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
@@ -158,6 +229,9 @@ def forward_loss(W, m, x, y, seed, batch):
 def main():
     W, meta = read_safetensors(sys.argv[1])
     config = tomllib.loads(meta["config"])
+    names, expected = set(W) - {"batches.x", "batches.y"}, expected_names(config["model"])
+    if names != expected:
+        raise SystemExit(f"the export's tensors differ from the config's: missing {sorted(expected - names)}, unexpected {sorted(names - expected)}")
     for i, (x, y) in enumerate(zip(W["batches.x"], W["batches.y"])):
         print(f"{forward_loss(W, config['model'], x, y, config['train']['seed'], i):.10f}")
 

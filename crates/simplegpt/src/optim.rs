@@ -126,3 +126,91 @@ pub fn learning_rate(step: usize, cfg: &TrainConfig) -> f64 {
     let coeff = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
     cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::Linear;
+    use burn::tensor::{Device, TensorData};
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
+    }
+
+    fn assert_close(got: &[f64], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{what}: got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn the_learning_rate_warms_up_linearly_then_decays_on_a_cosine_to_min_lr() {
+        let mut cfg = crate::Config::preset("tiny").unwrap().train;
+        (cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.lr_decay_steps) = (1e-3, 1e-4, 10, 110);
+        // nanoGPT's get_lr: lr (it + 1) / (warmup + 1) during warmup; then min_lr +
+        // 0.5 (1 + cos(pi r)) (lr - min_lr) with r = (it - warmup) / (decay - warmup);
+        // min_lr from lr_decay_steps on.
+        for (step, want) in [
+            (0, 1e-3 / 11.0),
+            (9, 1e-3 * 10.0 / 11.0),
+            (10, 1e-3),                            // r = 0
+            (35, 1e-4 + 0.853_553_390_6 * 9e-4),   // r = 1/4: 0.5 (1 + cos(pi/4))
+            (60, 5.5e-4),                          // r = 1/2: half way between lr and min_lr
+            (85, 1e-4 + 0.146_446_609_4 * 9e-4),   // r = 3/4: 0.5 (1 - cos(pi/4))
+            (110, 1e-4),
+            (1000, 1e-4),
+        ] {
+            let got = learning_rate(step, &cfg);
+            assert!((got - want).abs() < 1e-12, "step {step}: {got}, want {want}");
+        }
+    }
+
+    /// A 1x2 weight (rank 2: decayed) and a bias of 2 (rank 1: not decayed), two AdamW steps.
+    #[test]
+    fn two_adamw_steps_match_the_formula_worked_by_hand() {
+        let device = Device::flex().autodiff();
+        let mut cfg = crate::Config::preset("tiny").unwrap().train;
+        (cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, cfg.decay_all) = (0.9, 0.99, 1e-8, 0.5, false);
+        let lr = 0.1;
+        let mut model = Linear {
+            weight: Param::from_data(TensorData::new(vec![1.0f32, -2.0], [1, 2]), &device),
+            bias: Some(Param::from_data(TensorData::new(vec![0.3f32, -0.1], [2]), &device)),
+        };
+        let inner = device.clone().inner();
+        let flat = |v: [f32; 2]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [2]), &inner);
+        let grads = |w: [f32; 2], b: [f32; 2]| GradSum { by_path: [("weight".to_string(), flat(w)), ("bias".to_string(), flat(b))].into() };
+        let mut opt = AdamW::default();
+
+        // Step 1, gradients scaled by 0.5: weight g = (0.2, -0.1), bias g = (0.01, 0.05).
+        // m^ = g and v^ = g^2 (bias-corrected), so each moves by lr sign(g); the weight first
+        // shrinks by 1 - lr wd = 0.95: (0.95 - 0.1, -1.9 + 0.1); the bias: (0.3 - 0.1, -0.1 - 0.1).
+        let half = Tensor::<1>::from_data(TensorData::new(vec![0.5f32], [1]), &inner);
+        model = opt.update(model, grads([0.4, -0.2], [0.02, 0.1]), half, lr, &cfg);
+        assert_close(&values(model.weight.val()), &[0.85, -1.8], "weight after step 1");
+        assert_close(&values(model.bias.as_ref().unwrap().val()), &[0.2, -0.2], "bias after step 1");
+
+        // Step 2, weight g = (-0.2, 0.6): m = 0.9 m1 + 0.1 g = (-0.002, 0.051), v = 0.99 v1 +
+        // 0.01 g^2 = (0.000796, 0.003699); m^ = m / 0.19, v^ = v / 0.0199. Element 0:
+        // m^ = -0.0105263, sqrt(v^) = 0.2: 0.85 * 0.95 + 0.1 * 0.0105263 / 0.2 = 0.8127632.
+        // Element 1: m^ = 0.2684211, sqrt(v^) = 0.4311373: -1.8 * 0.95 - 0.1 * 0.6225884 = -1.7722588.
+        // Bias, g = (0.1, 0.1): m^ = (0.0573684, 0.0763158), v^ = (0.0050749, 0.0062688).
+        let one = Tensor::<1>::from_data(TensorData::new(vec![1.0f32], [1]), &inner);
+        model = opt.update(model, grads([-0.2, 0.6], [0.1, 0.1]), one, lr, &cfg);
+        assert_close(&values(model.weight.val()), &[0.812_763_16, -1.772_258_84], "weight after step 2");
+        assert_close(&values(model.bias.as_ref().unwrap().val()), &[0.119_469_64, -0.296_387_46], "bias after step 2");
+        assert_eq!(opt.step, 2);
+    }
+
+    #[test]
+    fn the_global_gradient_norm_is_over_all_parameters() {
+        let device = Device::flex();
+        let flat = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), &device);
+        let sum = GradSum { by_path: [("a".to_string(), flat(vec![3.0, 0.0])), ("b".to_string(), flat(vec![0.0, 4.0, 12.0]))].into() };
+        assert_close(&values(sum.global_norm()), &[13.0], "sqrt(9 + 16 + 144)");
+        let norms = sum.norms();
+        assert_eq!(norms.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_close(&values(norms[0].1.clone()), &[3.0], "a");
+        assert_close(&values(norms[1].1.clone()), &[160f64.sqrt()], "b: sqrt(16 + 144)");
+    }
+}

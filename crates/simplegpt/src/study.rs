@@ -645,8 +645,19 @@ mod tests {
 
     #[test]
     fn svg_has_a_path_per_series_and_survives_nan() {
-        let s = svg_plot("t", "x", "y", &[("a".into(), vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 0.5)]), ("b".into(), vec![])], false, true);
+        let s = svg_plot("t", "x", "y", &[("a".into(), vec![(0.0, 1.0), (1.0, 0.8), (2.0, f64::NAN), (3.0, 0.5), (4.0, 0.4)]), ("b".into(), vec![])], false, true);
         assert_eq!(s.matches("<path").count(), 1 + 2, "axes + one per series");
         assert!(s.contains(">a</text>") && s.contains(">b</text>"));
+        assert!(!s.contains("NaN") && !s.contains("inf"), "no non-finite coordinate written: {s}");
+        // Series a's line breaks at its NaN: two pieces of two points, each a move and a line.
+        let d = |color: &str| {
+            let at = s.find(&format!("stroke=\"{color}\" stroke-width")).unwrap();
+            let start = s[..at].rfind("d=\"").unwrap() + 3;
+            s[start..at].trim_end().trim_end_matches('"').trim().to_string()
+        };
+        let a = d(COLORS[0]);
+        assert_eq!((a.matches('M').count(), a.matches('L').count()), (2, 2), "{a}");
+        assert!(a.starts_with('M') && a.find('L') < a.rfind('M'), "{a}");
+        assert_eq!(d(COLORS[1]), "", "series b has no points");
     }
 }

@@ -6,6 +6,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use simplegpt::Config;
 use simplegpt::config::{MlpKind, NormKind, PosKind};
 use simplegpt::model::Gpt;
+use simplegpt::optim::GradSum;
+use simplegpt::params::{self, PathMapper};
+use simplegpt::rng::Stream;
 
 const NORMS: [NormKind; 6] =
     [NormKind::PreLn, NormKind::PreRms, NormKind::PreRmsQk, NormKind::PostLn, NormKind::Simple, NormKind::None];
@@ -118,41 +121,97 @@ fn simplenorm_output_does_not_depend_on_the_scale_of_the_linear_weights() {
     assert!(diff(NormKind::PreLn) > 1e-1, "pre_ln: {}", diff(NormKind::PreLn));
 }
 
+/// Replaces every weight with a random one: matrices N(0, std^2), norm gains 1 + N(0, std^2),
+/// biases N(0, std^2).
+struct Randomize(f64);
+impl PathMapper for Randomize {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let t = param.val();
+        let (shape, device) = (t.shape(), t.device());
+        let gain = if D == 1 && path.ends_with(".weight") { 1.0 } else { 0.0 };
+        let values: Vec<f32> =
+            Stream::new(7, path, 0).normal_vec(shape.num_elements(), self.0, false).into_iter().map(|v| v + gain).collect();
+        params::replaced(param, Tensor::from_data(TensorData::new(values, shape), &device))
+    }
+}
+
+/// Moves one entry (row-major) of the parameter at `path` by `delta`.
+struct Nudge<'a> {
+    path: &'a str,
+    index: usize,
+    delta: f32,
+}
+
+impl PathMapper for Nudge<'_> {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if path != self.path {
+            return param;
+        }
+        let t = param.val();
+        let (shape, device) = (t.shape(), t.device());
+        let mut v: Vec<f32> = t.into_data().convert::<f32>().try_into_vec().unwrap();
+        v[self.index] += self.delta;
+        params::replaced(param, Tensor::from_data(TensorData::new(v, shape), &device))
+    }
+}
+
 #[test]
 fn gradients_match_finite_differences() {
     let device = Device::flex().autodiff();
-    for norm in [NormKind::PreLn, NormKind::Simple, NormKind::PostLn] {
-        let c = small(norm);
-        let model = c.model.init(5, &device);
-        let x = tokens(2, 8, 11, &device);
-        let y = pattern(2, 8, 11, 5, &device);
-        let plain = device.clone().inner();
+    let plain = device.clone().inner();
+    // Every parameter kind: tied and untied heads, biases, LayerNorm and RMSNorm gains,
+    // QK-norm, SimpleNorm's norms, GELU and SwiGLU MLPs, learned positions and RoPE.
+    let mut cases = Vec::new();
+    for (norm, mlp, pos, bias, tie) in [
+        (NormKind::PreLn, MlpKind::Gelu, PosKind::Learned, true, true),
+        (NormKind::Simple, MlpKind::Swiglu, PosKind::Learned, false, false),
+        (NormKind::PostLn, MlpKind::Gelu, PosKind::Rope, false, true),
+        (NormKind::PreRmsQk, MlpKind::Swiglu, PosKind::Rope, false, false),
+    ] {
+        let mut c = small(norm);
+        (c.model.mlp, c.model.pos, c.model.bias, c.model.tie_weights) = (mlp, pos, bias, tie);
+        cases.push(c);
+    }
+    for c in cases {
+        let what = format!("{:?} {:?} {:?} bias {} tied {}", c.model.norm, c.model.mlp, c.model.pos, c.model.bias, c.model.tie_weights);
+        // Not at init: there most weights are ~0.02, attention is almost uniform, and many
+        // gradients are ~1e-5, at the resolution of differences of an f32 loss (its ulp / 2h).
+        // At random weights of std 0.3 every gradient is measurable.
+        let model = params::map(c.model.init(5, &device), &mut Randomize(0.3));
+        let (x, y) = (tokens(2, 8, 11, &device), pattern(2, 8, 11, 5, &device));
         let (x_plain, y_plain) = (tokens(2, 8, 11, &plain), pattern(2, 8, 11, 5, &plain));
-        let loss = Gpt::loss(model.forward(x.clone()), y.clone());
-        let grads = loss.backward();
-        // The first attention's q weight: check its largest-gradient entries.
-        let w = model.blocks[0].attn.q.weight.val();
-        let g: Vec<f32> = w.grad(&grads).unwrap().into_data().convert::<f32>().try_into_vec().unwrap();
-        let w0: Vec<f32> = w.clone().inner().into_data().convert::<f32>().try_into_vec().unwrap();
-        let shape = w.dims();
-        let mut order: Vec<usize> = (0..g.len()).collect();
-        order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
-        let loss_with = |i: usize, delta: f32| {
-            let mut w1 = w0.clone();
-            w1[i] += delta;
-            let mut m = model.valid();
-            m.blocks[0].attn.q.weight = Param::from_data(TensorData::new(w1, shape), &plain);
+        let mut grads = GradSum::default();
+        grads.add(&model, &Gpt::loss(model.forward(x), y).backward());
+        let named: std::collections::BTreeSet<String> = params::named(&model).into_iter().map(|(p, _, _)| p).collect();
+        assert!(grads.by_path.keys().eq(named.iter()), "{what}: a gradient for every parameter of {named:?}");
+        let loss_with = |path: &str, index: usize, delta: f32| {
+            let m = params::map(model.valid(), &mut Nudge { path, index, delta });
             let l = Gpt::loss(m.forward(x_plain.clone()), y_plain.clone());
             l.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()[0] as f64
         };
-        for &i in order.iter().take(5) {
-            let h = 1e-2f32;
-            let numeric = (loss_with(i, h) - loss_with(i, -h)) / (2.0 * h as f64);
-            let analytic = g[i] as f64;
-            assert!(
-                (numeric - analytic).abs() <= 0.05 * analytic.abs() + 1e-4,
-                "{norm:?} entry {i}: analytic {analytic}, finite difference {numeric}"
-            );
+        for (path, g) in &grads.by_path {
+            let g: Vec<f32> = g.clone().into_data().convert::<f32>().try_into_vec().unwrap();
+            // The two entries of largest gradient: far from 0 (~100 times the resolution), so
+            // that a gradient that is wrongly zero everywhere fails.
+            let mut order: Vec<usize> = (0..g.len()).collect();
+            order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+            if path.ends_with("attn.k.bias") {
+                // With learned positions and no QK-norm (the only case with biases here),
+                // q.(k + b) - q.k is the same for every key of a query, and softmax ignores
+                // a shift shared by all its inputs: the key bias gets no gradient.
+                assert!(g[order[0]].abs() < 1e-8, "{what} {path}: largest |gradient| {}", g[order[0]]);
+                continue;
+            }
+            assert!(g[order[0]].abs() > 5e-3, "{what} {path}: largest |gradient| {}", g[order[0]]);
+            for &i in order.iter().take(2) {
+                let h = 1e-2f32;
+                let numeric = (loss_with(path, i, h) - loss_with(path, i, -h)) / (2.0 * h as f64);
+                let analytic = g[i] as f64;
+                assert!(
+                    (numeric - analytic).abs() <= 0.01 * analytic.abs() + 1e-5,
+                    "{what} {path} entry {i}: analytic {analytic}, finite difference {numeric}"
+                );
+            }
         }
     }
 }
