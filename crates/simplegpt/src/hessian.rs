@@ -26,8 +26,8 @@ use crate::train::read_scalars;
 pub type ParamVec = BTreeMap<String, Tensor<1>>;
 
 fn dot(a: &ParamVec, b: &ParamVec) -> Tensor<1> {
-    let parts: Vec<Tensor<1>> = a.iter().map(|(k, x)| (x.clone() * b[k].clone()).sum()).collect();
-    Tensor::cat(parts, 0).sum()
+    let parts: Vec<Tensor<1>> = a.iter().map(|(k, x)| params::sum_all(x.clone() * b[k].clone())).collect();
+    params::sum_all(Tensor::cat(parts, 0))
 }
 
 fn scale(a: &ParamVec, s: Tensor<1>) -> ParamVec {
@@ -78,7 +78,7 @@ pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, offset: f
         v = scale(&hv, norm.recip());
     }
     let converged = settled(&estimates);
-    let squares = read_scalars(v.values().map(|x| x.clone().square().sum()).collect()).await?;
+    let squares = read_scalars(v.values().map(|x| params::sum_all(x.clone().square())).collect()).await?;
     let mut share: Vec<(String, f64)> = v.keys().cloned().zip(squares).collect();
     share.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(TopEigen { estimates, share, converged, vector: v })

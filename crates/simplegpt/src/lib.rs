@@ -7,7 +7,8 @@
 //! and how two runs compare), `study` (compare and sweep reports), `hessian` (its top
 //! eigenvalues), `interop` (weights in PyTorch names), `sample`, `bench`, `device`; below
 //! them `rng` (the portable random streams), `kernels` (the dropout mask kernel), `params`
-//! (parameters by path, read-back from the device) and `error`.
+//! (parameters by path, the read-back from the device, a run-to-run repeatable sum) and
+//! `error`.
 
 #[cfg(not(target_family = "wasm"))]
 pub mod bench;

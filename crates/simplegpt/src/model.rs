@@ -15,6 +15,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 
 use crate::config::{MlpKind, ModelConfig, NormKind, PosKind};
 use crate::kernels;
+use crate::params;
 use crate::rng::{self, Stream};
 
 const NORM_EPS: f64 = 1e-5;
@@ -223,7 +224,7 @@ impl Gpt {
         for block in &self.blocks {
             x = block.forward(x, self.rope.as_ref(), key);
             if let Some(rms) = block_rms.as_deref_mut() {
-                rms.push(x.clone().detach().square().mean().sqrt());
+                rms.push(params::mean_all(x.clone().detach().square()).sqrt());
             }
         }
         let x = norm_opt(&self.ln_f, x);
@@ -238,7 +239,7 @@ impl Gpt {
     pub fn loss(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
         let [b, t, v] = logits.dims();
         let logp = activation::log_softmax(logits.reshape([b * t, v]), 1);
-        logp.gather(1, targets.reshape([b * t, 1])).mean().neg()
+        params::mean_all(logp.gather(1, targets.reshape([b * t, 1]))).neg()
     }
 }
 

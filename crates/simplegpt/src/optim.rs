@@ -27,13 +27,13 @@ impl GradSum {
 
     /// The L2 norm of each parameter's gradient, by path (tensors on the device).
     pub fn norms(&self) -> Vec<(String, Tensor<1>)> {
-        self.by_path.iter().map(|(p, g)| (p.clone(), g.clone().square().sum().sqrt())).collect()
+        self.by_path.iter().map(|(p, g)| (p.clone(), params::sum_all(g.clone().square()).sqrt())).collect()
     }
 
     /// One norm over all parameters, as torch's `clip_grad_norm_` computes it.
     pub fn global_norm(&self) -> Tensor<1> {
-        let squares: Vec<Tensor<1>> = self.by_path.values().map(|g| g.clone().square().sum()).collect();
-        Tensor::cat(squares, 0).sum().sqrt()
+        let squares: Vec<Tensor<1>> = self.by_path.values().map(|g| params::sum_all(g.clone().square())).collect();
+        params::sum_all(Tensor::cat(squares, 0)).sqrt()
     }
 }
 

@@ -109,3 +109,24 @@ pub async fn read_f32(t: Tensor<1>) -> Result<Vec<f32>> {
         .try_into_vec()
         .map_err(|e| Error::Backend(format!("unexpected data from the device: {e:?}")))
 }
+
+/// The sum of every element of `x`, the same to the last bit on every run. burn's `sum()`
+/// on the GPU backends adds partial sums with float atomics, in an order that changes from
+/// run to run; a reduction along one dimension at a time has a fixed order. Losses, gradient
+/// norms (and so clipping) and activation RMS all go through it.
+pub fn sum_all<const D: usize>(x: Tensor<D>) -> Tensor<1> {
+    let n = x.shape().num_elements();
+    // Fold the last dimension into rows of at most 4096 where it divides, so that no stage is
+    // one long serial sum; then reduce the last dimension, and the next, to one element.
+    let mut x = x.reshape([n]);
+    let row = (1..=4096).rev().find(|r| n % r == 0).unwrap_or(1);
+    let x2: Tensor<2> = x.reshape([n / row, row]);
+    x = x2.sum_dim(1).reshape([n / row]);
+    x.sum_dim(0)
+}
+
+/// The mean of every element of `x`, as `sum_all`.
+pub fn mean_all<const D: usize>(x: Tensor<D>) -> Tensor<1> {
+    let n = x.shape().num_elements();
+    sum_all(x) / n as f64
+}

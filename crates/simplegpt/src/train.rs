@@ -13,7 +13,7 @@ use web_time::Instant;
 use crate::config::Config;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
-use crate::params::read_f32;
+use crate::params::{mean_all, read_f32};
 use crate::model::{DropoutKey, Gpt};
 use crate::optim::{AdamW, GradSum, learning_rate};
 
@@ -145,7 +145,7 @@ impl Trainer {
             grads.add(&self.model, &g);
             losses.push(loss.detach().inner());
         }
-        let loss = Tensor::cat(losses, 0).mean();
+        let loss = mean_all(Tensor::cat(losses, 0));
 
         // The mean gradient over micro-steps, then clipped to one global norm.
         let accum = 1.0 / cfg.grad_accum as f64;
@@ -224,7 +224,7 @@ impl Trainer {
                 let (x, y) = self.data.batch(split, purpose, self.config.train.seed, index, b, t).tensors(&device);
                 losses.push(Gpt::loss(model.forward(x), y));
             }
-            means.push(Tensor::cat(losses, 0).mean());
+            means.push(mean_all(Tensor::cat(losses, 0)));
         }
         let v = read_scalars(means).await?;
         Ok((v[0], v[1]))

@@ -156,3 +156,20 @@ fn cpu_and_wgpu_agree_within_tolerance() {
     assert!(max_diff <= CROSS_BACKEND_TOLERANCE, "max difference {max_diff}");
     assert!(cpu.last().unwrap() < &(cpu[0] - 0.5), "and both learned: {cpu:?}");
 }
+
+#[test]
+fn a_sum_over_a_whole_tensor_is_the_same_on_every_run_on_wgpu() {
+    use burn::tensor::{Tensor, TensorData};
+    let device = simplegpt::device::open("wgpu").expect("a wgpu adapter (lavapipe in CI)").device;
+    // 2^20 values of mixed signs and magnitudes, where the order of additions shows.
+    let n = 1 << 20;
+    let values: Vec<f32> = (0..n as u64).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3 * (1.0 + (i % 13) as f32)).collect();
+    let x: Tensor<1> = Tensor::from_data(TensorData::new(values.clone(), [n]), &device);
+    let sum = |x: Tensor<1>| simplegpt::params::sum_all(x).into_data().try_to_vec::<f32>().unwrap()[0];
+    let first = sum(x.clone());
+    for _ in 0..30 {
+        assert_eq!(sum(x.clone()).to_bits(), first.to_bits(), "sum_all changed between runs");
+    }
+    let exact: f64 = values.iter().map(|&v| v as f64).sum();
+    assert!((first as f64 - exact).abs() <= 1e-5 * values.iter().map(|v| v.abs() as f64).sum::<f64>(), "{first} vs {exact}");
+}
