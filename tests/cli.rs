@@ -575,9 +575,8 @@ fn hessian_reports_the_librarys_eigenvalues_of_the_config() {
     }
     let data = simplegpt::data::Dataset::from_text(&simplegpt::data::default_corpus(), "corpus", config.model.block_size).unwrap();
     let trainer = simplegpt::train::Trainer::new(config, data, &burn::tensor::Device::flex()).unwrap();
-    let (t, block) = (&trainer.config.train, trainer.config.model.block_size);
-    let batch = trainer.data.batch(simplegpt::data::Split::Train, "hessian", t.seed, 0, t.batch_size, block).tensors(&trainer.device);
-    let e = pollster::block_on(simplegpt::hessian::hessian_extremes(&trainer.model, &[batch], 4, 1e-3, t.seed)).unwrap();
+    let batches = simplegpt::hessian::fixed_batches(&trainer.data, &trainer.config, 1, &trainer.device);
+    let e = pollster::block_on(simplegpt::hessian::hessian_extremes(&trainer.model, &batches, 4, 1e-3, trainer.config.train.seed)).unwrap();
     for (printed, computed) in iterations.iter().zip(&e.spectral.estimates) {
         assert!((printed - computed).abs() <= 1e-6 + 1e-6 * computed.abs(), "printed {printed}, the library's {computed}: {text}");
     }

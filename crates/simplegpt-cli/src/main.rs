@@ -435,12 +435,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             let t = &config.train;
-            let fixed: Vec<_> = (0..batches)
-                .map(|i| {
-                    data.batch(simplegpt::data::Split::Train, "hessian", t.seed, i as u64, t.batch_size, config.model.block_size)
-                        .tensors(&device)
-                })
-                .collect();
+            let fixed = simplegpt::hessian::fixed_batches(&data, &config, batches, &device);
             let e = pollster::block_on(simplegpt::hessian::hessian_extremes(&model, &fixed, iters, eps, t.seed))?;
             let top_params = |top: &simplegpt::hessian::TopEigen| {
                 top.share.iter().take(3).map(|(p, s)| format!("{p} {:.0}%", s * 100.0)).collect::<Vec<_>>().join(", ")

@@ -13,8 +13,10 @@
 use std::collections::BTreeMap;
 
 use burn::module::Param;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::config::Config;
+use crate::data::{Dataset, Split};
 use crate::error::Result;
 use crate::model::Gpt;
 use crate::optim::GradSum;
@@ -133,6 +135,14 @@ pub async fn extreme_eigenvalues(like: &ParamVec, iters: usize, seed: u64, mut h
     Ok(Extremes { spectral, largest })
 }
 
+/// The `n` fixed training batches the Hessian's loss is taken over: their own seeded
+/// stream ("hessian"), so that an estimate at init and one at a checkpoint of the same
+/// config see the same text.
+pub fn fixed_batches(data: &Dataset, config: &Config, n: usize, device: &Device) -> Vec<(Tensor<2, Int>, Tensor<2, Int>)> {
+    let t = &config.train;
+    (0..n as u64).map(|i| data.batch(Split::Train, "hessian", t.seed, i, t.batch_size, config.model.block_size).tensors(device)).collect()
+}
+
 /// `Extremes` of the Hessian of the loss over `batches` at `model` (`Gpt::forward` has no
 /// dropout, so the loss is a fixed function of the weights).
 pub async fn hessian_extremes(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)], iters: usize, eps: f64, seed: u64) -> Result<Extremes> {
@@ -140,10 +150,7 @@ pub async fn hessian_extremes(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2,
     extreme_eigenvalues(&like, iters, seed, |v| {
         let plus = gradient(&params::map(model.clone(), &mut Shift { v, delta: eps }), batches);
         let minus = gradient(&params::map(model.clone(), &mut Shift { v, delta: -eps }), batches);
-        plus.into_iter().map(|(k, g)| {
-            let d = (g - minus[&k].clone()) / (2.0 * eps);
-            (k, d)
-        }).collect()
+        plus.into_iter().map(|(k, g)| (k.clone(), (g - minus[&k].clone()) / (2.0 * eps))).collect()
     })
     .await
 }
