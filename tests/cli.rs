@@ -21,14 +21,32 @@ fn tmp(name: &str) -> PathBuf {
 
 /// A quick run of the tiny preset on the embedded corpus, on the CPU.
 const QUICK: &[&str] = &[
-    "--set", "n_embd=32", "--set", "block_size=32", "--set", "batch_size=8",
-    "--set", "eval_interval=10", "--set", "eval_iters=2", "--set", "log_interval=1",
-    "--set", "diag_interval=10", "--set", "warmup_steps=5",
+    "--set",
+    "n_embd=32",
+    "--set",
+    "block_size=32",
+    "--set",
+    "batch_size=8",
+    "--set",
+    "eval_interval=10",
+    "--set",
+    "eval_iters=2",
+    "--set",
+    "log_interval=1",
+    "--set",
+    "diag_interval=10",
+    "--set",
+    "warmup_steps=5",
 ];
 
 fn train(out: &Path, steps: usize, extra: &[&str]) -> Command {
     let mut c = bin();
-    c.args(["train", "--device", "cpu"]).args(QUICK).args(["--set", &format!("max_steps={steps}"), "--set", &format!("lr_decay_steps={steps}")]);
+    c.args(["train", "--device", "cpu"]).args(QUICK).args([
+        "--set",
+        &format!("max_steps={steps}"),
+        "--set",
+        &format!("lr_decay_steps={steps}"),
+    ]);
     c.arg("--out").arg(out).args(extra);
     c
 }
@@ -119,7 +137,10 @@ fn train_writes_a_run_directory_and_sample_reads_it() {
     };
     let greedy = cold("1");
     assert_eq!(greedy, cold("2"));
-    assert!(greedy.chars().collect::<std::collections::BTreeSet<_>>().len() > 1, "not one character repeated: {greedy:?}");
+    assert!(
+        greedy.chars().collect::<std::collections::BTreeSet<_>>().len() > 1,
+        "not one character repeated: {greedy:?}"
+    );
 
     // A new run in the same directory is refused unless asked to replace the old one; then,
     // without checkpoints, it leaves no checkpoint of the old one.
@@ -138,7 +159,8 @@ fn a_killed_run_resumes_to_the_uninterrupted_runs_numbers() {
     ok(train(&full, steps, &["--set", "dropout=0.1"]));
 
     let part = tmp("part");
-    let mut child = train(&part, steps, &["--set", "dropout=0.1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        train(&part, steps, &["--set", "dropout=0.1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let start = Instant::now();
     // Kill it once it has passed a checkpoint (every 10 steps) and is mid-way.
     while logged(&part) < 75 && start.elapsed() < Duration::from_secs(300) {
@@ -147,7 +169,11 @@ fn a_killed_run_resumes_to_the_uninterrupted_runs_numbers() {
     let before_kill = logged(&part);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(before_kill >= 75, "only {before_kill} steps logged in {:?}: the run is too slow to be killed mid-way", start.elapsed());
+    assert!(
+        before_kill >= 75,
+        "only {before_kill} steps logged in {:?}: the run is too slow to be killed mid-way",
+        start.elapsed()
+    );
     assert!(logged(&part) < steps, "the run was interrupted");
     // A kill mid-write leaves a torn last line: resuming drops it.
     let mut torn = std::fs::OpenOptions::new().append(true).open(part.join("metrics.jsonl")).unwrap();
@@ -237,22 +263,38 @@ fn bad_input_gets_a_one_line_error() {
     // The same characters in another order: the vocabulary agrees, the text does not.
     let corpus = simplegpt::data::default_corpus();
     std::fs::write(p("shuffled.txt"), corpus.lines().rev().collect::<Vec<_>>().join("\n")).unwrap();
-    fails(&["train", "--device", "cpu", "--resume", &run_dir, "--data", &p("shuffled.txt")], "differs from the data this run started with");
+    fails(
+        &["train", "--device", "cpu", "--resume", &run_dir, "--data", &p("shuffled.txt")],
+        "differs from the data this run started with",
+    );
     std::fs::write(p("other.txt"), "Ünïcödé text with other characters entirely. ".repeat(50)).unwrap();
-    fails(&["hessian", "--device", "cpu", "--from", &run_dir, "--data", &p("other.txt")], "differ from the checkpoint's vocabulary");
-    fails(&["export", "--from", &run_dir, "--set", "n_layer=2", "--out", &p("x.safetensors")], "--from uses the checkpoint's own config");
+    fails(
+        &["hessian", "--device", "cpu", "--from", &run_dir, "--data", &p("other.txt")],
+        "differ from the checkpoint's vocabulary",
+    );
+    fails(
+        &["export", "--from", &run_dir, "--set", "n_layer=2", "--out", &p("x.safetensors")],
+        "--from uses the checkpoint's own config",
+    );
     fails(&["export", "--from", &run_dir, "--out", &dir.to_string_lossy()], "is a directory");
     fails(&["export", "--from", &run_dir, "--out", &p("no/such/x.safetensors")], "does not exist");
-    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    let files: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     assert!(!files.iter().any(|f| f.ends_with(".tmp")), "no temp file left: {files:?}");
     fails(&["train", "--resume", &run_dir, "--device", "wgpu"], "was trained on cpu");
-    fails(&["train", "--device", "cpu", "--out", &p("x"), "--init-from", &format!("{run_dir}/ckpt.safetensors")], "a training checkpoint, not weights");
+    fails(
+        &["train", "--device", "cpu", "--out", &p("x"), "--init-from", &format!("{run_dir}/ckpt.safetensors")],
+        "a training checkpoint, not weights",
+    );
     ok({
         let mut c = bin();
         c.args(["export", "--from", &run_dir, "--out", &p("w.safetensors")]);
         c
     });
-    fails(&["train", "--device", "cpu", "--out", &p("x"), "--data", &p("other.txt"), "--init-from", &p("w.safetensors")], "vocabulary differs");
+    fails(
+        &["train", "--device", "cpu", "--out", &p("x"), "--data", &p("other.txt"), "--init-from", &p("w.safetensors")],
+        "vocabulary differs",
+    );
     fails(&["repro", &run_dir, &run_dir, "--set", "lr=1"], "compares two finished runs");
     fails(&["repro", "--backends", "cpu,gpu"], "unknown device 'gpu'");
     // A run records its data: --resume (here of a finished run) finds it without --data.
@@ -307,7 +349,6 @@ fn bad_input_gets_a_one_line_error() {
     fails(&["repro", "--backends", "cpu,cpu", "--steps", "0"], "--steps must be at least 1");
 }
 
-
 #[test]
 fn repro_passes_identical_runs_and_names_what_differs() {
     let dir = tmp("repro");
@@ -319,7 +360,16 @@ fn repro_passes_identical_runs_and_names_what_differs() {
     let a = run("a", &[]);
     let b = run("b", &[]);
     let header = std::fs::read_to_string(a.join("run.json")).unwrap();
-    for key in ["config_hash", "init_checksum", "data_checksum", "batches_checksum", "backend", "adapter", "burn_version", "target"] {
+    for key in [
+        "config_hash",
+        "init_checksum",
+        "data_checksum",
+        "batches_checksum",
+        "backend",
+        "adapter",
+        "burn_version",
+        "target",
+    ] {
         assert!(header.contains(key), "run.json has {key}: {header}");
     }
 
@@ -341,7 +391,11 @@ fn repro_passes_identical_runs_and_names_what_differs() {
     for (name, extra, differs) in [
         ("seed", vec!["--set", "seed=7"], vec!["config", "seed", "initial weights", "first batches"]),
         ("config", vec!["--set", "n_head=4"], vec!["config"]),
-        ("data", vec!["--data", text_file.to_str().unwrap()], vec!["config", "initial weights", "data", "first batches"]),
+        (
+            "data",
+            vec!["--data", text_file.to_str().unwrap()],
+            vec!["config", "initial weights", "data", "first batches"],
+        ),
     ] {
         let other = run(name, &extra);
         let out = repro(&a, &other);
@@ -358,11 +412,7 @@ fn repro_passes_identical_runs_and_names_what_differs() {
 
 #[test]
 fn repro_runs_one_config_on_the_cpu_and_on_wgpu() {
-    let out = bin()
-        .args(["repro", "--backends", "cpu,wgpu", "--steps", "12"])
-        .args(QUICK)
-        .output()
-        .unwrap();
+    let out = bin().args(["repro", "--backends", "cpu,wgpu", "--steps", "12"]).args(QUICK).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("verdict: PASS"), "{text}");
@@ -370,7 +420,10 @@ fn repro_runs_one_config_on_the_cpu_and_on_wgpu() {
     assert!(text.lines().any(|l| l.starts_with("A: cpu (burn flex) (cpu, ")), "A is the CPU: {text}");
     assert!(text.lines().any(|l| l.starts_with("B: wgpu: ") && l.contains("(wgpu, ")), "B is the wgpu adapter: {text}");
     for row in ["config", "seed", "initial weights", "data", "first batches"] {
-        assert!(text.lines().any(|l| l.trim_start().starts_with(&format!("{row}  ")) && l.ends_with("same")), "{row}: {text}");
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(&format!("{row}  ")) && l.ends_with("same")),
+            "{row}: {text}"
+        );
     }
     assert!(text.lines().any(|l| l.trim() == "steps compared   12"), "steps 0 to 11 trained on both: {text}");
     assert!(text.lines().any(|l| l.trim_start().starts_with("10 ")), "the loss table: {text}");
@@ -443,12 +496,19 @@ fn an_independent_numpy_model_gets_the_same_first_loss_from_the_exported_weights
     // whose first pre-norm is named as a QK-norm (same shape) fails it, where skipping
     // absent norms and applying present ones would run another model.
     let renamed = dir.join("renamed.safetensors");
-    std::fs::write(&renamed, rename_tensor(&dir.join("pre_ln.safetensors"), "blocks.0.ln_1.weight", "blocks.0.attn.q_norm.weight")).unwrap();
+    std::fs::write(
+        &renamed,
+        rename_tensor(&dir.join("pre_ln.safetensors"), "blocks.0.ln_1.weight", "blocks.0.attn.q_norm.weight"),
+    )
+    .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference_gpt.py");
     let out = Command::new("python3").arg(script).arg(&renamed).output().expect("python3 runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("missing ['blocks.0.ln_1.weight'], unexpected ['blocks.0.attn.q_norm.weight']"), "{stderr}");
+    assert!(
+        stderr.contains("missing ['blocks.0.ln_1.weight'], unexpected ['blocks.0.attn.q_norm.weight']"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -496,7 +556,10 @@ fn compare_with_seeds_reports_the_mean_and_spread_of_the_seeds_records() {
     c.args(["--set", "max_steps=10", "--set", "lr_decay_steps=10", "--seeds", "2", "--variant", "simple:norm=simple"]);
     ok(c);
     let best_val = |seed: &str| {
-        metrics(&out.join("simple").join(seed)).iter().filter_map(|r| r["val_loss"].as_f64()).fold(f64::INFINITY, f64::min)
+        metrics(&out.join("simple").join(seed))
+            .iter()
+            .filter_map(|r| r["val_loss"].as_f64())
+            .fold(f64::INFINITY, f64::min)
     };
     let (a, b) = (best_val("seed-1337"), best_val("seed-1338"));
     assert!(a.is_finite() && b.is_finite() && a != b, "two seeds, two different runs: {a} {b}");
@@ -535,8 +598,28 @@ fn sweep_records_an_absurd_learning_rate_as_divergence() {
     let sweep = || {
         let mut c = bin();
         c.args(["sweep", "--device", "cpu", "--out"]).arg(&out).args(QUICK);
-        c.args(["--set", "max_steps=30", "--set", "lr_decay_steps=30", "--set", "warmup_steps=0", "--set", "grad_clip=0"]);
-        c.args(["--lr-min", "1e-3", "--lr-max", "1e3", "--points", "2", "--variant", "none:norm=none", "--variant", "simple:norm=simple"]);
+        c.args([
+            "--set",
+            "max_steps=30",
+            "--set",
+            "lr_decay_steps=30",
+            "--set",
+            "warmup_steps=0",
+            "--set",
+            "grad_clip=0",
+        ]);
+        c.args([
+            "--lr-min",
+            "1e-3",
+            "--lr-max",
+            "1e3",
+            "--points",
+            "2",
+            "--variant",
+            "none:norm=none",
+            "--variant",
+            "simple:norm=simple",
+        ]);
         ok(c)
     };
     sweep();
@@ -556,7 +639,8 @@ fn sweep_records_an_absurd_learning_rate_as_divergence() {
 
 #[test]
 fn hessian_reports_the_librarys_eigenvalues_of_the_config() {
-    let out = bin().args(["hessian", "--device", "cpu", "--iters", "4", "--batches", "1"]).args(QUICK).output().unwrap();
+    let out =
+        bin().args(["hessian", "--device", "cpu", "--iters", "4", "--batches", "1"]).args(QUICK).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let iterations: Vec<f64> = text
@@ -573,12 +657,24 @@ fn hessian_reports_the_librarys_eigenvalues_of_the_config() {
     for kv in QUICK.chunks(2) {
         config.set(kv[1]).unwrap();
     }
-    let data = simplegpt::data::Dataset::from_text(&simplegpt::data::default_corpus(), "corpus", config.model.block_size).unwrap();
+    let data =
+        simplegpt::data::Dataset::from_text(&simplegpt::data::default_corpus(), "corpus", config.model.block_size)
+            .unwrap();
     let trainer = simplegpt::train::Trainer::new(config, data, &burn::tensor::Device::flex()).unwrap();
     let batches = simplegpt::hessian::fixed_batches(&trainer.data, &trainer.config, 1, &trainer.device);
-    let e = pollster::block_on(simplegpt::hessian::hessian_extremes(&trainer.model, &batches, 4, 1e-3, trainer.config.train.seed)).unwrap();
+    let e = pollster::block_on(simplegpt::hessian::hessian_extremes(
+        &trainer.model,
+        &batches,
+        4,
+        1e-3,
+        trainer.config.train.seed,
+    ))
+    .unwrap();
     for (printed, computed) in iterations.iter().zip(&e.spectral.estimates) {
-        assert!((printed - computed).abs() <= 1e-6 + 1e-6 * computed.abs(), "printed {printed}, the library's {computed}: {text}");
+        assert!(
+            (printed - computed).abs() <= 1e-6 + 1e-6 * computed.abs(),
+            "printed {printed}, the library's {computed}: {text}"
+        );
     }
 
     // lambda_max is the largest eigenvalue, and 2 / lambda_max is printed with it.

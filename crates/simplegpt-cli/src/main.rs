@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use burn::module::Module;
+use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use simplegpt::checkpoint::Checkpoint;
@@ -11,14 +13,16 @@ use simplegpt::data::Dataset;
 use simplegpt::record::{self, RunHeader, RunRecord};
 use simplegpt::run::RunDir;
 use simplegpt::sample::SampleOptions;
-use simplegpt::train::{StepRecord, Trainer};
-use burn::module::Module;
-use burn::tensor::Device;
 use simplegpt::study::{self, Variant};
+use simplegpt::train::{StepRecord, Trainer};
 use simplegpt::{Config, Error, Result, device, interop};
 
 #[derive(Parser)]
-#[command(name = "simplegpt", version, about = "Train GPTs with SimpleNorm and its baselines on CPU, Vulkan, Metal, CUDA")]
+#[command(
+    name = "simplegpt",
+    version,
+    about = "Train GPTs with SimpleNorm and its baselines on CPU, Vulkan, Metal, CUDA"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -207,7 +211,8 @@ struct RunArgs {
 
 /// The `--preset` help, from the presets' own descriptions.
 fn preset_help() -> String {
-    let presets: Vec<String> = simplegpt::config::PRESETS.iter().map(|(name, what)| format!("{name} ({what})")).collect();
+    let presets: Vec<String> =
+        simplegpt::config::PRESETS.iter().map(|(name, what)| format!("{name} ({what})")).collect();
     format!("A preset: {}; tiny when none is given", presets.join(", "))
 }
 
@@ -219,12 +224,17 @@ impl RunArgs {
     fn config(&self) -> Result<Config> {
         let toml = match &self.config {
             Some(path) => Some((
-                std::fs::read_to_string(path).map_err(|e| Error::Input(format!("cannot read config file {}: {e}", path.display())))?,
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::Input(format!("cannot read config file {}: {e}", path.display())))?,
                 path.display().to_string(),
             )),
             None => None,
         };
-        Config::resolve(self.preset.as_deref().unwrap_or("tiny"), toml.as_ref().map(|(t, o)| (t.as_str(), o.as_str())), &self.set)
+        Config::resolve(
+            self.preset.as_deref().unwrap_or("tiny"),
+            toml.as_ref().map(|(t, o)| (t.as_str(), o.as_str())),
+            &self.set,
+        )
     }
 
     fn data(&self, block_size: usize) -> Result<Dataset> {
@@ -246,13 +256,16 @@ impl RunArgs {
 /// the embedded corpus when none.
 fn load_data(source: Option<&str>, block_size: usize) -> Result<Dataset> {
     match source {
-        None | Some(record::EMBEDDED_DATA) => Dataset::from_text(&simplegpt::data::default_corpus(), "the embedded corpus", block_size),
+        None | Some(record::EMBEDDED_DATA) => {
+            Dataset::from_text(&simplegpt::data::default_corpus(), "the embedded corpus", block_size)
+        }
         Some("tinyshakespeare") => Dataset::from_file(&tinyshakespeare()?, block_size),
         Some(path) => Dataset::from_file(Path::new(path), block_size),
     }
 }
 
-const TINYSHAKESPEARE_URL: &str = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt";
+const TINYSHAKESPEARE_URL: &str =
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt";
 
 /// The tiny Shakespeare file, downloaded (with curl) on first use and cached.
 fn tinyshakespeare() -> Result<PathBuf> {
@@ -338,13 +351,20 @@ fn run(cli: Cli) -> Result<()> {
             let opened = device::open(&device)?;
             let model = ckpt.model(&opened.device)?;
             let opts = SampleOptions { prompt, max_new_tokens: tokens, temperature, top_k, seed };
-            let text = pollster::block_on(simplegpt::sample::generate(&model, &ckpt.tokenizer, ckpt.config.model.block_size, &opts))?;
+            let text = pollster::block_on(simplegpt::sample::generate(
+                &model,
+                &ckpt.tokenizer,
+                ckpt.config.model.block_size,
+                &opts,
+            ))?;
             println!("{text}");
             Ok(())
         }
         Command::Devices => {
-            println!("backends in this build: cpu (burn flex), wgpu (vulkan, metal, dx12){}",
-                if cfg!(feature = "cuda") { ", cuda" } else { " (cuda: rebuild with --features cuda)" });
+            println!(
+                "backends in this build: cpu (burn flex), wgpu (vulkan, metal, dx12){}",
+                if cfg!(feature = "cuda") { ", cuda" } else { " (cuda: rebuild with --features cuda)" }
+            );
             let adapters = device::list_adapters();
             if adapters.is_empty() {
                 println!("no wgpu adapters found (no Vulkan/Metal/DX12 driver); --device cpu works everywhere");
@@ -381,9 +401,14 @@ fn run(cli: Cli) -> Result<()> {
             let variants = Variant::parse_all(&variants)?;
             // The grid sets each run's lr (and min_lr to a tenth of it): a value given here
             // would be overwritten without a word.
-            let sets_lr = |s: &String| s.split_once('=').is_some_and(|(k, _)| ["lr", "min_lr"].contains(&k.trim().trim_start_matches("train.")));
+            let sets_lr = |s: &String| {
+                s.split_once('=')
+                    .is_some_and(|(k, _)| ["lr", "min_lr"].contains(&k.trim().trim_start_matches("train.")))
+            };
             if run.set.iter().chain(variants.iter().flat_map(|v| &v.sets)).any(sets_lr) {
-                return Err(Error::Input("sweep sets lr and min_lr itself; give the range with --lr-min and --lr-max".into()));
+                return Err(Error::Input(
+                    "sweep sets lr and min_lr itself; give the range with --lr-min and --lr-max".into(),
+                ));
             }
             let base = run.config()?;
             let grid = study::log_grid(lr_min, lr_max, points);
@@ -447,12 +472,20 @@ fn run(cli: Cli) -> Result<()> {
             let (spectral, largest) = (last(&e.spectral), last(&e.largest));
             if spectral < 0.0 {
                 for (i, v) in e.largest.estimates.iter().enumerate() {
-                    println!("iteration {:>3}: largest lambda ~ {v:.6} (power iteration on H + {:.4} I)", i + 1, -spectral);
+                    println!(
+                        "iteration {:>3}: largest lambda ~ {v:.6} (power iteration on H + {:.4} I)",
+                        i + 1,
+                        -spectral
+                    );
                 }
             }
             let convergence = |top: &simplegpt::hessian::TopEigen| {
                 let n = top.estimates.len();
-                if top.converged { format!("converged after {n} iterations") } else { format!("NOT converged after {n} iterations: raise --iters") }
+                if top.converged {
+                    format!("converged after {n} iterations")
+                } else {
+                    format!("NOT converged after {n} iterations: raise --iters")
+                }
             };
             println!(
                 "method: power iteration (stopped when the estimate changes by < {:e} relative), Hessian-vector products by central differences of gradients with eps {eps:e}, {batches} batches of {}",
@@ -465,7 +498,11 @@ fn run(cli: Cli) -> Result<()> {
                 convergence(&e.spectral),
                 top_params(&e.spectral)
             );
-            println!("largest lambda {largest:.6} ({}); its eigenvector lies in: {}", convergence(&e.largest), top_params(&e.largest));
+            println!(
+                "largest lambda {largest:.6} ({}); its eigenvector lies in: {}",
+                convergence(&e.largest),
+                top_params(&e.largest)
+            );
             println!("lambda_max {largest:.6} | 2 / lambda_max {:.3e}", 2.0 / largest);
             Ok(())
         }
@@ -480,7 +517,8 @@ fn run(cli: Cli) -> Result<()> {
             let opened = device::open(&run.device)?;
             eprintln!("bench on {}: {} warm-up + {steps} timed steps", opened.description, warmup);
             let r = simplegpt::bench::bench(config, data, &opened.device, warmup, steps, peak_tflops * 1e12)?;
-            let memory = r.device_memory.map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64));
+            let memory =
+                r.device_memory.map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64));
             println!(
                 "device {} | params {:.2}M | {:.2} ms/step | {:.0} tokens/s | {:.3} TFLOP/s | MFU {:.2}% (of {peak_tflops} TFLOP/s) | peak device memory {memory}",
                 opened.description,
@@ -495,7 +533,13 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option<PathBuf>, overwrite: bool) -> Result<()> {
+fn train(
+    args: RunArgs,
+    out: PathBuf,
+    resume: Option<PathBuf>,
+    init_from: Option<PathBuf>,
+    overwrite: bool,
+) -> Result<()> {
     let (mut trainer, dir, opened) = match &resume {
         Some(dir_path) => {
             let dir = RunDir::open(dir_path)?;
@@ -530,7 +574,11 @@ fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option
             }
             let trainer = Trainer::resume(&ckpt, data, &opened.device)?;
             if trainer.finished() {
-                println!("{} has already finished ({} steps); nothing to resume", dir_path.display(), trainer.config.train.max_steps);
+                println!(
+                    "{} has already finished ({} steps); nothing to resume",
+                    dir_path.display(),
+                    trainer.config.train.max_steps
+                );
                 return Ok(());
             }
             dir.truncate_metrics(trainer.progress.step)?;
@@ -550,8 +598,15 @@ fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option
             let opened = device::open(&args.device)?;
             let mut trainer = Trainer::new(config, data, &opened.device)?;
             if let Some(path) = &init_from {
-                let bytes = std::fs::read(path).map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
-                trainer.model = interop::import(trainer.model, &bytes, &path.display().to_string(), &trainer.data.tokenizer, &trainer.device)?;
+                let bytes =
+                    std::fs::read(path).map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
+                trainer.model = interop::import(
+                    trainer.model,
+                    &bytes,
+                    &path.display().to_string(),
+                    &trainer.data.tokenizer,
+                    &trainer.device,
+                )?;
             }
             // Only now, with everything the run needs in hand: bad input leaves no directory.
             let dir = RunDir::create(&out)?;
@@ -612,7 +667,13 @@ fn train(args: RunArgs, out: PathBuf, resume: Option<PathBuf>, init_from: Option
     Ok(())
 }
 
-fn repro(records: Vec<PathBuf>, backends: Vec<String>, args: RunArgs, steps: Option<usize>, tolerance: f64) -> Result<()> {
+fn repro(
+    records: Vec<PathBuf>,
+    backends: Vec<String>,
+    args: RunArgs,
+    steps: Option<usize>,
+    tolerance: f64,
+) -> Result<()> {
     if !(tolerance >= 0.0 && tolerance.is_finite()) {
         return Err(Error::Input(format!("--tolerance must be a relative difference >= 0, got {tolerance}")));
     }
@@ -626,17 +687,17 @@ fn repro(records: Vec<PathBuf>, backends: Vec<String>, args: RunArgs, steps: Opt
                         .into(),
                 ));
             }
-            records
-            .iter()
-            .map(|p| Ok((p.display().to_string(), record::read(p)?)))
-            .collect::<Result<_>>()?
+            records.iter().map(|p| Ok((p.display().to_string(), record::read(p)?))).collect::<Result<_>>()?
         }
         (0, n) if n >= 2 => {
             if args.device != "auto" {
                 return Err(Error::Input("--backends names the devices to run on; drop --device".into()));
             }
             if let Some(bad) = backends.iter().find(|b| !device::NAMES.contains(&b.as_str())) {
-                return Err(Error::Input(format!("unknown device '{bad}' in --backends; choose from: {}", device::NAMES.join(", "))));
+                return Err(Error::Input(format!(
+                    "unknown device '{bad}' in --backends; choose from: {}",
+                    device::NAMES.join(", ")
+                )));
             }
             let steps = steps.unwrap_or(50);
             if steps == 0 {
@@ -675,7 +736,10 @@ fn repro(records: Vec<PathBuf>, backends: Vec<String>, args: RunArgs, steps: Opt
     let mut all_passed = true;
     for (name_b, b) in &runs[1..] {
         let c = record::compare(a, b, tolerance);
-        println!("A: {name_a} ({}, {})\nB: {name_b} ({}, {})", a.header.backend, a.header.target, b.header.backend, b.header.target);
+        println!(
+            "A: {name_a} ({}, {})\nB: {name_b} ({}, {})",
+            a.header.backend, a.header.target, b.header.backend, b.header.target
+        );
         println!("{c}");
         all_passed &= c.passed();
     }
@@ -692,7 +756,11 @@ fn print_loss_table(runs: &[(String, RunRecord)]) {
         let cells: Vec<String> = runs
             .iter()
             .map(|(_, r)| {
-                r.steps.iter().find(|x| x.step == step).and_then(|x| x.loss).map_or(format!("{:>14}", "-"), |l| format!("{l:>14.8}"))
+                r.steps
+                    .iter()
+                    .find(|x| x.step == step)
+                    .and_then(|x| x.loss)
+                    .map_or(format!("{:>14}", "-"), |l| format!("{l:>14.8}"))
             })
             .collect();
         println!("{step:>6} {}", cells.join(" "));
@@ -719,9 +787,7 @@ fn read_checkpoint(from: &Path) -> Result<Checkpoint> {
 /// or --set beside --from would be silently ignored; they are refused instead.
 fn checkpoint_and_data(from: &Path, args: &RunArgs) -> Result<(Checkpoint, Dataset)> {
     if args.explicit_config() {
-        return Err(Error::Input(
-            "--from uses the checkpoint's own config; drop --preset, --config and --set".into(),
-        ));
+        return Err(Error::Input("--from uses the checkpoint's own config; drop --preset, --config and --set".into()));
     }
     let ckpt = read_checkpoint(from)?;
     let recorded = if from.is_dir() { record::read_header(from).ok().and_then(|h| h.data_source) } else { None };
@@ -751,14 +817,27 @@ struct LiveRun {
 /// each run's metrics.jsonl. One run after another, or with `interleave` all at once, one
 /// step of each in turn, so that their curves grow side by side: the report is then
 /// rewritten at every evaluation, to be watched while the study trains.
-fn run_study(args: &RunArgs, out: &Path, jobs: Vec<(String, Config)>, interleave: bool) -> Result<Vec<(String, Config, Vec<StepRecord>)>> {
+fn run_study(
+    args: &RunArgs,
+    out: &Path,
+    jobs: Vec<(String, Config)>,
+    interleave: bool,
+) -> Result<Vec<(String, Config, Vec<StepRecord>)>> {
     let opened = device::open(&args.device)?;
     let total = jobs.len();
-    let title = |done: usize| if done == total { "Comparison".to_string() } else { format!("Comparison (in progress: {done} of {total} runs finished)") };
+    let title = |done: usize| {
+        if done == total {
+            "Comparison".to_string()
+        } else {
+            format!("Comparison (in progress: {done} of {total} runs finished)")
+        }
+    };
     // The whole study's bar (steps of every run, with its ETA), and one bar per run trained.
     let bars = MultiProgress::new();
     let study = bars.add(ProgressBar::new(jobs.iter().map(|(_, c)| c.train.max_steps as u64).sum()));
-    study.set_style(ProgressStyle::with_template("[study] {bar:30} {pos}/{len} steps [{elapsed} < {eta}]").expect("valid template"));
+    study.set_style(
+        ProgressStyle::with_template("[study] {bar:30} {pos}/{len} steps [{elapsed} < {eta}]").expect("valid template"),
+    );
     let mut finished: Vec<Option<(String, Config, Vec<StepRecord>)>> = vec![None; total];
     let mut jobs = jobs.into_iter().enumerate().peekable();
     while jobs.peek().is_some() {
@@ -773,9 +852,12 @@ fn run_study(args: &RunArgs, out: &Path, jobs: Vec<(String, Config)>, interleave
             // that already finished with this very header: same config, data, weights, device.
             if let Ok(done) = record::read(&dir.path) {
                 let max_steps = trainer.config.train.max_steps;
-                let ended = done.steps.iter().any(|r| r.diverged.is_some()) || done.steps.last().is_some_and(|r| r.step >= max_steps);
+                let ended = done.steps.iter().any(|r| r.diverged.is_some())
+                    || done.steps.last().is_some_and(|r| r.step >= max_steps);
                 if done.header.same_run(&header) && ended {
-                    bars.suspend(|| eprintln!("[{}/{total}] {name}: already finished in {}, reused", index + 1, dir.path.display()));
+                    bars.suspend(|| {
+                        eprintln!("[{}/{total}] {name}: already finished in {}, reused", index + 1, dir.path.display())
+                    });
                     study.inc(max_steps as u64);
                     finished[index] = Some((name, trainer.config.clone(), done.steps));
                     continue;
@@ -783,7 +865,10 @@ fn run_study(args: &RunArgs, out: &Path, jobs: Vec<(String, Config)>, interleave
             }
             dir.start(&trainer, &header)?;
             let bar = bars.add(ProgressBar::new(trainer.config.train.max_steps as u64));
-            bar.set_style(ProgressStyle::with_template("[{prefix}] {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]").expect("valid template"));
+            bar.set_style(
+                ProgressStyle::with_template("[{prefix}] {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]")
+                    .expect("valid template"),
+            );
             bar.set_prefix(format!("{}/{total} {name}", index + 1));
             live.push(LiveRun { index, name, dir, trainer, records: Vec::new(), bar });
         }
@@ -804,7 +889,13 @@ fn run_study(args: &RunArgs, out: &Path, jobs: Vec<(String, Config)>, interleave
             if interleave && evaluated {
                 let done = finished.iter().flatten().count();
                 let sofar: Vec<_> = (0..total)
-                    .filter_map(|i| finished[i].clone().or_else(|| live.iter().find(|r| r.index == i).map(|r| (r.name.clone(), r.trainer.config.clone(), r.records.clone()))))
+                    .filter_map(|i| {
+                        finished[i].clone().or_else(|| {
+                            live.iter()
+                                .find(|r| r.index == i)
+                                .map(|r| (r.name.clone(), r.trainer.config.clone(), r.records.clone()))
+                        })
+                    })
                     .collect();
                 let (md, svgs) = study::comparison_report(&title(done), &command_line(), &sofar);
                 write_report_files(out, &md, &svgs)?;

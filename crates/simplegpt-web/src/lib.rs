@@ -144,7 +144,13 @@ impl Run {
                 let t = lock(&trainer)?;
                 (t.model.valid(), t.data.tokenizer.clone(), t.config.model.block_size)
             };
-            let opts = SampleOptions { prompt, max_new_tokens: tokens, temperature: DEFAULT_TEMPERATURE, top_k: DEFAULT_TOP_K, seed };
+            let opts = SampleOptions {
+                prompt,
+                max_new_tokens: tokens,
+                temperature: DEFAULT_TEMPERATURE,
+                top_k: DEFAULT_TOP_K,
+                seed,
+            };
             let text = generate(&model, &tokenizer, block, &opts).await.map_err(js_err)?;
             Ok(JsValue::from_str(&text))
         })

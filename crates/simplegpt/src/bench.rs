@@ -46,7 +46,14 @@ pub fn max_steps(warmup: usize, steps: usize) -> Result<usize> {
         .ok_or_else(|| Error::Input(format!("--warmup {warmup} plus --steps {steps} is too many steps")))
 }
 
-pub fn bench(mut config: Config, data: Dataset, device: &Device, warmup: usize, steps: usize, peak_flops: f64) -> Result<BenchResult> {
+pub fn bench(
+    mut config: Config,
+    data: Dataset,
+    device: &Device,
+    warmup: usize,
+    steps: usize,
+    peak_flops: f64,
+) -> Result<BenchResult> {
     // Only training steps: no evaluation, no logging, no checkpoint inside the window.
     config.train.max_steps = max_steps(warmup, steps)?;
     config.train.eval_interval = usize::MAX;

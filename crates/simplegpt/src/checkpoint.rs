@@ -63,7 +63,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::Input(format!("{} is a directory; give a file name", path.display())));
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
-        return Err(Error::Input(format!("cannot write {}: the directory {} does not exist; create it first", path.display(), dir.display())));
+        return Err(Error::Input(format!(
+            "cannot write {}: the directory {} does not exist; create it first",
+            path.display(),
+            dir.display()
+        )));
     }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -83,7 +87,8 @@ impl Checkpoint {
     pub fn check_vocabulary(&self, data: &crate::data::Dataset) -> Result<()> {
         if data.tokenizer != self.tokenizer {
             return Err(Error::Input(
-                "the data's characters differ from the checkpoint's vocabulary: pass the --data the run was trained on".into(),
+                "the data's characters differ from the checkpoint's vocabulary: pass the --data the run was trained on"
+                    .into(),
             ));
         }
         Ok(())

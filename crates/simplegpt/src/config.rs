@@ -218,12 +218,10 @@ impl Config {
 
     /// Read a TOML file. Keys it leaves out keep the values of `base` (a preset).
     pub fn from_toml(text: &str, base: Config, origin: &str) -> Result<Config> {
-        let overrides: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| {
-                let line = e.span().map_or(0, |s| text[..s.start].matches('\n').count() + 1);
-                Error::Input(format!("{origin}: bad TOML at line {line}: {}", one_line(e.message())))
-            })?;
+        let overrides: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map_or(0, |s| text[..s.start].matches('\n').count() + 1);
+            Error::Input(format!("{origin}: bad TOML at line {line}: {}", one_line(e.message())))
+        })?;
         let mut merged = toml::Table::try_from(&base).expect("a Config always serialises");
         for (section, value) in overrides {
             match (merged.get_mut(&section), value) {
@@ -270,18 +268,17 @@ impl Config {
     /// [model] then [train]). The value is parsed as TOML, so `norm=simple`, `lr=3e-3`
     /// and `residual=false` all work without quotes.
     pub fn set(&mut self, assignment: &str) -> Result<()> {
-        let (key, raw) = assignment.split_once('=').ok_or_else(|| {
-            Error::Input(format!("--set '{assignment}': expected key=value, e.g. --set lr=3e-3"))
-        })?;
+        let (key, raw) = assignment
+            .split_once('=')
+            .ok_or_else(|| Error::Input(format!("--set '{assignment}': expected key=value, e.g. --set lr=3e-3")))?;
         let key = key.trim();
         let raw = raw.trim();
         let mut table = toml::Table::try_from(&*self).expect("a Config always serialises");
         let (section, field) = match key.split_once('.') {
             Some((s, f)) => (s.to_string(), f.to_string()),
             None => {
-                let found = ["model", "train"].into_iter().find(|s| {
-                    table[*s].as_table().is_some_and(|t| t.contains_key(key))
-                });
+                let found =
+                    ["model", "train"].into_iter().find(|s| table[*s].as_table().is_some_and(|t| t.contains_key(key)));
                 match found {
                     Some(s) => (s.to_string(), key.to_string()),
                     None => return Err(unknown_key(key)),
@@ -329,7 +326,9 @@ impl Config {
         let (b, nh, tt, c) = (t.batch_size as u128, m.n_head as u128, m.block_size as u128, m.n_embd as u128);
         let params = m.num_params_u128();
         if params > MAX_ELEMENTS {
-            return bad(format!("the model would have {params} parameters, more than simplegpt's {MAX_ELEMENTS}; lower n_layer or n_embd"));
+            return bad(format!(
+                "the model would have {params} parameters, more than simplegpt's {MAX_ELEMENTS}; lower n_layer or n_embd"
+            ));
         }
         // The tensors a dropout masks: the attention weights [B, nh, T, T] and the
         // activations [B, T, C].
@@ -348,7 +347,9 @@ impl Config {
             ("the logits, batch_size x block_size x vocab_size", b * tt * m.vocab_size as u128),
         ];
         if let Some((what, n)) = tensors.iter().find(|(_, n)| *n > MAX_ELEMENTS) {
-            return bad(format!("{what} would hold {n} elements, more than simplegpt's {MAX_ELEMENTS} in one tensor; lower batch_size (and raise grad_accum) or block_size"));
+            return bad(format!(
+                "{what} would hold {n} elements, more than simplegpt's {MAX_ELEMENTS} in one tensor; lower batch_size (and raise grad_accum) or block_size"
+            ));
         }
         if m.n_embd % m.n_head != 0 {
             return bad(format!(
@@ -369,7 +370,10 @@ impl Config {
             return bad(format!("need lr > 0 (finite) and 0 <= min_lr <= lr, got lr={}, min_lr={}", t.lr, t.min_lr));
         }
         if !((0.0..1.0).contains(&t.beta1) && (0.0..1.0).contains(&t.beta2) && t.eps > 0.0 && t.eps.is_finite()) {
-            return bad(format!("beta1 and beta2 must be in [0, 1) and eps > 0 (finite), got {}, {}, {}", t.beta1, t.beta2, t.eps));
+            return bad(format!(
+                "beta1 and beta2 must be in [0, 1) and eps > 0 (finite), got {}, {}, {}",
+                t.beta1, t.beta2, t.eps
+            ));
         }
         if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
             return bad(format!("weight_decay must be >= 0 (finite), got {}", t.weight_decay));
@@ -410,10 +414,7 @@ fn unknown_key(key: &str) -> Error {
 
 /// A bare word for a string field (`norm=simple`) is taken as that string.
 fn parse_value(raw: &str, old: &toml::Value) -> toml::Value {
-    let parsed: Option<toml::Value> = format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"));
+    let parsed: Option<toml::Value> = format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v"));
     match (parsed, old) {
         // An integer where a float is expected (lr=1) is still a float.
         (Some(toml::Value::Integer(i)), toml::Value::Float(_)) => toml::Value::Float(i as f64),

@@ -67,7 +67,8 @@ impl Batch {
     /// Inputs and targets as [B, T] id tensors on `device`.
     pub fn tensors(&self, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
         let ids = |v: &[u32]| {
-            let data = TensorData::new(v.iter().map(|&i| i as i32).collect::<Vec<i32>>(), [self.batch_size, self.block_size]);
+            let data =
+                TensorData::new(v.iter().map(|&i| i as i32).collect::<Vec<i32>>(), [self.batch_size, self.block_size]);
             Tensor::<2, Int>::from_data(data, device)
         };
         (ids(&self.x), ids(&self.y))
@@ -121,7 +122,15 @@ impl Dataset {
     /// Batch number `index` of the stream `purpose` ("train", "eval-val", ...): a pure
     /// function of its arguments, so a resumed run sees exactly the batches the
     /// uninterrupted run would have.
-    pub fn batch(&self, split: Split, purpose: &str, seed: u64, index: u64, batch_size: usize, block_size: usize) -> Batch {
+    pub fn batch(
+        &self,
+        split: Split,
+        purpose: &str,
+        seed: u64,
+        index: u64,
+        batch_size: usize,
+        block_size: usize,
+    ) -> Batch {
         let data = match split {
             Split::Train => &self.train,
             Split::Val => &self.val,
@@ -156,11 +165,18 @@ impl Dataset {
 /// It has real structure at every scale a small model can learn (spelling, agreement,
 /// speaker turns) and needs no download. About 300 kB.
 pub fn default_corpus() -> String {
-    const NAMES: &[&str] = &["KING", "QUEEN", "DUKE", "HERALD", "NURSE", "FOOL", "CAPTAIN", "SERVANT", "LADY", "PRIEST"];
-    const ADJ: &[&str] = &["old", "young", "gentle", "bold", "noble", "weary", "fair", "dark", "proud", "sweet", "cruel", "honest"];
-    const NOUN_S: &[&str] = &["king", "queen", "sword", "crown", "heart", "night", "ship", "letter", "horse", "friend", "storm", "garden"];
-    const NOUN_P: &[&str] = &["kings", "queens", "swords", "crowns", "hearts", "nights", "ships", "letters", "horses", "friends", "storms", "gardens"];
-    const VERB_S: &[&str] = &["loves", "fears", "keeps", "finds", "breaks", "calls", "sees", "seeks", "holds", "leaves"];
+    const NAMES: &[&str] =
+        &["KING", "QUEEN", "DUKE", "HERALD", "NURSE", "FOOL", "CAPTAIN", "SERVANT", "LADY", "PRIEST"];
+    const ADJ: &[&str] =
+        &["old", "young", "gentle", "bold", "noble", "weary", "fair", "dark", "proud", "sweet", "cruel", "honest"];
+    const NOUN_S: &[&str] =
+        &["king", "queen", "sword", "crown", "heart", "night", "ship", "letter", "horse", "friend", "storm", "garden"];
+    const NOUN_P: &[&str] = &[
+        "kings", "queens", "swords", "crowns", "hearts", "nights", "ships", "letters", "horses", "friends", "storms",
+        "gardens",
+    ];
+    const VERB_S: &[&str] =
+        &["loves", "fears", "keeps", "finds", "breaks", "calls", "sees", "seeks", "holds", "leaves"];
     const VERB_P: &[&str] = &["love", "fear", "keep", "find", "break", "call", "see", "seek", "hold", "leave"];
     const ADV: &[&str] = &["tonight", "again", "in silence", "with honour", "before the dawn", "for ever", "at last"];
     const OPEN: &[&str] = &["O", "Alas", "Good", "Hark", "Nay", "Ay", "Come"];
@@ -184,11 +200,8 @@ pub fn default_corpus() -> String {
                 sentence.push(' ');
                 sentence.push_str(pick(ADV));
             }
-            let mut sentence = if line == 0 && pick(&["a", "b"]) == "a" {
-                format!("{}, {sentence}", pick(OPEN))
-            } else {
-                sentence
-            };
+            let mut sentence =
+                if line == 0 && pick(&["a", "b"]) == "a" { format!("{}, {sentence}", pick(OPEN)) } else { sentence };
             if let Some(first) = sentence.get(0..1) {
                 sentence.replace_range(0..1, &first.to_uppercase());
             }

@@ -26,7 +26,12 @@ pub struct Opened {
 /// then the CPU.
 pub fn open(name: &str) -> Result<Opened> {
     match name {
-        "cpu" => Ok(Opened { device: Device::flex(), description: "cpu (burn flex)".into(), backend: "cpu".into(), software: false }),
+        "cpu" => Ok(Opened {
+            device: Device::flex(),
+            description: "cpu (burn flex)".into(),
+            backend: "cpu".into(),
+            software: false,
+        }),
         "wgpu" => open_wgpu(WgpuBackend::Auto, "wgpu"),
         "vulkan" => open_wgpu(WgpuBackend::Vulkan, "vulkan"),
         "metal" => open_wgpu(WgpuBackend::Metal, "metal"),

@@ -59,7 +59,13 @@ pub const CONVERGED: f64 = 1e-4;
 /// from a seeded random start shaped like `like`, for at most `iters` iterations. The
 /// estimates are reported (and tested for convergence) plus `offset`: the shift a shifted
 /// operator `H - offset I` took off, so that convergence is judged on H's own eigenvalue.
-pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, offset: f64, mut hvp: impl FnMut(&ParamVec) -> ParamVec) -> Result<TopEigen> {
+pub async fn power_iteration(
+    like: &ParamVec,
+    iters: usize,
+    seed: u64,
+    offset: f64,
+    mut hvp: impl FnMut(&ParamVec) -> ParamVec,
+) -> Result<TopEigen> {
     let mut v: ParamVec = like
         .iter()
         .enumerate()
@@ -71,7 +77,8 @@ pub async fn power_iteration(like: &ParamVec, iters: usize, seed: u64, offset: f
         .collect();
     v = scale(&v, dot(&v, &v).sqrt().recip());
     let mut estimates: Vec<f64> = Vec::new();
-    let settled = |e: &[f64]| e.len() > 3 && e.windows(2).rev().take(3).all(|w| (w[1] - w[0]).abs() <= CONVERGED * w[1].abs());
+    let settled =
+        |e: &[f64]| e.len() > 3 && e.windows(2).rev().take(3).all(|w| (w[1] - w[0]).abs() <= CONVERGED * w[1].abs());
     while estimates.len() < iters && !settled(&estimates) {
         let hv = hvp(&v);
         let rayleigh = dot(&v, &hv);
@@ -122,7 +129,12 @@ pub struct Extremes {
 }
 
 /// `Extremes` of the symmetric operator `hvp`, each by `iters` power iterations.
-pub async fn extreme_eigenvalues(like: &ParamVec, iters: usize, seed: u64, mut hvp: impl FnMut(&ParamVec) -> ParamVec) -> Result<Extremes> {
+pub async fn extreme_eigenvalues(
+    like: &ParamVec,
+    iters: usize,
+    seed: u64,
+    mut hvp: impl FnMut(&ParamVec) -> ParamVec,
+) -> Result<Extremes> {
     let spectral = power_iteration(like, iters, seed, 0.0, &mut hvp).await?;
     let lambda = *spectral.estimates.last().unwrap_or(&0.0);
     if lambda >= 0.0 {
@@ -138,14 +150,27 @@ pub async fn extreme_eigenvalues(like: &ParamVec, iters: usize, seed: u64, mut h
 /// The `n` fixed training batches the Hessian's loss is taken over: their own seeded
 /// stream ("hessian"), so that an estimate at init and one at a checkpoint of the same
 /// config see the same text.
-pub fn fixed_batches(data: &Dataset, config: &Config, n: usize, device: &Device) -> Vec<(Tensor<2, Int>, Tensor<2, Int>)> {
+pub fn fixed_batches(
+    data: &Dataset,
+    config: &Config,
+    n: usize,
+    device: &Device,
+) -> Vec<(Tensor<2, Int>, Tensor<2, Int>)> {
     let t = &config.train;
-    (0..n as u64).map(|i| data.batch(Split::Train, "hessian", t.seed, i, t.batch_size, config.model.block_size).tensors(device)).collect()
+    (0..n as u64)
+        .map(|i| data.batch(Split::Train, "hessian", t.seed, i, t.batch_size, config.model.block_size).tensors(device))
+        .collect()
 }
 
 /// `Extremes` of the Hessian of the loss over `batches` at `model` (`Gpt::forward` has no
 /// dropout, so the loss is a fixed function of the weights).
-pub async fn hessian_extremes(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)], iters: usize, eps: f64, seed: u64) -> Result<Extremes> {
+pub async fn hessian_extremes(
+    model: &Gpt,
+    batches: &[(Tensor<2, Int>, Tensor<2, Int>)],
+    iters: usize,
+    eps: f64,
+    seed: u64,
+) -> Result<Extremes> {
     let like: ParamVec = params::named(model).into_iter().map(|(p, t, _)| (p, t)).collect();
     extreme_eigenvalues(&like, iters, seed, |v| {
         let plus = gradient(&params::map(model.clone(), &mut Shift { v, delta: eps }), batches);
@@ -175,7 +200,8 @@ mod tests {
             .map(|(k, v)| (k.to_string(), Tensor::from_data(TensorData::new(v.clone(), [v.len()]), &device)))
             .collect();
         let theta: ParamVec = a.iter().map(|(k, t)| (k.clone(), t.ones_like() * 0.3)).collect();
-        let grad = |p: &ParamVec| -> ParamVec { p.iter().map(|(k, x)| (k.clone(), x.clone() * a[k].clone())).collect() };
+        let grad =
+            |p: &ParamVec| -> ParamVec { p.iter().map(|(k, x)| (k.clone(), x.clone() * a[k].clone())).collect() };
         let eps = 1e-3;
         pollster::block_on(extreme_eigenvalues(&theta, 200, 1, |v| {
             let plus = grad(&theta.iter().map(|(k, t)| (k.clone(), t.clone() + v[k].clone() * eps)).collect());
@@ -225,7 +251,8 @@ mod tests {
         let model = params::map(model.valid(), &mut moved);
         assert_eq!(moved.2, v.len(), "every parameter moved");
         let inner = |t: &Tensor<2, Int>| t.clone().inner();
-        let losses: Vec<Tensor<1>> = batches.iter().map(|(x, y)| Gpt::loss(model.forward(inner(x)), inner(y))).collect();
+        let losses: Vec<Tensor<1>> =
+            batches.iter().map(|(x, y)| Gpt::loss(model.forward(inner(x)), inner(y))).collect();
         scalar(Tensor::cat(losses, 0).sum()) / batches.len() as f64
     }
 
@@ -239,7 +266,8 @@ mod tests {
         let data = Dataset::from_text(&"the cat sat on a mat; a bat ate the hat.\n".repeat(10), "test", 8).unwrap();
         c.model.vocab_size = data.tokenizer.vocab_size();
         let model = c.model.init(1, &device);
-        let batches: Vec<_> = (0..2).map(|i| data.batch(Split::Train, "hessian", 1, i, 4, 8).tensors(&device)).collect();
+        let batches: Vec<_> =
+            (0..2).map(|i| data.batch(Split::Train, "hessian", 1, i, 4, 8).tensors(&device)).collect();
         let e = pollster::block_on(hessian_extremes(&model, &batches, 300, 1e-3, 1)).unwrap();
         // At this init the eigenvalue of largest magnitude is negative (-12.2), so the
         // largest (11.8) comes from the second, shifted power iteration: both are checked.
@@ -252,7 +280,9 @@ mod tests {
         // small h can be.
         let l0 = loss_along(&model, &batches, &e.spectral.vector, 0.0);
         let curvature = |v: &ParamVec| {
-            let d = |h: f64| (loss_along(&model, &batches, v, h) - 2.0 * l0 + loss_along(&model, &batches, v, -h)) / (h * h);
+            let d = |h: f64| {
+                (loss_along(&model, &batches, v, h) - 2.0 * l0 + loss_along(&model, &batches, v, -h)) / (h * h)
+            };
             (4.0 * d(0.01) - d(0.02)) / 3.0
         };
         for (what, top) in [("largest magnitude", &e.spectral), ("largest", &e.largest)] {
@@ -261,7 +291,10 @@ mod tests {
             let norm: f64 = top.vector.values().map(|x| scalar(x.clone().square().sum())).sum();
             assert!((norm - 1.0).abs() < 1e-4, "{what}: a unit eigenvector, |v|^2 = {norm}");
             let along = curvature(&top.vector);
-            assert!((along - lambda).abs() <= 0.01 * lambda.abs(), "{what}: lambda {lambda}, second difference of the loss {along}");
+            assert!(
+                (along - lambda).abs() <= 0.01 * lambda.abs(),
+                "{what}: lambda {lambda}, second difference of the loss {along}"
+            );
         }
         // No direction curves more than the largest eigenvalue, or further from 0 than the
         // spectral norm: a few random unit directions.
@@ -279,7 +312,10 @@ mod tests {
                 .collect();
             let v = scale(&v, dot(&v, &v).sqrt().recip());
             let along = curvature(&v);
-            assert!(along <= largest && along.abs() <= spectral.abs(), "direction {seed}: {along}, largest {largest}, spectral {spectral}");
+            assert!(
+                along <= largest && along.abs() <= spectral.abs(),
+                "direction {seed}: {along}, largest {largest}, spectral {spectral}"
+            );
         }
     }
 }

@@ -19,11 +19,11 @@ use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::params::{self, PathMapper, f32_bytes, f32_values, read_f32, safetensors_bytes};
 use crate::config::Config;
 use crate::data::{Dataset, Tokenizer};
 use crate::error::{Error, Result};
 use crate::model::Gpt;
+use crate::params::{self, PathMapper, f32_bytes, f32_values, read_f32, safetensors_bytes};
 
 const FORMAT: &str = "simplegpt-weights-1";
 
@@ -48,7 +48,12 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// Serialises `model`'s weights (PyTorch names and layout), and the first `n_batches`
 /// training batches of `data` when given, as safetensors bytes.
-pub async fn export(model: &Gpt, config: &Config, tokenizer: &Tokenizer, batches: Option<(&Dataset, usize)>) -> Result<Vec<u8>> {
+pub async fn export(
+    model: &Gpt,
+    config: &Config,
+    tokenizer: &Tokenizer,
+    batches: Option<(&Dataset, usize)>,
+) -> Result<Vec<u8>> {
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (path, t, shape) in params::named(model) {
         let values = read_f32(t).await?;
@@ -93,12 +98,17 @@ pub fn import(model: Gpt, bytes: &[u8], origin: &str, tokenizer: &Tokenizer, dev
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
     let meta = header.metadata().clone().unwrap_or_default();
     if meta.get("format").map(String::as_str) == Some(crate::checkpoint::FORMAT) {
-        return Err(bad("this is a training checkpoint, not weights; write them with `simplegpt export --from RUN_DIR --out FILE`".into()));
+        return Err(bad(
+            "this is a training checkpoint, not weights; write them with `simplegpt export --from RUN_DIR --out FILE`"
+                .into(),
+        ));
     }
     if let Some(vocab) = meta.get("tokenizer").and_then(|t| serde_json::from_str::<Tokenizer>(t).ok())
         && vocab != *tokenizer
     {
-        return Err(bad("its vocabulary differs from the data's characters: train with the --data it was exported with".into()));
+        return Err(bad(
+            "its vocabulary differs from the data's characters: train with the --data it was exported with".into(),
+        ));
     }
     let mut mapper = Import { st: &st, device, error: None, origin };
     let model = params::map(model, &mut mapper);

@@ -167,16 +167,21 @@ mod tests {
 
     #[test]
     fn the_gradient_of_dropout_is_the_mask() {
-        for device in [Device::flex().autodiff(), crate::device::open("wgpu").expect("wgpu adapter").device.autodiff()] {
+        for device in [Device::flex().autodiff(), crate::device::open("wgpu").expect("wgpu adapter").device.autodiff()]
+        {
             let x = Tensor::<2>::from_floats([[1.0, -2.0, 3.0, 4.0], [5.0, 6.0, -7.0, 8.0]], &device).require_grad();
             let key = rng::dropout_key(3, 1, 0);
             let y = dropout(x.clone(), key, 0.5);
             let grads = y.clone().sum().backward();
             let grad: Vec<f32> = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
-            let (y, x): (Vec<f32>, Vec<f32>) = (y.into_data().try_to_vec::<f32>().unwrap(), x.into_data().try_to_vec::<f32>().unwrap());
+            let (y, x): (Vec<f32>, Vec<f32>) =
+                (y.into_data().try_to_vec::<f32>().unwrap(), x.into_data().try_to_vec::<f32>().unwrap());
             for i in 0..8 {
                 // Kept: y = 2x and dy/dx = 2; dropped: both 0.
-                assert_eq!(grad[i], if rng::feistel30(i as u32, &rng::round_keys(key)) >= rng::keep_threshold(0.5) { 2.0 } else { 0.0 });
+                assert_eq!(
+                    grad[i],
+                    if rng::feistel30(i as u32, &rng::round_keys(key)) >= rng::keep_threshold(0.5) { 2.0 } else { 0.0 }
+                );
                 assert_eq!(y[i], grad[i] * x[i]);
             }
             assert!(grad.contains(&0.0) && grad.contains(&2.0), "some kept, some dropped: {grad:?}");

@@ -362,7 +362,15 @@ impl ModelConfig {
         let (c, v, h) = (self.n_embd as u128, self.vocab_size as u128, self.mlp_hidden() as u128);
         let lin = |i: u128, o: u128| i * o + if self.bias { o } else { 0 };
         // The variant's own norm has a gain, and a bias when it is a LayerNorm with bias.
-        let norm = |on: bool| if !on { 0 } else if self.bias && self.norm.layer_norm() { 2 * c } else { c };
+        let norm = |on: bool| {
+            if !on {
+                0
+            } else if self.bias && self.norm.layer_norm() {
+                2 * c
+            } else {
+                c
+            }
+        };
         let n_fc = if self.mlp == MlpKind::Swiglu { 2 } else { 1 }; // fc, and the gate
         let simple = self.norm == NormKind::Simple;
         let attention = 4 * lin(c, c) + if self.norm.qk_norm() { 2 * c } else { 0 } + if simple { 2 * c } else { 0 };

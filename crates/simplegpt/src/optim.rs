@@ -68,7 +68,14 @@ impl AdamW {
     /// One update of every parameter that has a gradient. `grad_scale` (a scalar on the
     /// device) multiplies every gradient: 1/accumulation steps times the clip coefficient,
     /// so clipping costs no read-back.
-    pub fn update<M: Module>(&mut self, model: M, grads: GradSum, grad_scale: Tensor<1>, lr: f64, cfg: &TrainConfig) -> M {
+    pub fn update<M: Module>(
+        &mut self,
+        model: M,
+        grads: GradSum,
+        grad_scale: Tensor<1>,
+        lr: f64,
+        cfg: &TrainConfig,
+    ) -> M {
         self.step += 1;
         params::map(model, &mut Update { opt: self, grads, grad_scale, lr, cfg })
     }
@@ -154,10 +161,10 @@ mod tests {
         for (step, want) in [
             (0, 1e-3 / 11.0),
             (9, 1e-3 * 10.0 / 11.0),
-            (10, 1e-3),                            // r = 0
-            (35, 1e-4 + 0.853_553_390_6 * 9e-4),   // r = 1/4: 0.5 (1 + cos(pi/4))
-            (60, 5.5e-4),                          // r = 1/2: half way between lr and min_lr
-            (85, 1e-4 + 0.146_446_609_4 * 9e-4),   // r = 3/4: 0.5 (1 - cos(pi/4))
+            (10, 1e-3),                          // r = 0
+            (35, 1e-4 + 0.853_553_390_6 * 9e-4), // r = 1/4: 0.5 (1 + cos(pi/4))
+            (60, 5.5e-4),                        // r = 1/2: half way between lr and min_lr
+            (85, 1e-4 + 0.146_446_609_4 * 9e-4), // r = 3/4: 0.5 (1 - cos(pi/4))
             (110, 1e-4),
             (1000, 1e-4),
         ] {
@@ -179,7 +186,9 @@ mod tests {
         };
         let inner = device.clone().inner();
         let flat = |v: [f32; 2]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [2]), &inner);
-        let grads = |w: [f32; 2], b: [f32; 2]| GradSum { by_path: [("weight".to_string(), flat(w)), ("bias".to_string(), flat(b))].into() };
+        let grads = |w: [f32; 2], b: [f32; 2]| GradSum {
+            by_path: [("weight".to_string(), flat(w)), ("bias".to_string(), flat(b))].into(),
+        };
         let mut opt = AdamW::default();
 
         // Step 1, gradients scaled by 0.5: weight g = (0.2, -0.1), bias g = (0.01, 0.05).
@@ -206,7 +215,9 @@ mod tests {
     fn the_global_gradient_norm_is_over_all_parameters() {
         let device = Device::flex();
         let flat = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), &device);
-        let sum = GradSum { by_path: [("a".to_string(), flat(vec![3.0, 0.0])), ("b".to_string(), flat(vec![0.0, 4.0, 12.0]))].into() };
+        let sum = GradSum {
+            by_path: [("a".to_string(), flat(vec![3.0, 0.0])), ("b".to_string(), flat(vec![0.0, 4.0, 12.0]))].into(),
+        };
         assert_close(&values(sum.global_norm()), &[13.0], "sqrt(9 + 16 + 144)");
         let norms = sum.norms();
         assert_eq!(norms.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["a", "b"]);

@@ -90,10 +90,15 @@ pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
 }
 
 /// A safetensors file from (name, dtype, shape, little-endian bytes) and metadata.
-pub fn safetensors_bytes(tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+pub fn safetensors_bytes(
+    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(name, dtype, shape, b)| (name.clone(), TensorView::new(*dtype, shape.clone(), b).expect("consistent shape")))
+        .map(|(name, dtype, shape, b)| {
+            (name.clone(), TensorView::new(*dtype, shape.clone(), b).expect("consistent shape"))
+        })
         .collect();
     safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Backend(format!("serialising safetensors: {e}")))
 }
@@ -101,13 +106,9 @@ pub fn safetensors_bytes(tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)], metad
 /// Reads a flat tensor back to the host: the one read-back from the device, async because
 /// the browser can only wait for one that way.
 pub async fn read_f32(t: Tensor<1>) -> Result<Vec<f32>> {
-    let data = t
-        .into_data_async()
-        .await
-        .map_err(|e| Error::Backend(format!("reading from the device failed: {e:?}")))?;
-    data.convert::<f32>()
-        .try_into_vec()
-        .map_err(|e| Error::Backend(format!("unexpected data from the device: {e:?}")))
+    let data =
+        t.into_data_async().await.map_err(|e| Error::Backend(format!("reading from the device failed: {e:?}")))?;
+    data.convert::<f32>().try_into_vec().map_err(|e| Error::Backend(format!("unexpected data from the device: {e:?}")))
 }
 
 /// The sum of every element of `x`, the same to the last bit on every run. burn's `sum()`

@@ -6,12 +6,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Config;
 use crate::data::Dataset;
-use crate::params::{self, f32_bytes, read_f32};
 use crate::error::Result;
+use crate::params::{self, f32_bytes, read_f32};
 use crate::rng::fnv1a;
 use crate::train::{StepRecord, Trainer};
-use crate::Config;
 
 pub const FORMAT: &str = "simplegpt-run-1";
 /// The burn version this build is pinned to (Cargo.toml says `=0.22.1`).
@@ -84,7 +84,11 @@ impl RunHeader {
             batch_ids.extend(b.x);
             batch_ids.extend(b.y);
         }
-        let target = format!("{}-{}", std::env::consts::ARCH, if cfg!(target_family = "wasm") { "unknown" } else { std::env::consts::OS });
+        let target = format!(
+            "{}-{}",
+            std::env::consts::ARCH,
+            if cfg!(target_family = "wasm") { "unknown" } else { std::env::consts::OS }
+        );
         Ok(RunHeader {
             format: FORMAT.into(),
             config: trainer.config.clone(),
@@ -246,7 +250,10 @@ pub fn read(path: &std::path::Path) -> Result<RunRecord> {
     }
     let text = std::fs::read_to_string(path).map_err(crate::error::io("cannot read run record", path))?;
     serde_json::from_str(&text).map_err(|e| {
-        Error::Input(format!("{} is not a simplegpt run record (a run directory or an exported JSON) ({e})", path.display()))
+        Error::Input(format!(
+            "{} is not a simplegpt run record (a run directory or an exported JSON) ({e})",
+            path.display()
+        ))
     })
 }
 
@@ -285,7 +292,12 @@ mod tests {
         let steps = losses
             .iter()
             .enumerate()
-            .map(|(step, &loss)| StepRecord { step, loss, diverged: (Some(step) == diverged_at).then(|| "loss is NaN".into()), ..Default::default() })
+            .map(|(step, &loss)| StepRecord {
+                step,
+                loss,
+                diverged: (Some(step) == diverged_at).then(|| "loss is NaN".into()),
+                ..Default::default()
+            })
             .collect();
         RunRecord { header, steps }
     }

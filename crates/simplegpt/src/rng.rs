@@ -42,10 +42,12 @@ impl Stream {
     /// `trunc_normal_`), as f32.
     pub fn normal_vec(&mut self, n: usize, std: f64, truncate: bool) -> Vec<f32> {
         (0..n)
-            .map(|_| loop {
-                let z = self.normal();
-                if !truncate || z.abs() <= 3.0 {
-                    break (z * std) as f32;
+            .map(|_| {
+                loop {
+                    let z = self.normal();
+                    if !truncate || z.abs() <= 3.0 {
+                        break (z * std) as f32;
+                    }
                 }
             })
             .collect()

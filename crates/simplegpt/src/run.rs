@@ -60,7 +60,9 @@ impl RunDir {
         let now = crate::record::data_checksum(data);
         if header.data_checksum != now {
             let hint = match source {
-                Some(crate::record::EMBEDDED_DATA) => "; it started on the embedded corpus: leave out --data".to_string(),
+                Some(crate::record::EMBEDDED_DATA) => {
+                    "; it started on the embedded corpus: leave out --data".to_string()
+                }
                 Some(s) => format!("; it recorded --data {s}"),
                 None => String::new(),
             };
@@ -77,7 +79,12 @@ impl RunDir {
     /// run's, and `sample` or `--resume` would take it for this run's.
     pub fn start(&self, trainer: &Trainer, header: &RunHeader) -> Result<()> {
         match std::fs::remove_file(self.checkpoint_path()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::Io(format!("cannot remove the old {CHECKPOINT_FILE} in {}", self.path.display()), e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Io(
+                    format!("cannot remove the old {CHECKPOINT_FILE} in {}", self.path.display()),
+                    e,
+                ));
+            }
             _ => {}
         }
         checkpoint::write_atomic(&self.path.join(CONFIG_FILE), trainer.config.to_toml().as_bytes())?;
@@ -107,7 +114,8 @@ impl RunDir {
 
     pub fn append(&self, record: &StepRecord) -> Result<()> {
         let path = self.path.join(METRICS_FILE);
-        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&path).map_err(io("cannot open", &path))?;
+        let mut f =
+            std::fs::OpenOptions::new().append(true).create(true).open(&path).map_err(io("cannot open", &path))?;
         // One write per record, so a killed run leaves whole lines.
         let line = serde_json::to_string(record).expect("serialisable") + "\n";
         f.write_all(line.as_bytes()).map_err(io("cannot write", &path))

@@ -42,7 +42,12 @@ impl Variant {
         });
         let safe = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
         // The name is a directory beside the report's own files.
-        if name.is_empty() || !name.chars().all(safe) || name.starts_with('.') || name.ends_with(".md") || name.ends_with(".svg") {
+        if name.is_empty()
+            || !name.chars().all(safe)
+            || name.starts_with('.')
+            || name.ends_with(".md")
+            || name.ends_with(".svg")
+        {
             return Err(Error::Input(format!(
                 "variant name '{name}' must be letters, digits, '-', '_' or '.', not start with '.' nor end in .md or .svg (it names a directory)"
             )));
@@ -55,7 +60,10 @@ impl Variant {
         let variants = specs.iter().map(|s| Variant::parse(s)).collect::<Result<Vec<_>>>()?;
         for (i, v) in variants.iter().enumerate() {
             if variants[..i].iter().any(|w| w.name == v.name) {
-                return Err(Error::Input(format!("two variants are named '{}'; give each its own name (NAME:key=value)", v.name)));
+                return Err(Error::Input(format!(
+                    "two variants are named '{}'; give each its own name (NAME:key=value)",
+                    v.name
+                )));
             }
         }
         Ok(variants)
@@ -242,7 +250,8 @@ pub fn with_seeds(jobs: Vec<(String, Config)>, seeds: usize) -> Result<Vec<(Stri
     for (name, config) in jobs {
         for i in 0..seeds as u64 {
             let mut c = config.clone();
-            c.train.seed = config.train.seed.checked_add(i).ok_or_else(|| Error::Input("seed + --seeds overflows".into()))?;
+            c.train.seed =
+                config.train.seed.checked_add(i).ok_or_else(|| Error::Input("seed + --seeds overflows".into()))?;
             out.push((format!("{name}/seed-{}", c.train.seed), c));
         }
     }
@@ -261,7 +270,14 @@ const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"
 
 /// A line plot as a standalone SVG. Non-finite points break a line; `log_x`/`log_y` plot
 /// log10 of the values.
-pub fn svg_plot(title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)], log_x: bool, log_y: bool) -> String {
+pub fn svg_plot(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    log_x: bool,
+    log_y: bool,
+) -> String {
     let (w, h, l, r, t, b) = (720.0, 420.0, 70.0, 180.0, 36.0, 48.0);
     let tx = |x: f64| if log_x { x.log10() } else { x };
     let ty = |y: f64| if log_y { y.log10() } else { y };
@@ -280,9 +296,10 @@ pub fn svg_plot(title: &str, x_label: &str, y_label: &str, series: &[(String, Ve
         svg.push_str("<text x=\"50%\" y=\"50%\" text-anchor=\"middle\">no finite data</text>\n</svg>\n");
         return svg;
     }
-    let (mut x0, mut x1, mut y0, mut y1) = pts.iter().fold((f64::MAX, f64::MIN, f64::MAX, f64::MIN), |(a, b, c, d), &(x, y)| {
-        (a.min(x), b.max(x), c.min(y), d.max(y))
-    });
+    let (mut x0, mut x1, mut y0, mut y1) =
+        pts.iter().fold((f64::MAX, f64::MIN, f64::MAX, f64::MIN), |(a, b, c, d), &(x, y)| {
+            (a.min(x), b.max(x), c.min(y), d.max(y))
+        });
     if x1 - x0 < 1e-12 {
         x0 -= 1.0;
         x1 += 1.0;
@@ -301,11 +318,35 @@ pub fn svg_plot(title: &str, x_label: &str, y_label: &str, series: &[(String, Ve
             (false, true) => format!("{v:.0}"),
             (false, false) => format!("{v:.3}"),
         };
-        let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", px(fx), h - b + 16.0, label(fx, log_x, x1 - x0));
-        let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>", l - 6.0, py(fy) + 4.0, label(fy, log_y, y1 - y0));
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            px(fx),
+            h - b + 16.0,
+            label(fx, log_x, x1 - x0)
+        );
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            l - 6.0,
+            py(fy) + 4.0,
+            label(fy, log_y, y1 - y0)
+        );
     }
-    let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", l + (w - l - r) / 2.0, h - 8.0, escape(x_label));
-    let _ = writeln!(svg, "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">{}</text>", h / 2.0, h / 2.0, escape(y_label));
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+        l + (w - l - r) / 2.0,
+        h - 8.0,
+        escape(x_label)
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">{}</text>",
+        h / 2.0,
+        h / 2.0,
+        escape(y_label)
+    );
     for (i, (name, points)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let mut d = String::new();
@@ -320,11 +361,21 @@ pub fn svg_plot(title: &str, x_label: &str, y_label: &str, series: &[(String, Ve
             pen_down = true;
         }
         let _ = writeln!(svg, "<path d=\"{d}\" stroke=\"{color}\" stroke-width=\"1.5\" fill=\"none\"/>");
-        for &(x, y) in points.iter().filter(|(x, y)| tx(*x).is_finite() && ty(*y).is_finite()).take(if points.len() <= 12 { 12 } else { 0 }) {
-            let _ = writeln!(svg, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{color}\"/>", px(tx(x)), py(ty(y)));
+        for &(x, y) in points
+            .iter()
+            .filter(|(x, y)| tx(*x).is_finite() && ty(*y).is_finite())
+            .take(if points.len() <= 12 { 12 } else { 0 })
+        {
+            let _ =
+                writeln!(svg, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{color}\"/>", px(tx(x)), py(ty(y)));
         }
         let ly = t + 14.0 + 16.0 * i as f64;
-        let _ = writeln!(svg, "<rect x=\"{}\" y=\"{}\" width=\"14\" height=\"3\" fill=\"{color}\"/>", w - r + 12.0, ly - 4.0);
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{}\" y=\"{}\" width=\"14\" height=\"3\" fill=\"{color}\"/>",
+            w - r + 12.0,
+            ly - 4.0
+        );
         let _ = writeln!(svg, "<text x=\"{}\" y=\"{ly}\">{}</text>", w - r + 30.0, escape(name));
     }
     svg.push_str("</svg>\n");
@@ -356,7 +407,8 @@ fn group_by_variant<'a>(names: impl Iterator<Item = &'a str>) -> Vec<(String, Ve
 /// The mean over several runs of one metric, at the steps where every run has it (so a
 /// curve ends where its first seed diverged).
 fn mean_curve(runs: &[&[StepRecord]], pick: fn(&StepRecord) -> Option<f64>) -> Vec<(f64, f64)> {
-    let per_run: Vec<BTreeMap<usize, f64>> = runs.iter().map(|r| r.iter().filter_map(|x| pick(x).map(|v| (x.step, v))).collect()).collect();
+    let per_run: Vec<BTreeMap<usize, f64>> =
+        runs.iter().map(|r| r.iter().filter_map(|x| pick(x).map(|v| (x.step, v))).collect()).collect();
     let Some(first) = per_run.first() else { return Vec::new() };
     first
         .keys()
@@ -377,27 +429,47 @@ fn mean_sd(mean: Option<f64>, sd: Option<f64>) -> String {
 /// A comparison's report: markdown and the SVG files it links, from each run's records.
 /// Runs named `variant/seed-S` are several seeds of one variant: the report then adds
 /// their means and spread, and plots the mean curves.
-pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Vec<StepRecord>)]) -> (String, Vec<(String, String)>) {
+pub fn comparison_report(
+    title: &str,
+    command: &str,
+    runs: &[(String, Config, Vec<StepRecord>)],
+) -> (String, Vec<(String, String)>) {
     let summaries: Vec<Summary> = runs.iter().map(|(n, c, r)| Summary::of(n, c, r)).collect();
     let groups = group_by_variant(runs.iter().map(|(n, _, _)| n.as_str()));
     let seeds = groups.iter().map(|(_, runs)| runs.len()).max().unwrap_or(1);
     let curve = |pick: fn(&StepRecord) -> Option<f64>| -> Vec<(String, Vec<(f64, f64)>)> {
         groups
             .iter()
-            .map(|(v, idx)| (v.clone(), mean_curve(&idx.iter().map(|&i| runs[i].2.as_slice()).collect::<Vec<_>>(), pick)))
+            .map(|(v, idx)| {
+                (v.clone(), mean_curve(&idx.iter().map(|&i| runs[i].2.as_slice()).collect::<Vec<_>>(), pick))
+            })
             .collect()
     };
     let over = if seeds > 1 { format!(" (mean over {seeds} seeds)") } else { String::new() };
     let mut svgs = vec![
-        ("loss.svg".to_string(), svg_plot(&format!("training loss{over}"), "step", "loss", &curve(|r| r.loss), false, false)),
-        ("val_loss.svg".to_string(), svg_plot(&format!("validation loss{over}"), "step", "loss", &curve(|r| r.val_loss), false, false)),
+        (
+            "loss.svg".to_string(),
+            svg_plot(&format!("training loss{over}"), "step", "loss", &curve(|r| r.loss), false, false),
+        ),
+        (
+            "val_loss.svg".to_string(),
+            svg_plot(&format!("validation loss{over}"), "step", "loss", &curve(|r| r.val_loss), false, false),
+        ),
     ];
     let mut md = format!("# {title}\n\nCommand: `{command}`\n\n{}\n", comparison_table(&summaries));
     if seeds > 1 {
         md.push_str("Across seeds: the mean ± the sample standard deviation over the runs that did not diverge.\n\n| variant | seeds | best val | final val | diverged |\n|---|---:|---:|---:|---:|\n");
         for (v, idx) in &groups {
             let s = Summary::over_seeds(v, &idx.iter().map(|&i| summaries[i].clone()).collect::<Vec<_>>());
-            let _ = writeln!(md, "| {v} | {} | {} | {} | {} of {} |", s.runs, mean_sd(s.best_val, s.best_val_sd), mean_sd(s.final_val, s.final_val_sd), s.diverged_runs, s.runs);
+            let _ = writeln!(
+                md,
+                "| {v} | {} | {} | {} | {} of {} |",
+                s.runs,
+                mean_sd(s.best_val, s.best_val_sd),
+                mean_sd(s.final_val, s.final_val_sd),
+                s.diverged_runs,
+                s.runs
+            );
         }
         md.push('\n');
     }
@@ -405,9 +477,23 @@ pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Ve
     for (name, _, records) in runs {
         let file = name.replace('/', "-");
         let (g, a) = (format!("grad_norms-{file}.svg"), format!("act_rms-{file}.svg"));
-        svgs.push((g.clone(), svg_plot(&format!("{name}: gradient norm per parameter group"), "step", "norm", &grouped_grad_norms(records), false, true)));
-        svgs.push((a.clone(), svg_plot(&format!("{name}: activation RMS per block"), "step", "RMS", &block_rms(records), false, true)));
-        let _ = write!(md, "## {name}\n\n![gradient norms]({g})\n\n![activation RMS]({a})\n\nRun directory: `{name}/`\n\n");
+        svgs.push((
+            g.clone(),
+            svg_plot(
+                &format!("{name}: gradient norm per parameter group"),
+                "step",
+                "norm",
+                &grouped_grad_norms(records),
+                false,
+                true,
+            ),
+        ));
+        svgs.push((
+            a.clone(),
+            svg_plot(&format!("{name}: activation RMS per block"), "step", "RMS", &block_rms(records), false, true),
+        ));
+        let _ =
+            write!(md, "## {name}\n\n![gradient norms]({g})\n\n![activation RMS]({a})\n\nRun directory: `{name}/`\n\n");
     }
     (md, svgs)
 }
@@ -416,7 +502,12 @@ pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Ve
 /// `LrStability` (`near` in nats) and, when both are present, SimpleNorm's over pre-LN's.
 /// `unigram` (the data's `Dataset::unigram_loss`) is quoted as the level a run that learns
 /// no context stalls at.
-pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], near: f64, unigram: f64) -> (String, Vec<(String, String)>) {
+pub fn sweep_report(
+    command: &str,
+    runs: &[(String, Config, Vec<StepRecord>)],
+    near: f64,
+    unigram: f64,
+) -> (String, Vec<(String, String)>) {
     let per_run: Vec<(String, Summary)> = runs.iter().map(|(v, c, r)| (v.clone(), Summary::of(v, c, r))).collect();
     // Several seeds of one variant at one LR are summarised together.
     let mut summaries: Vec<(String, Summary)> = Vec::new();
@@ -424,7 +515,8 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
         if summaries.iter().any(|(n, x)| n == v && x.lr == s.lr) {
             continue;
         }
-        let seeds: Vec<Summary> = per_run.iter().filter(|(n, x)| n == v && x.lr == s.lr).map(|(_, x)| x.clone()).collect();
+        let seeds: Vec<Summary> =
+            per_run.iter().filter(|(n, x)| n == v && x.lr == s.lr).map(|(_, x)| x.clone()).collect();
         summaries.push((v.clone(), if seeds.len() == 1 { seeds[0].clone() } else { Summary::over_seeds(v, &seeds) }));
     }
     let seeds = summaries.iter().map(|(_, s)| s.runs).max().unwrap_or(1);
@@ -437,9 +529,14 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
     let mut lrs: Vec<f64> = summaries.iter().map(|(_, s)| s.lr).collect();
     lrs.sort_by(f64::total_cmp);
     lrs.dedup();
-    let mut md = format!("# Learning-rate sweep\n\nCommand: `{command}`\n\nFinal validation loss at each learning rate (the final training batch's loss where a run has no evaluation; `diverged@N`: divergence detected at step N; `*`: did not train, final training loss not below the first). For scale: a model that knows only how often each character occurs has a validation loss of {unigram:.4} on this data, so a run that ends near it has learned the alphabet, not the text.");
+    let mut md = format!(
+        "# Learning-rate sweep\n\nCommand: `{command}`\n\nFinal validation loss at each learning rate (the final training batch's loss where a run has no evaluation; `diverged@N`: divergence detected at step N; `*`: did not train, final training loss not below the first). For scale: a model that knows only how often each character occurs has a validation loss of {unigram:.4} on this data, so a run that ends near it has learned the alphabet, not the text."
+    );
     if seeds > 1 {
-        let _ = write!(md, " Each cell is the mean over {seeds} seeds ± their sample standard deviation; a learning rate counts as diverged if any seed diverged there.");
+        let _ = write!(
+            md,
+            " Each cell is the mean over {seeds} seeds ± their sample standard deviation; a learning rate counts as diverged if any seed diverged there."
+        );
     }
     md.push_str("\n\n| variant |");
     for lr in &lrs {
@@ -451,7 +548,9 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
     for v in &variants {
         let _ = write!(md, "| {v} |");
         for lr in &lrs {
-            let cell = summaries.iter().find(|(n, s)| n == v && s.lr == *lr).map_or("–".to_string(), |(_, s)| match s.diverged_at {
+            let cell = summaries.iter().find(|(n, s)| n == v && s.lr == *lr).map_or("–".to_string(), |(_, s)| match s
+                .diverged_at
+            {
                 Some(d) if s.runs > 1 => format!("diverged@{d} ({} of {} seeds)", s.diverged_runs, s.runs),
                 Some(d) => format!("diverged@{d}"),
                 None => format!("{}{}", mean_sd(s.end_loss(), s.final_val_sd), if s.stable() { "" } else { "*" }),
@@ -468,13 +567,19 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
     let lr = |v: Option<f64>| v.map_or("none".to_string(), |lr| format!("{lr:.1e}"));
     for v in &variants {
         let s = &stability[v];
-        let (best_lr, best_loss) = s.best.map_or(("none".into(), "–".into()), |(l, loss)| (format!("{l:.1e}"), format!("{loss:.4}")));
-        let _ = writeln!(md, "| {v} | {} | {} | {best_lr} | {best_loss} |", lr(s.largest_trained), lr(s.largest_near_best));
+        let (best_lr, best_loss) =
+            s.best.map_or(("none".into(), "–".into()), |(l, loss)| (format!("{l:.1e}"), format!("{loss:.4}")));
+        let _ =
+            writeln!(md, "| {v} | {} | {} | {best_lr} | {best_loss} |", lr(s.largest_trained), lr(s.largest_near_best));
     }
     let _ = write!(
         md,
         "\n\"Trained\": did not diverge and its training loss ended below its first{}. \"Within {near}\": its final validation loss is at most {near} nats above the variant's best in this sweep.\n",
-        if seeds > 1 { " (over seeds: no seed diverged, and the mean final training loss is below the mean first)" } else { "" }
+        if seeds > 1 {
+            " (over seeds: no seed diverged, and the mean final training loss is below the mean first)"
+        } else {
+            ""
+        }
     );
     let norm_of = |v: &String| runs.iter().find(|(n, _, _)| n == v).map(|(_, c, _)| c.model.norm);
     let find = |norm| variants.iter().find(|v| norm_of(v) == Some(norm)).map(|v| &stability[v]);
@@ -498,11 +603,28 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
     let series: Vec<(String, Vec<(f64, f64)>)> = variants
         .iter()
         .map(|v| {
-            let pts = summaries.iter().filter(|(n, _)| n == v).map(|(_, s)| (s.lr, if s.diverged_at.is_some() { f64::NAN } else { s.end_loss().unwrap_or(f64::NAN) })).collect();
+            let pts = summaries
+                .iter()
+                .filter(|(n, _)| n == v)
+                .map(|(_, s)| (s.lr, if s.diverged_at.is_some() { f64::NAN } else { s.end_loss().unwrap_or(f64::NAN) }))
+                .collect();
             (v.clone(), pts)
         })
         .collect();
-    (md, vec![("final_loss_vs_lr.svg".into(), svg_plot("final validation loss vs learning rate (gaps: diverged)", "learning rate", "final val loss", &series, true, false))])
+    (
+        md,
+        vec![(
+            "final_loss_vs_lr.svg".into(),
+            svg_plot(
+                "final validation loss vs learning rate (gaps: diverged)",
+                "learning rate",
+                "final val loss",
+                &series,
+                true,
+                false,
+            ),
+        )],
+    )
 }
 
 /// The parameter group of a parameter path, for grouped gradient norms.
@@ -586,10 +708,18 @@ mod tests {
     #[test]
     fn seeds_are_summarised_by_their_mean_and_spread() {
         let c = Config::preset("tiny").unwrap();
-        let rec = |step, loss: f64| StepRecord { step, loss: Some(loss), val_loss: Some(loss + 0.1), ..Default::default() };
+        let rec =
+            |step, loss: f64| StepRecord { step, loss: Some(loss), val_loss: Some(loss + 0.1), ..Default::default() };
         let a = Summary::of("a/seed-1", &c, &[rec(0, 4.0), rec(10, 2.0)]);
         let b = Summary::of("a/seed-2", &c, &[rec(0, 4.0), rec(10, 2.2)]);
-        let diverged = Summary::of("a/seed-3", &c, &[rec(0, 4.0), StepRecord { step: 5, loss: Some(f64::NAN), diverged: Some("NaN".into()), ..Default::default() }]);
+        let diverged = Summary::of(
+            "a/seed-3",
+            &c,
+            &[
+                rec(0, 4.0),
+                StepRecord { step: 5, loss: Some(f64::NAN), diverged: Some("NaN".into()), ..Default::default() },
+            ],
+        );
         let s = Summary::over_seeds("a", &[a.clone(), b.clone()]);
         assert!((s.best_val.unwrap() - 2.2).abs() < 1e-12 && (s.final_loss.unwrap() - 2.1).abs() < 1e-12);
         assert!((s.best_val_sd.unwrap() - 0.02f64.sqrt()).abs() < 1e-12, "sample sd of 2.1 and 2.3");
@@ -610,7 +740,12 @@ mod tests {
         assert!(with_seeds(jobs.clone(), 0).is_err());
         assert!(Variant::parse_all(&["a:norm=simple".into(), "a:norm=pre_ln".into()]).is_err());
         // x's seeds end at val 2.1 and 2.3, y's both at 3.1; one val point each at step 10.
-        let rec = |step, loss: f64| StepRecord { step, loss: Some(loss), val_loss: (step == 10).then_some(loss + 0.1), ..Default::default() };
+        let rec = |step, loss: f64| StepRecord {
+            step,
+            loss: Some(loss),
+            val_loss: (step == 10).then_some(loss + 0.1),
+            ..Default::default()
+        };
         let runs: Vec<_> = jobs
             .iter()
             .zip([2.0, 2.2, 3.0, 3.0])
@@ -620,13 +755,17 @@ mod tests {
         assert!(md.contains("| x | 2 | 2.2000 ± 0.1414 | 2.2000 ± 0.1414 | 0 of 2 |"), "{md}");
         assert!(md.contains("| y | 2 | 3.1000 ± 0.0000 |"), "{md}");
         assert!(svgs.iter().any(|(f, _)| f == "grad_norms-x-seed-1338.svg"), "no '/' in file names");
-        assert_eq!(mean_curve(&[runs[0].2.as_slice(), runs[1].2.as_slice()], |r| r.loss), vec![(0.0, 4.0), (10.0, 2.1)]);
+        assert_eq!(
+            mean_curve(&[runs[0].2.as_slice(), runs[1].2.as_slice()], |r| r.loss),
+            vec![(0.0, 4.0), (10.0, 2.1)]
+        );
     }
 
     #[test]
     fn a_sweep_with_seeds_averages_each_learning_rate() {
         let rec = |step, loss: f64| StepRecord { step, loss: Some(loss), val_loss: Some(loss), ..Default::default() };
-        let blown = StepRecord { step: 5, loss: Some(f64::INFINITY), diverged: Some("inf".into()), ..Default::default() };
+        let blown =
+            StepRecord { step: 5, loss: Some(f64::INFINITY), diverged: Some("inf".into()), ..Default::default() };
         let at = |lr: f64, records: Vec<StepRecord>| {
             let mut c = Config::preset("tiny").unwrap();
             c.train.lr = lr;
@@ -645,7 +784,17 @@ mod tests {
 
     #[test]
     fn svg_has_a_path_per_series_and_survives_nan() {
-        let s = svg_plot("t", "x", "y", &[("a".into(), vec![(0.0, 1.0), (1.0, 0.8), (2.0, f64::NAN), (3.0, 0.5), (4.0, 0.4)]), ("b".into(), vec![])], false, true);
+        let s = svg_plot(
+            "t",
+            "x",
+            "y",
+            &[
+                ("a".into(), vec![(0.0, 1.0), (1.0, 0.8), (2.0, f64::NAN), (3.0, 0.5), (4.0, 0.4)]),
+                ("b".into(), vec![]),
+            ],
+            false,
+            true,
+        );
         assert_eq!(s.matches("<path").count(), 1 + 2, "axes + one per series");
         assert!(s.contains(">a</text>") && s.contains(">b</text>"));
         assert!(!s.contains("NaN") && !s.contains("inf"), "no non-finite coordinate written: {s}");

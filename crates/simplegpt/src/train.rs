@@ -13,9 +13,9 @@ use web_time::Instant;
 use crate::config::Config;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
-use crate::params::{mean_all, read_f32};
 use crate::model::{DropoutKey, Gpt};
 use crate::optim::{AdamW, GradSum, learning_rate};
+use crate::params::{mean_all, read_f32};
 
 /// One line of `metrics.jsonl`: what happened at one logged step. Fields that were not
 /// measured at this step are absent.
@@ -85,7 +85,15 @@ impl Trainer {
         config.validate()?;
         let device = device.clone().autodiff();
         let model = config.model.init(config.train.seed, &device);
-        Ok(Trainer { config, data, device, model, optimizer: AdamW::default(), progress: Progress::default(), last_log: None })
+        Ok(Trainer {
+            config,
+            data,
+            device,
+            model,
+            optimizer: AdamW::default(),
+            progress: Progress::default(),
+            last_log: None,
+        })
     }
 
     pub fn finished(&self) -> bool {

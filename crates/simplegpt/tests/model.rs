@@ -96,11 +96,7 @@ impl ModuleMapper for ScaleLinears {
         self.1.pop();
     }
     fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if D == 2 && self.1.first().is_some_and(|s| s == "blocks") {
-            p.map(|t| t * self.0)
-        } else {
-            p
-        }
+        if D == 2 && self.1.first().is_some_and(|s| s == "blocks") { p.map(|t| t * self.0) } else { p }
     }
 }
 
@@ -129,8 +125,11 @@ impl PathMapper for Randomize {
         let t = param.val();
         let (shape, device) = (t.shape(), t.device());
         let gain = if D == 1 && path.ends_with(".weight") { 1.0 } else { 0.0 };
-        let values: Vec<f32> =
-            Stream::new(7, path, 0).normal_vec(shape.num_elements(), self.0, false).into_iter().map(|v| v + gain).collect();
+        let values: Vec<f32> = Stream::new(7, path, 0)
+            .normal_vec(shape.num_elements(), self.0, false)
+            .into_iter()
+            .map(|v| v + gain)
+            .collect();
         params::replaced(param, Tensor::from_data(TensorData::new(values, shape), &device))
     }
 }
@@ -173,7 +172,10 @@ fn gradients_match_finite_differences() {
         cases.push(c);
     }
     for c in cases {
-        let what = format!("{:?} {:?} {:?} bias {} tied {}", c.model.norm, c.model.mlp, c.model.pos, c.model.bias, c.model.tie_weights);
+        let what = format!(
+            "{:?} {:?} {:?} bias {} tied {}",
+            c.model.norm, c.model.mlp, c.model.pos, c.model.bias, c.model.tie_weights
+        );
         // Not at init: there most weights are ~0.02, attention is almost uniform, and many
         // gradients are ~1e-5, at the resolution of differences of an f32 loss (its ulp / 2h).
         // At random weights of std 0.3 every gradient is measurable.

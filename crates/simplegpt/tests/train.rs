@@ -78,7 +78,10 @@ fn a_tiny_model_learns_a_short_text() {
     let rms = diag.act_rms.as_ref().unwrap();
     assert_eq!(rms.len(), c.model.n_layer);
     assert!(rms.iter().all(|r| r.is_finite() && *r > 0.0), "{rms:?}");
-    assert!(records.iter().filter(|r| r.grad_norms.is_some()).map(|r| r.step).eq((0..300).step_by(5)), "every 5th step");
+    assert!(
+        records.iter().filter(|r| r.grad_norms.is_some()).map(|r| r.step).eq((0..300).step_by(5)),
+        "every 5th step"
+    );
 }
 
 #[test]
@@ -163,7 +166,8 @@ fn a_sum_over_a_whole_tensor_is_the_same_on_every_run_on_wgpu() {
     let device = simplegpt::device::open("wgpu").expect("a wgpu adapter (lavapipe in CI)").device;
     // 2^20 values of mixed signs and magnitudes, where the order of additions shows.
     let n = 1 << 20;
-    let values: Vec<f32> = (0..n as u64).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3 * (1.0 + (i % 13) as f32)).collect();
+    let values: Vec<f32> =
+        (0..n as u64).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3 * (1.0 + (i % 13) as f32)).collect();
     let x: Tensor<1> = Tensor::from_data(TensorData::new(values.clone(), [n]), &device);
     let sum = |x: Tensor<1>| simplegpt::params::sum_all(x).into_data().try_to_vec::<f32>().unwrap()[0];
     let first = sum(x.clone());
@@ -171,5 +175,8 @@ fn a_sum_over_a_whole_tensor_is_the_same_on_every_run_on_wgpu() {
         assert_eq!(sum(x.clone()).to_bits(), first.to_bits(), "sum_all changed between runs");
     }
     let exact: f64 = values.iter().map(|&v| v as f64).sum();
-    assert!((first as f64 - exact).abs() <= 1e-5 * values.iter().map(|v| v.abs() as f64).sum::<f64>(), "{first} vs {exact}");
+    assert!(
+        (first as f64 - exact).abs() <= 1e-5 * values.iter().map(|v| v.abs() as f64).sum::<f64>(),
+        "{first} vs {exact}"
+    );
 }
