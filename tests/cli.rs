@@ -310,6 +310,19 @@ fn bad_input_gets_a_one_line_error() {
         c
     });
     assert!(String::from_utf8_lossy(&resumed.stdout).contains("already finished"));
+    // The recorded file moved: the message says which it was.
+    std::fs::rename(p("other.txt"), p("moved.txt")).unwrap();
+    fails(&["train", "--resume", &on_file], "was trained on --data");
+    std::fs::rename(p("moved.txt"), p("other.txt")).unwrap();
+    // A diverged run is not resumed either, and says why.
+    let blown = p("blown");
+    ok(train(Path::new(&blown), 20, &["--set", "lr=1e9"]));
+    let resumed = ok({
+        let mut c = bin();
+        c.args(["train", "--resume", &blown]);
+        c
+    });
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("diverged at step"));
     // A checkpoint cut off half way (its header intact, its tensors not), then garbage.
     let ckpt = Path::new(&run_dir).join("ckpt.safetensors");
     let bytes = std::fs::read(&ckpt).unwrap();

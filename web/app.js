@@ -207,7 +207,8 @@ function redraw() {
   // Every parameter of a small model; groups (root of summed squares) of a bigger one, the
   // CLI report's groups.
   const grouped = names.length > 16;
-  const group = (n) => (grouped ? param_group(n) : n);
+  const groupOf = new Map(names.map((n) => [n, grouped ? param_group(n) : n]));
+  const group = (n) => groupOf.get(n);
   const keys = [...new Set(names.map(group))];
   const norm = (r, k) => Math.sqrt(names.filter((n) => group(n) === k).reduce((a, n) => a + r.grad_norms[n] ** 2, 0));
   $('grad-caption').textContent = grouped ? 'Gradient norm per parameter group,' : 'Gradient norm per parameter,';

@@ -40,8 +40,8 @@ enum Command {
         /// Replace the run that --out already holds.
         #[arg(long, conflicts_with = "resume")]
         overwrite: bool,
-        /// Continue the run in this directory from its checkpoint, on its data and backend
-        /// (those it recorded, unless --data/--device say otherwise).
+        /// Continue the run in this directory from its checkpoint, on the data and backend it
+        /// recorded (--data and --device may name them again, not change them).
         #[arg(long, conflicts_with = "out")]
         resume: Option<PathBuf>,
         /// Start from these weights (a safetensors file in the names `export` writes)
@@ -212,8 +212,8 @@ struct RunArgs {
 /// The `--preset` help, from the presets' own descriptions.
 fn preset_help() -> String {
     let presets: Vec<String> =
-        simplegpt::config::PRESETS.iter().map(|(name, what)| format!("{name} ({what})")).collect();
-    format!("A preset: {}; tiny when none is given", presets.join(", "))
+        simplegpt::config::PRESETS.iter().map(|(name, what)| format!("{name}: {what}")).collect();
+    format!("A preset; tiny when none is given. {}", presets.join("; "))
 }
 
 impl RunArgs {
@@ -245,15 +245,27 @@ impl RunArgs {
     /// the file from any directory.
     fn data_source(&self) -> String {
         match self.data.as_deref() {
-            None => record::EMBEDDED_DATA.to_string(),
+            None | Some(record::EMBEDDED_DATA) => record::EMBEDDED_DATA.to_string(),
             Some("tinyshakespeare") => "tinyshakespeare".to_string(),
             Some(path) => std::path::absolute(path).map_or(path.to_string(), |p| p.display().to_string()),
         }
     }
 }
 
+/// The data a run directory recorded (its header's `data_source`; the embedded corpus for a
+/// run from before it was recorded), for a command given no --data.
+fn recorded_data(dir: &Path, source: Option<&str>, block_size: usize) -> Result<Dataset> {
+    load_data(source, block_size).map_err(|e| match source {
+        Some(s) if s != record::EMBEDDED_DATA => Error::Input(format!(
+            "{} was trained on --data {s}, which cannot be used now ({e}); pass --data with its new location",
+            dir.display()
+        )),
+        _ => e,
+    })
+}
+
 /// The data named by `--data` (or a header's `data_source`): a file, `tinyshakespeare`, or
-/// the embedded corpus when none.
+/// the embedded corpus when none or `embedded`.
 fn load_data(source: Option<&str>, block_size: usize) -> Result<Dataset> {
     match source {
         None | Some(record::EMBEDDED_DATA) => {
@@ -558,8 +570,10 @@ fn train(
             }
             let header = record::read_header(&dir.path)?;
             // Without --data, the data the run started with; then the same check either way.
-            let source = args.data.as_deref().or(header.data_source.as_deref());
-            let data = load_data(source, ckpt.config.model.block_size)?;
+            let data = match &args.data {
+                Some(given) => load_data(Some(given), ckpt.config.model.block_size)?,
+                None => recorded_data(dir_path, header.data_source.as_deref(), ckpt.config.model.block_size)?,
+            };
             dir.check_same_data(&data, header.data_source.as_deref())?;
             // One run, one backend: its header (and so `repro`) names the device it ran on.
             let device = if args.device == "auto" { header.backend.as_str() } else { args.device.as_str() };
@@ -573,6 +587,10 @@ fn train(
                 )));
             }
             let trainer = Trainer::resume(&ckpt, data, &opened.device)?;
+            if let Some(step) = trainer.progress.diverged_at {
+                println!("{} diverged at step {step}; nothing to resume", dir_path.display());
+                return Ok(());
+            }
             if trainer.finished() {
                 println!(
                     "{} has already finished ({} steps); nothing to resume",
@@ -682,8 +700,8 @@ fn repro(
             // Two records are compared as they are: options that shape a run would be ignored.
             if args.explicit_config() || args.data.is_some() || args.device != "auto" || steps.is_some() {
                 return Err(Error::Input(
-                    "repro RUN_A RUN_B compares two finished runs; --preset, --config, --set, --data, --device and --steps \
-                     are for repro --backends"
+                    "repro RUN_A RUN_B compares two finished runs; --preset, --config, --set, --data and --steps \
+                     are for repro --backends, and --device for neither"
                         .into(),
                 ));
             }
@@ -791,7 +809,11 @@ fn checkpoint_and_data(from: &Path, args: &RunArgs) -> Result<(Checkpoint, Datas
     }
     let ckpt = read_checkpoint(from)?;
     let recorded = if from.is_dir() { record::read_header(from).ok().and_then(|h| h.data_source) } else { None };
-    let data = load_data(args.data.as_deref().or(recorded.as_deref()), ckpt.config.model.block_size)?;
+    let block_size = ckpt.config.model.block_size;
+    let data = match &args.data {
+        Some(given) => load_data(Some(given), block_size)?,
+        None => recorded_data(from, recorded.as_deref(), block_size)?,
+    };
     ckpt.check_vocabulary(&data)?;
     Ok((ckpt, data))
 }
@@ -813,8 +835,8 @@ struct LiveRun {
     bar: ProgressBar,
 }
 
-/// Trains each (name, config) into `out/name` and returns the records as read back from
-/// each run's metrics.jsonl. One run after another, or with `interleave` all at once, one
+/// Trains each (name, config) into `out/name` and returns each run's records (those it logged
+/// to its metrics.jsonl, or read from there for a run reused). One run after another, or with `interleave` all at once, one
 /// step of each in turn, so that their curves grow side by side: the report is then
 /// rewritten at every evaluation, to be watched while the study trains.
 fn run_study(
@@ -872,9 +894,9 @@ fn run_study(
             bar.set_prefix(format!("{}/{total} {name}", index + 1));
             live.push(LiveRun { index, name, dir, trainer, records: Vec::new(), bar });
         }
-        while live.iter().any(|run| !run.trainer.finished()) {
+        while !live.is_empty() {
             let mut evaluated = false;
-            for run in live.iter_mut().filter(|run| !run.trainer.finished()) {
+            for run in &mut live {
                 let before = updates_done(&run.trainer);
                 let record = run.trainer.step_to_dir(&run.dir)?;
                 study.inc((updates_done(&run.trainer) - before) as u64);
@@ -885,6 +907,25 @@ fn run_study(
                 }
                 evaluated |= record.val_loss.is_some();
                 run.records.push(record);
+            }
+            // A run that has ended (or diverged) leaves the study here, with its line.
+            let (ended, going): (Vec<LiveRun>, Vec<LiveRun>) = live.into_iter().partition(|r| r.trainer.finished());
+            live = going;
+            for run in ended {
+                run.bar.finish_and_clear();
+                // A diverged run ends early: the study bar counts its remaining steps as done.
+                study.inc((run.trainer.config.train.max_steps - updates_done(&run.trainer)) as u64);
+                let summary = study::Summary::of(&run.name, &run.trainer.config, &run.records);
+                bars.suspend(|| {
+                    eprintln!(
+                        "[{}/{total}] {}: final loss {}{}",
+                        run.index + 1,
+                        run.name,
+                        summary.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
+                        summary.diverged_at.map_or(String::new(), |d| format!(", diverged at step {d}"))
+                    )
+                });
+                finished[run.index] = Some((run.name, run.trainer.config, run.records));
             }
             if interleave && evaluated {
                 let done = finished.iter().flatten().count();
@@ -900,23 +941,6 @@ fn run_study(
                 let (md, svgs) = study::comparison_report(&title(done), &command_line(), &sofar);
                 write_report_files(out, &md, &svgs)?;
             }
-        }
-        for run in live {
-            run.bar.finish_and_clear();
-            // A diverged run ends early: the study bar counts its remaining steps as done.
-            study.inc((run.trainer.config.train.max_steps - updates_done(&run.trainer)) as u64);
-            let records = simplegpt::run::read_metrics(&run.dir.path.join(simplegpt::run::METRICS_FILE))?;
-            let summary = study::Summary::of(&run.name, &run.trainer.config, &records);
-            bars.suspend(|| {
-                eprintln!(
-                    "[{}/{total}] {}: final loss {}{}",
-                    run.index + 1,
-                    run.name,
-                    summary.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
-                    summary.diverged_at.map_or(String::new(), |d| format!(", diverged at step {d}"))
-                )
-            });
-            finished[run.index] = Some((run.name, run.trainer.config, records));
         }
     }
     study.finish_and_clear();

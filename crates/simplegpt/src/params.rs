@@ -116,18 +116,49 @@ pub async fn read_f32(t: Tensor<1>) -> Result<Vec<f32>> {
 /// run to run; a reduction along one dimension at a time has a fixed order. Losses, gradient
 /// norms (and so clipping) and activation RMS all go through it.
 pub fn sum_all<const D: usize>(x: Tensor<D>) -> Tensor<1> {
+    const ROW: usize = 4096;
     let n = x.shape().num_elements();
-    // Fold the last dimension into rows of at most 4096 where it divides, so that no stage is
-    // one long serial sum; then reduce the last dimension, and the next, to one element.
-    let mut x = x.reshape([n]);
-    let row = (1..=4096).rev().find(|r| n % r == 0).unwrap_or(1);
-    let x2: Tensor<2> = x.reshape([n / row, row]);
-    x = x2.sum_dim(1).reshape([n / row]);
-    x.sum_dim(0)
+    if n == 0 {
+        return Tensor::zeros([1], &x.device());
+    }
+    let x: Tensor<1> = x.reshape([n]);
+    if n <= ROW {
+        return x.sum_dim(0);
+    }
+    // Rows of ROW elements (zero-padded: adding zeros is exact), each summed, then the rows:
+    // two stages, neither one long serial sum.
+    let rows = n.div_ceil(ROW);
+    let x = if rows * ROW == n {
+        x
+    } else {
+        let zeros = Tensor::zeros([rows * ROW - n], &x.device());
+        Tensor::cat(vec![x, zeros], 0)
+    };
+    let partial: Tensor<2> = x.reshape([rows, ROW]).sum_dim(1);
+    partial.reshape([rows]).sum_dim(0)
 }
 
 /// The mean of every element of `x`, as `sum_all`.
 pub fn mean_all<const D: usize>(x: Tensor<D>) -> Tensor<1> {
     let n = x.shape().num_elements();
     sum_all(x) / n as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    #[test]
+    fn sum_all_adds_every_element_at_any_size() {
+        let device = Device::flex();
+        // Empty, one, one row, exact rows, and a prime above a row (padded).
+        for n in [0usize, 1, 4096, 3 * 4096, 10007] {
+            let values: Vec<f32> = (0..n).map(|i| ((i % 97) as f32 - 48.0) / 7.0).collect();
+            let x: Tensor<2> = Tensor::from_data(TensorData::new(values.clone(), [1, n]), &device);
+            let sum = super::sum_all(x).into_data().try_to_vec::<f32>().unwrap();
+            let exact: f64 = values.iter().map(|&v| v as f64).sum();
+            assert_eq!(sum.len(), 1, "n = {n}");
+            assert!((sum[0] as f64 - exact).abs() <= 1e-6 * (1.0 + n as f64), "n = {n}: {} vs {exact}", sum[0]);
+        }
+    }
 }

@@ -59,15 +59,15 @@ impl RunDir {
         let header = crate::record::read_header(&self.path)?;
         let now = crate::record::data_checksum(data);
         if header.data_checksum != now {
-            let hint = match source {
+            let what_to_do = match source {
                 Some(crate::record::EMBEDDED_DATA) => {
-                    "; it started on the embedded corpus: leave out --data".to_string()
+                    "it started on the embedded corpus: resume without --data".to_string()
                 }
-                Some(s) => format!("; it recorded --data {s}"),
-                None => String::new(),
+                Some(s) => format!("it recorded --data {s}: resume with that text"),
+                None => "resume with the --data it was started with".to_string(),
             };
             return Err(Error::Input(format!(
-                "the data differs from the data this run started with (checksum {now}, the run's {}{hint}): resume with the same --data",
+                "the data differs from the data this run started with (checksum {now}, the run's {}); {what_to_do}",
                 header.data_checksum
             )));
         }

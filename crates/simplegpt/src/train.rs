@@ -120,14 +120,19 @@ impl Trainer {
         let mut logged = false;
 
         if step % cfg.eval_interval == 0 || last {
+            let started = Instant::now();
             let (train_loss, val_loss) = self.estimate_loss(step).await?;
             record.train_loss = Some(train_loss);
             record.val_loss = Some(val_loss);
             if val_loss.is_finite() && self.progress.best_val_loss.is_none_or(|b| val_loss < b) {
                 self.progress.best_val_loss = Some(val_loss);
             }
-            // Time spent evaluating is not training: the next tokens/s is timed from here.
-            self.last_log = None;
+            // Time spent evaluating is not training: the clock of the next tokens/s is moved
+            // on by it. (On a GPU its read-back also waits for training work still queued,
+            // which this then leaves out: the figure after an evaluation errs high, not low.)
+            if let Some((since, _)) = &mut self.last_log {
+                *since += started.elapsed();
+            }
             logged = true;
         }
         if last {

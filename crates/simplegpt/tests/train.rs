@@ -180,3 +180,16 @@ fn a_sum_over_a_whole_tensor_is_the_same_on_every_run_on_wgpu() {
         "{first} vs {exact}"
     );
 }
+
+#[test]
+fn tokens_per_second_leaves_out_evaluations_but_is_still_measured_at_them() {
+    // Every logged step is also an evaluation: the figure must still be there, from the
+    // second logged step on.
+    let mut c = config(15);
+    c.train.log_interval = 5;
+    c.train.eval_interval = 5;
+    let records = run(&c, &Device::flex());
+    let timed: Vec<usize> =
+        records.iter().filter(|r| r.tokens_per_sec.is_some_and(|t| t > 0.0)).map(|r| r.step).collect();
+    assert_eq!(timed, vec![5, 10], "{records:?}");
+}
