@@ -295,6 +295,10 @@ fn bad_input_gets_a_one_line_error() {
         &["train", "--device", "cpu", "--out", &p("x"), "--data", &p("other.txt"), "--init-from", &p("w.safetensors")],
         "vocabulary differs",
     );
+    fails(
+        &["train", "--device", "cpu", "--out", &p("x"), "--set", "n_embd=64", "--init-from", &p("w.safetensors")],
+        "needs an f32 tensor wte.weight of shape",
+    );
     fails(&["repro", &run_dir, &run_dir, "--set", "lr=1"], "compares two finished runs");
     fails(&["repro", "--backends", "cpu,gpu"], "unknown device 'gpu'");
     // A run records its data: --resume (here of a finished run) finds it without --data.
@@ -352,6 +356,8 @@ fn bad_input_gets_a_one_line_error() {
     sweep(&["--lr-min", "1e-3", "--lr-max", "1.04e-3", "--points", "3"], "agree to two digits");
     sweep(&["--lr-max", "inf"], "(finite)");
     sweep(&["--set", "lr=0.5"], "sweep sets lr and min_lr itself");
+    std::fs::write(p("lr.toml"), "[train]\nlr = 0.5\n").unwrap();
+    sweep(&["--config", &p("lr.toml")], "drop them from the --config file");
     assert!(!Path::new(&out).join("pre_ln").exists(), "a sweep with a bad grid trains nothing");
 
     // The other commands' numbers.

@@ -423,6 +423,13 @@ fn run(cli: Cli) -> Result<()> {
                 ));
             }
             let base = run.config()?;
+            // With --set refused above, an lr that differs from the preset's is the --config file's.
+            let preset = Config::preset(run.preset.as_deref().unwrap_or("tiny"))?;
+            if (base.train.lr, base.train.min_lr) != (preset.train.lr, preset.train.min_lr) {
+                return Err(Error::Input(
+                    "sweep sets lr and min_lr itself; drop them from the --config file and give the range with --lr-min and --lr-max".into(),
+                ));
+            }
             let grid = study::log_grid(lr_min, lr_max, points);
             // Each LR names a directory and a column (two significant digits).
             let names: Vec<String> = grid.iter().map(|lr| format!("lr-{lr:.1e}")).collect();

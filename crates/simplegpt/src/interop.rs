@@ -130,10 +130,17 @@ impl PathMapper for Import<'_> {
         let dims = param.val().dims().to_vec();
         let (name, transposed) = torch_name(path, D);
         let expected: Vec<usize> = if transposed { vec![dims[1], dims[0]] } else { dims.clone() };
-        let found = self.st.tensor(&name).ok().filter(|v| v.dtype() == Dtype::F32 && v.shape() == expected.as_slice());
-        let Some(view) = found else {
+        let found = self.st.tensor(&name).ok();
+        let Some(view) = found.as_ref().filter(|v| v.dtype() == Dtype::F32 && v.shape() == expected.as_slice()) else {
+            let has = match &found {
+                Some(v) => format!("it has {:?} {:?}", v.dtype(), v.shape()),
+                None => "it has none".to_string(),
+            };
             self.error.get_or_insert_with(|| {
-                Error::Input(format!("{}: no f32 tensor {name} of shape {expected:?} for this config", self.origin))
+                Error::Input(format!(
+                    "{}: this config needs an f32 tensor {name} of shape {expected:?}, and {has}: export with the same config",
+                    self.origin
+                ))
             });
             return param;
         };
