@@ -137,8 +137,7 @@ impl Trainer {
         }
         if last {
             self.progress.step += 1;
-            let val_loss = record.val_loss;
-            self.check_divergence(&mut record, val_loss);
+            self.check_divergence(&mut record);
             return Ok(Some(record));
         }
 
@@ -196,30 +195,27 @@ impl Trainer {
             logged = true;
         }
         // A loss is only known on a logged step, so divergence is only found on one.
-        let (loss, val_loss) = (record.loss, record.val_loss);
-        self.check_divergence(&mut record, loss);
-        self.check_divergence(&mut record, val_loss);
+        self.check_divergence(&mut record);
         Ok(logged.then_some(record))
     }
 
-    /// Marks the run diverged (once) when `loss` is NaN/inf or far above the first logged loss.
-    fn check_divergence(&mut self, record: &mut StepRecord, loss: Option<f64>) {
-        let (Some(loss), None) = (loss, self.progress.diverged_at) else { return };
-        let limit = self.progress.first_loss.map(|f| f * self.config.train.diverge_factor);
-        let why = if !loss.is_finite() {
-            Some(format!("loss is {loss}"))
-        } else if limit.is_some_and(|l| loss > l) {
-            Some(format!(
-                "loss {loss:.4} is above {} x the first loss {:.4}",
-                self.config.train.diverge_factor,
-                self.progress.first_loss.unwrap()
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            self.progress.diverged_at = Some(record.step);
-            record.diverged = Some(why);
+    /// Marks the run diverged (once) when the record's training or validation loss is NaN/inf
+    /// or far above the first logged loss.
+    fn check_divergence(&mut self, record: &mut StepRecord) {
+        let (first, factor) = (self.progress.first_loss, self.config.train.diverge_factor);
+        for loss in [record.loss, record.val_loss].into_iter().flatten() {
+            let why = if !loss.is_finite() {
+                format!("loss is {loss}")
+            } else if let Some(first) = first.filter(|f| loss > f * factor) {
+                format!("loss {loss:.4} is above {factor} x the first loss {first:.4}")
+            } else {
+                continue;
+            };
+            if self.progress.diverged_at.is_none() {
+                self.progress.diverged_at = Some(record.step);
+                record.diverged = Some(why);
+            }
+            return;
         }
     }
 
