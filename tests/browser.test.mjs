@@ -116,6 +116,16 @@ test('a two-variant comparison trains on WebGPU, every step, and matches a nativ
     const report = execFileSync(bin, ['repro', join(dir, 'run'), join(OUT, 'browser-record.json')]).toString();
     console.log(report);
     assert.match(report, /verdict: PASS/);
+
+    // Train again on the same page: WebGPU repeats the run bit for bit (every number of
+    // every record but the timing).
+    await page.evaluate(() => { document.body.dataset.state = 'train-again'; });
+    await page.click('#start');
+    await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), null, { timeout: 15 * 60 * 1000 });
+    const untimed = (records) => records.map((rec) => rec.steps.map(({ tokens_per_sec, ...numbers }) => numbers));
+    const again = await page.evaluate(() => window.simplegptRecords());
+    assert.equal(again.length, 2);
+    assert.deepEqual(untimed(again), untimed(state.records), 'the same run twice on WebGPU');
   } finally {
     await browser.close();
   }
