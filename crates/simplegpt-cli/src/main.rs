@@ -204,7 +204,8 @@ struct RunArgs {
     /// auto, cpu, wgpu, vulkan, metal, dx12 or cuda.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// A UTF-8 text file, or `tinyshakespeare` (downloaded once and cached).
+    /// A UTF-8 text file, `tinyshakespeare` (downloaded once and cached), or `embedded` (the
+    /// corpus built in, as with no --data).
     #[arg(long)]
     data: Option<String>,
 }
