@@ -582,7 +582,7 @@ fn train(
                 Some(given) => load_data(Some(given), ckpt.config.model.block_size)?,
                 None => recorded_data(dir_path, header.data_source.as_deref(), ckpt.config.model.block_size)?,
             };
-            dir.check_same_data(&data, header.data_source.as_deref())?;
+            header.check_same_data(&data)?;
             // One run, one backend: its header (and so `repro`) names the device it ran on.
             let device = if args.device == "auto" { header.backend.as_str() } else { args.device.as_str() };
             let opened = device::open(device)?;

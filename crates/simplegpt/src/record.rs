@@ -107,6 +107,24 @@ impl RunHeader {
         })
     }
 
+    /// Checks that `data` is the data this run started with (the checksum), so that a resumed
+    /// run continues on the same text; the message says which data that was.
+    pub fn check_same_data(&self, data: &Dataset) -> Result<()> {
+        let now = data_checksum(data);
+        if self.data_checksum != now {
+            let what_to_do = match self.data_source.as_deref() {
+                Some(EMBEDDED_DATA) => "it started on the embedded corpus: resume without --data".to_string(),
+                Some(s) => format!("it recorded --data {s}: resume with that text"),
+                None => "resume with the --data it was started with".to_string(),
+            };
+            return Err(crate::error::Error::Input(format!(
+                "the data differs from the data this run started with (checksum {now}, the run's {}); {what_to_do}",
+                self.data_checksum
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether `other` is the header of this very run: everything but `data_source` (one
     /// text may be named several ways; the checksum says whether it is the same).
     pub fn same_run(&self, other: &RunHeader) -> bool {

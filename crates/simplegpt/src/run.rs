@@ -52,28 +52,6 @@ impl RunDir {
         self.path.join(CHECKPOINT_FILE)
     }
 
-    /// Checks that `data` is the data this run started with (its header's checksum), so
-    /// that a resumed run continues on the same text. `source` names that data for the
-    /// message.
-    pub fn check_same_data(&self, data: &Dataset, source: Option<&str>) -> Result<()> {
-        let header = crate::record::read_header(&self.path)?;
-        let now = crate::record::data_checksum(data);
-        if header.data_checksum != now {
-            let what_to_do = match source {
-                Some(crate::record::EMBEDDED_DATA) => {
-                    "it started on the embedded corpus: resume without --data".to_string()
-                }
-                Some(s) => format!("it recorded --data {s}: resume with that text"),
-                None => "resume with the --data it was started with".to_string(),
-            };
-            return Err(Error::Input(format!(
-                "the data differs from the data this run started with (checksum {now}, the run's {}); {what_to_do}",
-                header.data_checksum
-            )));
-        }
-        Ok(())
-    }
-
     /// A fresh run: writes config.toml and the run header, and starts metrics.jsonl empty.
     /// A checkpoint left by an earlier run in this directory is removed: it is not this
     /// run's, and `sample` or `--resume` would take it for this run's.
