@@ -412,24 +412,19 @@ fn run(cli: Cli) -> Result<()> {
                 variants
             };
             let variants = Variant::parse_all(&variants)?;
-            // The grid sets each run's lr (and min_lr to a tenth of it): a value given here
-            // would be overwritten without a word.
-            let sets_lr = |s: &String| {
-                s.split_once('=')
-                    .is_some_and(|(k, _)| ["lr", "min_lr"].contains(&k.trim().trim_start_matches("train.")))
-            };
-            if run.set.iter().chain(variants.iter().flat_map(|v| &v.sets)).any(sets_lr) {
-                return Err(Error::Input(
-                    "sweep sets lr and min_lr itself; give the range with --lr-min and --lr-max".into(),
-                ));
-            }
             let base = run.config()?;
-            // With --set refused above, an lr that differs from the preset's is the --config file's.
+            // The grid sets each run's lr (and min_lr to a tenth of it): one given by --set, a
+            // --variant or the --config file would be overwritten without a word.
             let preset = Config::preset(run.preset.as_deref().unwrap_or("tiny"))?;
-            if (base.train.lr, base.train.min_lr) != (preset.train.lr, preset.train.min_lr) {
-                return Err(Error::Input(
-                    "sweep sets lr and min_lr itself; drop them from the --config file and give the range with --lr-min and --lr-max".into(),
-                ));
+            for v in &variants {
+                let c = v.apply(&base)?;
+                if (c.train.lr, c.train.min_lr) != (preset.train.lr, preset.train.min_lr) {
+                    return Err(Error::Input(
+                        "sweep sets lr and min_lr itself; drop them from the --config file, --set and --variant, \
+                         and give the range with --lr-min and --lr-max"
+                            .into(),
+                    ));
+                }
             }
             let grid = study::log_grid(lr_min, lr_max, points);
             // Each LR names a directory and a column (two significant digits).
