@@ -36,6 +36,21 @@ fn scale(a: &ParamVec, s: Tensor<1>) -> ParamVec {
     a.iter().map(|(k, x)| (k.clone(), x.clone() * s.clone())).collect()
 }
 
+/// A random unit vector shaped like `like`, each parameter's part from its own stream of
+/// `purpose` under `seed`.
+fn random_unit(like: &ParamVec, seed: u64, purpose: &str) -> ParamVec {
+    let v: ParamVec = like
+        .iter()
+        .enumerate()
+        .map(|(i, (k, t))| {
+            let n = t.dims()[0];
+            let values = Stream::new(seed, purpose, i as u64).normal_vec(n, 1.0, false);
+            (k.clone(), Tensor::from_data(TensorData::new(values, [n]), &t.device()))
+        })
+        .collect();
+    scale(&v, dot(&v, &v).sqrt().recip())
+}
+
 /// The result of power iteration.
 #[derive(Clone)]
 pub struct TopEigen {
@@ -66,16 +81,7 @@ pub async fn power_iteration(
     offset: f64,
     mut hvp: impl FnMut(&ParamVec) -> ParamVec,
 ) -> Result<TopEigen> {
-    let mut v: ParamVec = like
-        .iter()
-        .enumerate()
-        .map(|(i, (k, t))| {
-            let n = t.dims()[0];
-            let values = Stream::new(seed, "hessian", i as u64).normal_vec(n, 1.0, false);
-            (k.clone(), Tensor::from_data(TensorData::new(values, [n]), &t.device()))
-        })
-        .collect();
-    v = scale(&v, dot(&v, &v).sqrt().recip());
+    let mut v = random_unit(like, seed, "hessian");
     let mut estimates: Vec<f64> = Vec::new();
     let settled =
         |e: &[f64]| e.len() > 3 && e.windows(2).rev().take(3).all(|w| (w[1] - w[0]).abs() <= CONVERGED * w[1].abs());
@@ -299,18 +305,7 @@ mod tests {
         // No direction curves more than the largest eigenvalue, or further from 0 than the
         // spectral norm: a few random unit directions.
         for seed in 10..14 {
-            let v: ParamVec = e
-                .spectral
-                .vector
-                .iter()
-                .enumerate()
-                .map(|(i, (k, t))| {
-                    let n = t.dims()[0];
-                    let r = Stream::new(seed, "direction", i as u64).normal_vec(n, 1.0, false);
-                    (k.clone(), Tensor::from_data(TensorData::new(r, [n]), &t.device()))
-                })
-                .collect();
-            let v = scale(&v, dot(&v, &v).sqrt().recip());
+            let v = random_unit(&e.spectral.vector, seed, "direction");
             let along = curvature(&v);
             assert!(
                 along <= largest && along.abs() <= spectral.abs(),
