@@ -318,14 +318,11 @@ fn bad_input_gets_a_one_line_error() {
     std::fs::rename(p("other.txt"), p("moved.txt")).unwrap();
     fails(&["train", "--resume", &on_file], "was trained on --data");
     std::fs::rename(p("moved.txt"), p("other.txt")).unwrap();
-    // A diverged run is not resumed either, and says why.
+    // A diverged run is not resumed either, and says why (with the exit code of divergence).
     let blown = p("blown");
-    ok(train(Path::new(&blown), 20, &["--set", "lr=1e9"]));
-    let resumed = ok({
-        let mut c = bin();
-        c.args(["train", "--resume", &blown]);
-        c
-    });
+    assert_eq!(train(Path::new(&blown), 20, &["--set", "lr=1e9"]).output().unwrap().status.code(), Some(3));
+    let resumed = bin().args(["train", "--resume", &blown]).output().unwrap();
+    assert_eq!(resumed.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&resumed.stdout).contains("diverged at step"));
     // A checkpoint cut off half way (its header intact, its tensors not), then garbage.
     let ckpt = Path::new(&run_dir).join("ckpt.safetensors");
@@ -345,7 +342,7 @@ fn bad_input_gets_a_one_line_error() {
         fails(&args, expect);
     };
     study(&["--variant", "a:norm=simple", "--variant", "a:norm=pre_ln"], "two variants are named 'a'");
-    study(&["--variant", "a:norm=simple", "--seeds", "0"], "--seeds must be at least 1");
+    study(&["--variant", "a:norm=simple", "--seeds", "0"], "'--seeds <SEEDS>': expected a whole number from 1 to 100");
     study(&["--variant", "..:norm=simple"], "variant name '..'");
     study(&["--variant", "a:norm=simpel"], "variant 'a': --set norm=simpel: bad value");
     let sweep = |extra: &[&str], expect: &str| {
@@ -361,11 +358,11 @@ fn bad_input_gets_a_one_line_error() {
     assert!(!Path::new(&out).join("pre_ln").exists(), "a sweep with a bad grid trains nothing");
 
     // The other commands' numbers.
-    fails(&["hessian", "--device", "cpu", "--batches", "0"], "--batches >= 1");
-    fails(&["bench", "--device", "cpu", "--steps", "18446744073709551615"], "too many steps");
+    fails(&["hessian", "--device", "cpu", "--batches", "0"], "expected a whole number from 1 to 1000");
+    fails(&["bench", "--device", "cpu", "--steps", "18446744073709551615"], "from 1 to 100000");
     fails(&["bench", "--device", "cpu", "--peak-tflops", "0"], "--peak-tflops must be > 0");
     fails(&["repro", &run_dir, &run_dir, "--tolerance", "nan"], "--tolerance");
-    fails(&["repro", "--backends", "cpu,cpu", "--steps", "0"], "--steps must be at least 1");
+    fails(&["repro", "--backends", "cpu,cpu", "--steps", "0"], "'--steps <STEPS>': expected a whole number from 1");
 }
 
 #[test]
@@ -556,9 +553,19 @@ fn compare_writes_a_report_whose_numbers_are_the_run_records() {
     }
     assert!(std::fs::read_to_string(out.join("loss.svg")).unwrap().contains(">simple</text>"));
 
-    // Run again with one variant changed: the finished run that is the same is reused, the
-    // changed one is trained afresh, and the report is the same where nothing changed.
-    let again = compare(&["simple:norm=simple,lr=3e-3"]);
+    // Run again with one variant changed: refused, naming that run alone, unless told to
+    // replace it; then the finished run that is the same is reused, the changed one is
+    // trained afresh, and the report is the same where nothing changed.
+    let mut refused = bin();
+    refused.args(["compare", "--device", "cpu", "--out"]).arg(&out).args(QUICK);
+    refused.args(["--set", "max_steps=20", "--set", "lr_decay_steps=20", "--variant", "pre:norm=pre_ln"]);
+    let refused = refused.args(["--variant", "simple:norm=simple,lr=3e-3"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("would replace: "), "{stderr}");
+    let named = stderr.split("would replace: ").nth(1).unwrap();
+    assert!(named.contains(&out.join("simple").display().to_string()), "{stderr}");
+    assert!(!named.contains(&out.join("pre").display().to_string()), "{stderr}");
+    let again = compare(&["simple:norm=simple,lr=3e-3", "--overwrite"]);
     let log = String::from_utf8_lossy(&again.stderr);
     assert!(log.contains("pre: already finished") && !log.contains("simple: already finished"), "{log}");
     let row = |r: &str, name: &str| r.lines().find(|l| l.starts_with(&format!("| {name} |"))).unwrap().to_string();
@@ -703,4 +710,202 @@ fn hessian_reports_the_librarys_eigenvalues_of_the_config() {
     let largest = *e.largest.estimates.last().unwrap();
     assert!((lambda - largest).abs() <= 1e-6 + 1e-6 * largest.abs(), "{line}: the library's largest is {largest}");
     assert!((two_over - 2.0 / lambda).abs() <= 1e-3 * two_over.abs(), "{line}");
+}
+
+#[test]
+fn a_run_directory_has_one_writer() {
+    let dir = tmp("one-writer");
+    // A run long enough to be caught in the middle.
+    let mut first = train(&dir, 100_000, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while logged(&dir) < 3 && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let holder = format!("pid {}", first.id());
+    let out = dir.to_str().unwrap();
+    // A second train into it, with --overwrite or without, and a resume: each is refused,
+    // naming the process that writes the directory.
+    fails(&["train", "--device", "cpu", "--out", out, "--overwrite"], &holder);
+    fails(&["train", "--device", "cpu", "--out", out], &holder);
+    fails(&["train", "--device", "cpu", "--resume", out], &holder);
+    let logged_before = logged(&dir);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(logged_before >= 3, "the first run kept writing: {logged_before} records");
+    // The lock goes with the process: the directory can be taken over now.
+    ok(train(&dir, 3, &["--overwrite"]));
+    assert_eq!(metrics(&dir).len(), 4, "one run's records, not two interleaved");
+}
+
+#[test]
+fn no_command_writes_over_what_it_reads_or_over_a_run() {
+    let dir = tmp("inputs");
+    let run = dir.join("run");
+    ok(train(&run, 3, &[]));
+    let ckpt = std::fs::read(run.join("ckpt.safetensors")).unwrap();
+    let run_s = run.to_str().unwrap();
+    let ckpt_path = run.join("ckpt.safetensors");
+    // export onto the run's own checkpoint (named two ways), or onto its other files.
+    fails(&["export", "--from", run_s, "--out", ckpt_path.to_str().unwrap()], "a file this command writes");
+    fails(&["export", "--from", run_s, "--out", &format!("{run_s}/../run/ckpt.safetensors")], "this command writes");
+    fails(&["export", "--out", ckpt_path.to_str().unwrap()], "is a file of the run in");
+    fails(&["export", "--out", run.join("run.json").to_str().unwrap()], "is a file of the run in");
+    assert_eq!(std::fs::read(&ckpt_path).unwrap(), ckpt, "the checkpoint is untouched");
+    ok({
+        let mut c = bin();
+        c.args(["sample", "--tokens", "5", "--from", run_s]);
+        c
+    });
+
+    // A config file inside the --out it would be written to.
+    let fresh = dir.join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let config = fresh.join("config.toml");
+    std::fs::write(&config, "[train]\nmax_steps = 2\n").unwrap();
+    fails(
+        &["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", fresh.to_str().unwrap()],
+        "--config",
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "[train]\nmax_steps = 2\n");
+    // The same rule for a study's runs.
+    let study = dir.join("study");
+    std::fs::create_dir_all(study.join("a")).unwrap();
+    let in_study = study.join("a/config.toml");
+    std::fs::write(&in_study, "[train]\nmax_steps = 2\n").unwrap();
+    fails(
+        &[
+            "compare",
+            "--device",
+            "cpu",
+            "--config",
+            in_study.to_str().unwrap(),
+            "--variant",
+            "a:norm=simple",
+            "--out",
+            study.to_str().unwrap(),
+        ],
+        "a file this command writes",
+    );
+}
+
+#[test]
+fn a_study_refuses_to_replace_other_runs_unless_told() {
+    let out = tmp("study-replace");
+    let compare = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["compare", "--device", "cpu", "--out"]).arg(&out).args(QUICK);
+        c.args(["--set", "max_steps=4", "--set", "lr_decay_steps=4", "--variant", "a:norm=pre_ln"]);
+        c.args(["--variant", "b:norm=simple"]).args(extra);
+        c
+    };
+    ok(compare(&[]));
+    let before = metrics(&out.join("a"));
+    // Another config under the same names: both runs would be replaced, and both are named.
+    let refused = compare(&["--set", "n_layer=2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    for name in ["a", "b"] {
+        assert!(stderr.contains(&out.join(name).display().to_string()), "names {name}: {stderr}");
+    }
+    assert!(stderr.contains("--overwrite"), "{stderr}");
+    assert_eq!(metrics(&out.join("a")), before, "the old run is untouched");
+    // The same study again reuses them; --overwrite replaces them.
+    ok(compare(&[]));
+    ok(compare(&["--set", "n_layer=2", "--overwrite"]));
+    let config = std::fs::read_to_string(out.join("a/config.toml")).unwrap();
+    assert!(config.contains("n_layer = 2"), "{config}");
+}
+
+#[test]
+fn a_diverged_run_says_so_to_scripts() {
+    let dir = tmp("diverged");
+    let out = train(&dir, 20, &["--set", "lr=1e9"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let last = metrics(&dir).pop().unwrap();
+    assert!(last.get("diverged").is_some(), "the divergence is recorded: {last}");
+    // Its weights are not sampled from, nor measured, without a word.
+    let d = dir.to_str().unwrap();
+    fails(&["sample", "--tokens", "5", "--from", d], "diverged at step");
+    fails(&["hessian", "--device", "cpu", "--from", d], "diverged at step");
+    let forced = ok({
+        let mut c = bin();
+        c.args(["sample", "--tokens", "5", "--force", "--from", d]);
+        c
+    });
+    assert!(!forced.stdout.is_empty());
+    // A run that trains ends with 0, and says which norm it used as users type it.
+    let fine = ok(train(&tmp("converged"), 2, &[]));
+    assert!(String::from_utf8_lossy(&fine.stderr).contains("norm pre_ln"), "{}", String::from_utf8_lossy(&fine.stderr));
+}
+
+#[test]
+fn messages_say_what_can_be_done() {
+    let dir = tmp("messages");
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    // A run without a checkpoint (as one killed before its first): neither message sends
+    // the user to the other.
+    let k = p("no-ckpt");
+    ok(train(Path::new(&k), 3, &["--set", "checkpoint=false"]));
+    fails(&["train", "--device", "cpu", "--out", &k], "no checkpoint to continue from");
+    fails(&["train", "--device", "cpu", "--resume", &k], &format!("start it again with --out {k} --overwrite"));
+    // --resume takes the checkpoint file for its directory.
+    let r = p("finished");
+    ok(train(Path::new(&r), 3, &[]));
+    let resumed = ok({
+        let mut c = bin();
+        c.args(["train", "--resume", &format!("{r}/ckpt.safetensors")]);
+        c
+    });
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("already finished"));
+    // repro names the file a run lacks.
+    std::fs::copy(format!("{r}/run.json"), p("bare.json")).unwrap();
+    let bare = p("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::copy(format!("{r}/run.json"), format!("{bare}/run.json")).unwrap();
+    fails(&["repro", &r, &bare], "metrics.jsonl is missing");
+    // A number no config can hold, and counts that would take the machine's memory.
+    fails(&["train", "--device", "cpu", "--set", "max_steps=18446744073709551615"], "out of range");
+    fails(&["hessian", "--device", "cpu", "--batches", "100000000"], "from 1 to 1000");
+    fails(&["sweep", "--device", "cpu", "--points", "1000000000"], "from 1 to 100");
+    // The sweep's lr is refused whatever its value, the preset's own included.
+    fails(&["sweep", "--device", "cpu", "--set", "lr=1e-3"], "sweep sets lr and min_lr itself");
+    fails(&["sweep", "--device", "cpu", "--variant", "x:min_lr=1e-4"], "sweep sets lr and min_lr itself");
+    // An unknown option is one line too.
+    fails(&["train", "--lerning-rate", "3"], "unexpected argument '--lerning-rate'");
+}
+
+#[test]
+fn a_torn_metrics_line_is_never_read_as_a_record() {
+    let dir = tmp("torn");
+    ok(train(&dir, 5, &[]));
+    let whole = metrics(&dir);
+    let mut f = std::fs::OpenOptions::new().append(true).open(dir.join("metrics.jsonl")).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"step\":6,\"lr\":0.0").unwrap();
+    // repro reads the whole lines, and says the two records are one run.
+    let d = dir.to_str().unwrap();
+    let out = ok({
+        let mut c = bin();
+        c.args(["repro", d, d]);
+        c
+    });
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PASS"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(whole.len(), 6);
+}
+
+#[test]
+fn bench_gives_mfu_only_against_a_peak_it_is_given() {
+    let bench = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["bench", "--device", "cpu", "--warmup", "1", "--steps", "2"]).args(QUICK).args(extra);
+        String::from_utf8(ok(c).stdout).unwrap()
+    };
+    let plain = bench(&[]);
+    assert!(plain.contains(" TFLOP/s") && !plain.contains("MFU"), "no GPU's peak beside a CPU figure: {plain}");
+    let line = bench(&["--peak-tflops", "0.5"]);
+    let field = |after: &str, before: &str| -> f64 {
+        line.split(after).nth(1).and_then(|r| r.split(before).next()).unwrap().trim().parse().unwrap()
+    };
+    let (tflops, mfu) = (field("tokens/s | ", "TFLOP/s"), field("MFU ", "%"));
+    // Within what the printed digits allow: TFLOP/s to 0.0005, MFU to 0.005%.
+    assert!((mfu - tflops / 0.5 * 100.0).abs() <= 0.0005 / 0.5 * 100.0 + 0.005, "MFU is TFLOP/s over the peak: {line}");
 }

@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/simplegpt-target}"
 # Route A: rustup's wasm32 target (its download server may be unreachable: time it out).
 if ! rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown; then
   timeout 180 rustup target add wasm32-unknown-unknown || {
-    echo "error: could not install the wasm32 target with rustup; see ../shared toolchain notes (route B: Debian's rustc-web with -Zbuild-std)" >&2
+    echo "error: could not install the wasm32 target with rustup (its download server is unreachable?); retry \`rustup target add wasm32-unknown-unknown\` where it is reachable, or build with Debian's Rust instead: apt-get install rustc-web cargo-web rust-web-src rust-web-llvm, then RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 /usr/bin/cargo build --release -p simplegpt-web --lib --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort" >&2
     exit 1
   }
 fi

@@ -11,7 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use simplegpt::checkpoint::Checkpoint;
 use simplegpt::data::Dataset;
 use simplegpt::record::{self, RunHeader, RunRecord};
-use simplegpt::run::RunDir;
+use simplegpt::run::{DirLock, RunDir};
 use simplegpt::sample::SampleOptions;
 use simplegpt::study::{self, Variant};
 use simplegpt::train::{StepRecord, Trainer};
@@ -30,7 +30,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model (the embedded corpus and the tiny preset unless told otherwise).
+    /// Train a model (the embedded corpus and the tiny preset unless told otherwise). Exits
+    /// with 0 when the run trained to its end, 3 when it diverged (recorded in its
+    /// directory), 1 on an error.
     Train {
         #[command(flatten)]
         run: RunArgs,
@@ -59,7 +61,7 @@ enum Command {
         #[arg(long)]
         from: Option<PathBuf>,
         /// Also write the token ids of the first N training batches.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = count(0, 1_000_000))]
         batches: usize,
         /// The safetensors file to write.
         #[arg(long)]
@@ -74,13 +76,13 @@ enum Command {
         #[arg(long, default_value = "")]
         prompt: String,
         /// Number of characters to generate.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 500, value_parser = count(0, 1_000_000))]
         tokens: usize,
         /// Divides the logits: below 1 sharper, above 1 flatter; near 0 the most likely.
         #[arg(long, default_value_t = simplegpt::sample::DEFAULT_TEMPERATURE)]
         temperature: f64,
         /// Sample from the k most likely characters only (0: all).
-        #[arg(long, default_value_t = simplegpt::sample::DEFAULT_TOP_K)]
+        #[arg(long, default_value_t = simplegpt::sample::DEFAULT_TOP_K, value_parser = count(0, 1 << 24))]
         top_k: usize,
         /// Seed of the draws: the same seed, the same text.
         #[arg(long, default_value_t = 1337)]
@@ -88,6 +90,9 @@ enum Command {
         /// Device to run the model on (the CPU is quick enough for one sequence).
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Sample even from a run that diverged or whose weights are not finite.
+        #[arg(long)]
+        force: bool,
     },
     /// List the backends and GPU adapters available here.
     Devices,
@@ -102,7 +107,7 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
         /// Steps to train with --backends (default 50; sets max_steps, and every step is logged).
-        #[arg(long)]
+        #[arg(long, value_parser = count(1, 1_000_000))]
         steps: Option<usize>,
         /// The largest relative loss difference |a - b| / max(|a|, |b|) that still passes.
         #[arg(long, default_value_t = 1e-3)]
@@ -118,7 +123,7 @@ enum Command {
         variants: Vec<String>,
         /// Train each variant with this many seeds (the config's seed and the ones after
         /// it, in VARIANT/seed-S); the report adds their means and spread.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = count(1, MAX_SEEDS))]
         seeds: usize,
         /// Train all runs at once, one step of each in turn (all models in memory), and
         /// rewrite the report at every evaluation so that it can be watched.
@@ -127,6 +132,9 @@ enum Command {
         /// Report directory, holding each run's directory.
         #[arg(long, default_value = "study")]
         out: PathBuf,
+        /// Replace the runs of another study that --out holds under the same names.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Learning-rate stability sweep: each variant at log-spaced learning rates; reports the
     /// final loss vs LR and the largest LR at which each trained.
@@ -143,7 +151,7 @@ enum Command {
         #[arg(long, default_value_t = 1e-1)]
         lr_max: f64,
         /// Number of learning rates in the grid.
-        #[arg(long, default_value_t = 7)]
+        #[arg(long, default_value_t = 7, value_parser = count(1, 100))]
         points: usize,
         /// The report also gives each variant's largest LR whose final loss is within this
         /// many nats of its best final loss.
@@ -151,11 +159,14 @@ enum Command {
         near: f64,
         /// Run each variant and LR with this many seeds; the report gives their means, and an
         /// LR counts as diverged if any seed diverged.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = count(1, MAX_SEEDS))]
         seeds: usize,
         /// Report directory, holding each run's directory.
         #[arg(long, default_value = "sweep")]
         out: PathBuf,
+        /// Replace the runs of another sweep that --out holds under the same names.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Estimate the largest Hessian eigenvalue of the training loss (power iteration on
     /// finite-difference Hessian-vector products), at initialisation or at a checkpoint.
@@ -166,28 +177,29 @@ enum Command {
         #[arg(long)]
         from: Option<PathBuf>,
         /// At most this many power iterations (each stops earlier once it has converged).
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 200, value_parser = count(1, 100_000))]
         iters: usize,
         /// Finite-difference step along the unit direction.
         #[arg(long, default_value_t = 1e-3)]
         eps: f64,
         /// Training batches the loss is averaged over.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = count(1, 1000))]
         batches: usize,
     },
-    /// Measure training speed (ms/step, tokens/s, MFU) for a config on a device.
+    /// Measure training speed (ms/step, tokens/s, model TFLOP/s; MFU with --peak-tflops) for a config on a device.
     Bench {
         #[command(flatten)]
         run: RunArgs,
         /// Untimed steps first (kernel compilation, autotuning, allocator warm-up).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = count(0, 100_000))]
         warmup: usize,
         /// Timed steps.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = count(1, 100_000))]
         steps: usize,
-        /// Peak FLOP/s of the device in TFLOP/s, for MFU (nanoGPT uses the A100's 312).
-        #[arg(long, default_value_t = 312.0)]
-        peak_tflops: f64,
+        /// Peak FLOP/s of the device in TFLOP/s, to print MFU against it (nanoGPT uses the
+        /// A100's bf16 peak, 312); without it, no MFU is printed.
+        #[arg(long)]
+        peak_tflops: Option<f64>,
     },
 }
 
@@ -210,6 +222,18 @@ struct RunArgs {
     data: Option<String>,
 }
 
+/// The most seeds a study trains each run with.
+const MAX_SEEDS: usize = 100;
+
+/// A parser for a count from `min` to `max`: every number a user gives is bounded where it
+/// is parsed, before anything is allocated or run for it.
+fn count(min: usize, max: usize) -> impl Fn(&str) -> std::result::Result<usize, String> + Clone + Send + Sync {
+    move |text| match text.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
+    }
+}
+
 /// The `--preset` help, from the presets' own descriptions.
 fn preset_help() -> String {
     let presets: Vec<String> =
@@ -218,19 +242,27 @@ fn preset_help() -> String {
 }
 
 impl RunArgs {
+    /// The files these options read, by the flag that names them.
+    fn input_files(&self) -> Vec<(&'static str, &Path)> {
+        let data = self.data.as_deref().filter(|d| ![record::EMBEDDED_DATA, "tinyshakespeare"].contains(d));
+        let config = self.config.as_deref().map(|p| ("--config", p));
+        config.into_iter().chain(data.map(|d| ("--data", Path::new(d)))).collect()
+    }
+
     fn explicit_config(&self) -> bool {
         self.preset.is_some() || self.config.is_some() || !self.set.is_empty()
     }
 
+    /// The --config file's text, and its name for messages.
+    fn config_text(&self) -> Result<Option<(String, String)>> {
+        let Some(path) = &self.config else { return Ok(None) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Input(format!("cannot read config file {}: {e}", path.display())))?;
+        Ok(Some((text, path.display().to_string())))
+    }
+
     fn config(&self) -> Result<Config> {
-        let toml = match &self.config {
-            Some(path) => Some((
-                std::fs::read_to_string(path)
-                    .map_err(|e| Error::Input(format!("cannot read config file {}: {e}", path.display())))?,
-                path.display().to_string(),
-            )),
-            None => None,
-        };
+        let toml = self.config_text()?;
         Config::resolve(
             self.preset.as_deref().unwrap_or("tiny"),
             toml.as_ref().map(|(t, o)| (t.as_str(), o.as_str())),
@@ -321,8 +353,20 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error ({info}); please report it");
     }));
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: not errors.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", one_line_usage_error(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -330,10 +374,33 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Train { run, out, resume, init_from, overwrite } => train(run, out, resume, init_from, overwrite),
+/// clap's message for a bad command line in one line, as every other error: the problem
+/// and its tip, without the usage block (`--help` has it).
+fn one_line_usage_error(rendered: &str) -> String {
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect();
+    format!("{}; see --help", parts.join("; "))
+}
+
+/// The exit code of a `train` whose run diverged: a result, recorded like any other, but one
+/// a script must be able to tell from a run that trained (0) and from an error (1).
+const DIVERGED: u8 = 3;
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let done: Result<()> = match cli.command {
+        Command::Train { run, out, resume, init_from, overwrite } => {
+            return train(run, out, resume, init_from, overwrite);
+        }
         Command::Export { run, from, batches, out } => {
+            let mut inputs = run.input_files();
+            let checkpoint = from.as_deref().map(checkpoint_file);
+            inputs.extend(checkpoint.as_deref().map(|c| ("--from", c)));
+            refuse_overwriting_inputs(std::slice::from_ref(&out), &inputs)?;
+            refuse_overwriting_a_run(&out)?;
             let (config, model, tokenizer, data) = match from {
                 Some(from) => {
                     let (ckpt, data) = checkpoint_and_data(&from, &run)?;
@@ -359,8 +426,16 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
-        Command::Sample { from, prompt, tokens, temperature, top_k, seed, device } => {
+        Command::Sample { from, prompt, tokens, temperature, top_k, seed, device, force } => {
             let ckpt = read_checkpoint(&from)?;
+            if let Some(why) = ckpt.broken()
+                && !force
+            {
+                return Err(Error::Input(format!(
+                    "{}: {why}, so its text would be noise; pass --force to sample it anyway",
+                    from.display()
+                )));
+            }
             let opened = device::open(&device)?;
             let model = ckpt.model(&opened.device)?;
             let opts = SampleOptions { prompt, max_new_tokens: tokens, temperature, top_k, seed };
@@ -391,17 +466,17 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Compare { run, variants, seeds, interleave, out } => {
+        Command::Compare { run, variants, seeds, interleave, out, overwrite } => {
             let variants = Variant::parse_all(&variants)?;
             let base = run.config()?;
             let jobs = variants.iter().map(|v| Ok((v.name.clone(), v.apply(&base)?))).collect::<Result<Vec<_>>>()?;
-            let runs = run_study(&run, &out, study::with_seeds(jobs, seeds)?, interleave)?;
+            let runs = run_study(&run, &out, study::with_seeds(jobs, seeds)?, interleave, overwrite)?;
             let (md, svgs) = study::comparison_report("Comparison", &command_line(), &runs);
             write_report(&out, &md, &svgs)
         }
-        Command::Sweep { run, variants, lr_min, lr_max, points, near, seeds, out } => {
-            if !(lr_min > 0.0 && lr_max >= lr_min && lr_max.is_finite() && points >= 1) {
-                return Err(Error::Input("need 0 < --lr-min <= --lr-max (finite) and --points >= 1".into()));
+        Command::Sweep { run, variants, lr_min, lr_max, points, near, seeds, out, overwrite } => {
+            if !(lr_min > 0.0 && lr_max >= lr_min && lr_max.is_finite()) {
+                return Err(Error::Input("need 0 < --lr-min <= --lr-max (finite)".into()));
             }
             if !(near >= 0.0) {
                 return Err(Error::Input(format!("--near must be a number of nats >= 0, got {near}")));
@@ -414,11 +489,11 @@ fn run(cli: Cli) -> Result<()> {
             let variants = Variant::parse_all(&variants)?;
             let base = run.config()?;
             // The grid sets each run's lr (and min_lr to a tenth of it): one given by --set, a
-            // --variant or the --config file would be overwritten without a word.
-            let preset = Config::preset(run.preset.as_deref().unwrap_or("tiny"))?;
-            for v in &variants {
-                let c = v.apply(&base)?;
-                if (c.train.lr, c.train.min_lr) != (preset.train.lr, preset.train.min_lr) {
+            // --variant or the --config file, whatever its value, would be overwritten.
+            let toml = run.config_text()?;
+            for key in ["lr", "min_lr"] {
+                let given = |sets: &[String]| Config::gives_key(toml.as_ref().map(|(t, _)| t.as_str()), sets, key);
+                if given(&run.set) || variants.iter().any(|v| given(&v.sets)) {
                     return Err(Error::Input(
                         "sweep sets lr and min_lr itself; drop them from the --config file, --set and --variant, \
                          and give the range with --lr-min and --lr-max"
@@ -445,7 +520,7 @@ fn run(cli: Cli) -> Result<()> {
                     jobs.push((format!("{}/{dir}", v.name), c));
                 }
             }
-            let runs = run_study(&run, &out, study::with_seeds(jobs, seeds)?, false)?;
+            let runs = run_study(&run, &out, study::with_seeds(jobs, seeds)?, false, overwrite)?;
             // Group the runs by variant (the part of the directory before "/lr-").
             let runs: Vec<_> = runs.into_iter().map(|(n, c, r)| (study::variant_of(&n).to_string(), c, r)).collect();
             let unigram = run.data(base.model.block_size)?.unigram_loss();
@@ -453,10 +528,8 @@ fn run(cli: Cli) -> Result<()> {
             write_report(&out, &md, &svgs)
         }
         Command::Hessian { run, from, iters, eps, batches } => {
-            if iters == 0 || batches == 0 || !(eps > 0.0 && eps.is_finite()) {
-                return Err(Error::Input(format!(
-                    "need --iters >= 1, --batches >= 1 and --eps > 0, got {iters}, {batches}, {eps}"
-                )));
+            if !(eps > 0.0 && eps.is_finite()) {
+                return Err(Error::Input(format!("--eps must be a finite step > 0, got {eps}")));
             }
             let opened = device::open(&run.device)?;
             let device = opened.device.clone().autodiff();
@@ -465,6 +538,12 @@ fn run(cli: Cli) -> Result<()> {
             let (config, model, data) = match from {
                 Some(from) => {
                     let (ckpt, data) = checkpoint_and_data(&from, &run)?;
+                    if let Some(why) = ckpt.broken() {
+                        return Err(Error::Input(format!(
+                            "{}: {why}; a Hessian needs finite weights and loss",
+                            from.display()
+                        )));
+                    }
                     (ckpt.config.clone(), ckpt.model(&device)?, data)
                 }
                 None => {
@@ -481,10 +560,17 @@ fn run(cli: Cli) -> Result<()> {
                 top.share.iter().take(3).map(|(p, s)| format!("{p} {:.0}%", s * 100.0)).collect::<Vec<_>>().join(", ")
             };
             let last = |top: &simplegpt::hessian::TopEigen| *top.estimates.last().unwrap_or(&f64::NAN);
+            let (spectral, largest) = (last(&e.spectral), last(&e.largest));
+            if !(spectral.is_finite() && largest.is_finite()) {
+                return Err(Error::Input(
+                    "the loss or its gradients are not finite at these weights, so no eigenvalue can be estimated; \
+                     lower --eps, or use weights from a run that did not diverge"
+                        .into(),
+                ));
+            }
             for (i, v) in e.spectral.estimates.iter().enumerate() {
                 println!("iteration {:>3}: lambda of largest magnitude ~ {v:.6}", i + 1);
             }
-            let (spectral, largest) = (last(&e.spectral), last(&e.largest));
             if spectral < 0.0 {
                 for (i, v) in e.largest.estimates.iter().enumerate() {
                     println!(
@@ -523,29 +609,34 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Repro { records, backends, run, steps, tolerance } => repro(records, backends, run, steps, tolerance),
         Command::Bench { run, warmup, steps, peak_tflops } => {
-            if !(peak_tflops > 0.0 && peak_tflops.is_finite()) {
-                return Err(Error::Input(format!("--peak-tflops must be > 0, got {peak_tflops}")));
+            if let Some(peak) = peak_tflops
+                && !(peak > 0.0 && peak.is_finite())
+            {
+                return Err(Error::Input(format!("--peak-tflops must be > 0, got {peak}")));
             }
             simplegpt::bench::max_steps(warmup, steps)?;
             let config = run.config()?;
             let data = run.data(config.model.block_size)?;
             let opened = device::open(&run.device)?;
             eprintln!("bench on {}: {} warm-up + {steps} timed steps", opened.description, warmup);
-            let r = simplegpt::bench::bench(config, data, &opened.device, warmup, steps, peak_tflops * 1e12)?;
+            let r = simplegpt::bench::bench(config, data, &opened.device, warmup, steps)?;
             let memory =
                 r.device_memory.map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64));
+            let tflops = r.flops_per_sec / 1e12;
+            // MFU only against the peak of the device measured, which only the user knows.
+            let mfu = peak_tflops
+                .map_or(String::new(), |peak| format!(" | MFU {:.2}% (of {peak} TFLOP/s)", tflops / peak * 100.0));
             println!(
-                "device {} | params {:.2}M | {:.2} ms/step | {:.0} tokens/s | {:.3} TFLOP/s | MFU {:.2}% (of {peak_tflops} TFLOP/s) | peak device memory {memory}",
+                "device {} | params {:.2}M | {:.2} ms/step | {:.0} tokens/s | {tflops:.3} TFLOP/s{mfu} | peak device memory {memory}",
                 opened.description,
                 r.params as f64 / 1e6,
                 r.ms_per_step,
                 r.tokens_per_sec,
-                r.mfu * peak_tflops,
-                r.mfu * 100.0
             );
             Ok(())
         }
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 fn train(
@@ -554,10 +645,11 @@ fn train(
     resume: Option<PathBuf>,
     init_from: Option<PathBuf>,
     overwrite: bool,
-) -> Result<()> {
+) -> Result<ExitCode> {
     let (mut trainer, dir, opened) = match &resume {
         Some(dir_path) => {
             let dir = RunDir::open(dir_path)?;
+            let dir_path = &dir.path;
             let ckpt = Checkpoint::read(&dir.checkpoint_path())?;
             if args.explicit_config() {
                 let asked = args.config()?;
@@ -592,7 +684,7 @@ fn train(
             let trainer = Trainer::resume(&ckpt, data, &opened.device)?;
             if let Some(step) = trainer.progress.diverged_at {
                 println!("{} diverged at step {step}; nothing to resume", dir_path.display());
-                return Ok(());
+                return Ok(ExitCode::from(DIVERGED));
             }
             if trainer.finished() {
                 println!(
@@ -600,20 +692,16 @@ fn train(
                     dir_path.display(),
                     trainer.config.train.max_steps
                 );
-                return Ok(());
+                return Ok(ExitCode::SUCCESS);
             }
             dir.truncate_metrics(trainer.progress.step)?;
             eprintln!("resuming {} at step {}", dir_path.display(), trainer.progress.step);
             (trainer, dir, opened)
         }
         None => {
-            if out.join(simplegpt::run::HEADER_FILE).exists() && !overwrite {
-                return Err(Error::Input(format!(
-                    "{} already holds a run; continue it with --resume {}, choose another --out, or pass --overwrite to replace it",
-                    out.display(),
-                    out.display()
-                )));
-            }
+            let mut inputs = args.input_files();
+            inputs.extend(init_from.as_deref().map(|p| ("--init-from", p)));
+            refuse_overwriting_inputs(&RunDir::files(&out), &inputs)?;
             let config = args.config()?;
             let data = args.data(config.model.block_size)?;
             let opened = device::open(&args.device)?;
@@ -630,7 +718,7 @@ fn train(
                 )?;
             }
             // Only now, with everything the run needs in hand: bad input leaves no directory.
-            let dir = RunDir::create(&out)?;
+            let dir = RunDir::create_new(&out, overwrite)?;
             let mut header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
             header.data_source = Some(args.data_source());
             dir.start(&trainer, &header)?;
@@ -639,7 +727,7 @@ fn train(
     };
     let m = &trainer.config.model;
     eprintln!(
-        "training {:.2}M parameters ({} layers, d {}, {} heads, norm {:?}, residual {}) on {} -> {}",
+        "training {:.2}M parameters ({} layers, d {}, {} heads, norm {}, residual {}) on {} -> {}",
         m.num_params() as f64 / 1e6,
         m.n_layer,
         m.n_embd,
@@ -677,15 +765,20 @@ fn train(
     bar.finish_and_clear();
     let p = &trainer.progress;
     match p.diverged_at {
-        Some(s) => println!("diverged at step {s}; records in {}", dir.path.display()),
-        None => println!(
-            "done: {} steps, best val loss {}; run in {}",
-            trainer.config.train.max_steps,
-            p.best_val_loss.map_or("n/a".into(), |v| format!("{v:.4}")),
-            dir.path.display()
-        ),
+        Some(s) => {
+            println!("diverged at step {s}; records in {}", dir.path.display());
+            Ok(ExitCode::from(DIVERGED))
+        }
+        None => {
+            println!(
+                "done: {} steps, best val loss {}; run in {}",
+                trainer.config.train.max_steps,
+                p.best_val_loss.map_or("n/a".into(), |v| format!("{v:.4}")),
+                dir.path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
-    Ok(())
 }
 
 fn repro(
@@ -721,13 +814,10 @@ fn repro(
                 )));
             }
             let steps = steps.unwrap_or(50);
-            if steps == 0 {
-                return Err(Error::Input("--steps must be at least 1".into()));
-            }
             let mut config = args.config()?;
             config.train.max_steps = steps;
             config.train.log_interval = 1;
-            config.train.eval_interval = steps.max(1);
+            config.train.eval_interval = steps;
             config.train.checkpoint = false;
             let mut runs = Vec::new();
             for name in &backends {
@@ -788,12 +878,31 @@ fn print_loss_table(runs: &[(String, RunRecord)]) {
     }
 }
 
+/// The checkpoint file `--from` names: the file, or a run directory's checkpoint.
+fn checkpoint_file(from: &Path) -> PathBuf {
+    if from.is_dir() { from.join(simplegpt::run::CHECKPOINT_FILE) } else { from.to_path_buf() }
+}
+
+/// Refuses to write over one of a run directory's own files (its checkpoint above all: the
+/// run could no longer be resumed or sampled).
+fn refuse_overwriting_a_run(out: &Path) -> Result<()> {
+    let dir = resolved(out).parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.join(simplegpt::run::HEADER_FILE).exists() && RunDir::files(&dir).contains(&resolved(out)) {
+        return Err(Error::Input(format!(
+            "--out {} is a file of the run in {}; write to another file",
+            out.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// A checkpoint from a run directory or a checkpoint file.
 fn read_checkpoint(from: &Path) -> Result<Checkpoint> {
+    let path = checkpoint_file(from);
     if !from.is_dir() {
-        return Checkpoint::read(from);
+        return Checkpoint::read(&path);
     }
-    let path = from.join(simplegpt::run::CHECKPOINT_FILE);
     if !path.exists() && from.join(simplegpt::run::HEADER_FILE).exists() {
         return Err(Error::Input(format!(
             "{} holds a run without a checkpoint (trained with checkpoint=false, or stopped before its first evaluation)",
@@ -821,12 +930,43 @@ fn checkpoint_and_data(from: &Path, args: &RunArgs) -> Result<(Checkpoint, Datas
     Ok((ckpt, data))
 }
 
+/// Refuses a command that would write one of `outputs` over a file it reads (`inputs`, by
+/// the flag that names them): the input would be lost, or read back half-replaced.
+fn refuse_overwriting_inputs(outputs: &[PathBuf], inputs: &[(&str, &Path)]) -> Result<()> {
+    for (flag, input) in inputs {
+        let input_at = resolved(input);
+        if let Some(out) = outputs.iter().find(|o| resolved(o) == input_at) {
+            return Err(Error::Input(format!(
+                "{flag} {} is a file this command writes ({}); copy it elsewhere first, or choose another --out",
+                input.display(),
+                out.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `path` with links and `..` resolved, also when the file does not exist yet, so that two
+/// names of one file compare equal.
+fn resolved(path: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    match (path.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }), path.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir).map_or_else(|_| path.to_path_buf(), |d| d.join(name)),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// The most token ids `export --batches` writes per tensor (x and y): 256 MiB as i32.
 const MAX_EXPORTED_IDS: u128 = 1 << 26;
 
 fn command_line() -> String {
     std::env::args().skip(1).fold("simplegpt".to_string(), |acc, a| format!("{acc} {a}"))
 }
+
+/// A study's report, beside its runs' directories and its SVG plots.
+const REPORT_FILE: &str = "report.md";
 
 /// A run of a study being trained: its directory, trainer and progress bar.
 struct LiveRun {
@@ -847,8 +987,19 @@ fn run_study(
     out: &Path,
     jobs: Vec<(String, Config)>,
     interleave: bool,
+    overwrite: bool,
 ) -> Result<Vec<(String, Config, Vec<StepRecord>)>> {
+    let mut outputs: Vec<PathBuf> = jobs.iter().flat_map(|(name, _)| RunDir::files(&out.join(name))).collect();
+    outputs.push(out.join(REPORT_FILE));
+    refuse_overwriting_inputs(&outputs, &args.input_files())?;
     let opened = device::open(&args.device)?;
+    std::fs::create_dir_all(out).map_err(|e| {
+        Error::Input(format!("cannot create output directory {}: {e}; choose another with --out", out.display()))
+    })?;
+    let _study_lock = DirLock::acquire(out)?;
+    if !overwrite {
+        refuse_replacing_runs(args, out, &jobs, &opened)?;
+    }
     let total = jobs.len();
     let title = |done: usize| {
         if done == total {
@@ -950,6 +1101,32 @@ fn run_study(
     Ok(finished.into_iter().flatten().collect())
 }
 
+/// Refuses a study whose `out` already holds, under one of its runs' names, a different run
+/// (another config, data or device): the study would replace it. Names every such run.
+fn refuse_replacing_runs(args: &RunArgs, out: &Path, jobs: &[(String, Config)], opened: &device::Opened) -> Result<()> {
+    let mut replaced = Vec::new();
+    for (name, config) in jobs {
+        let dir = out.join(name);
+        if !dir.join(simplegpt::run::HEADER_FILE).exists() {
+            continue;
+        }
+        let trainer = Trainer::new(config.clone(), args.data(config.model.block_size)?, &opened.device)?;
+        let header = pollster::block_on(RunHeader::new(&trainer, &opened.backend, &opened.description))?;
+        if !record::read_header(&dir).is_ok_and(|h| h.same_run(&header)) {
+            replaced.push(dir.display().to_string());
+        }
+    }
+    if replaced.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Input(format!(
+        "{} already holds other runs under these names, which this study would replace: {}; choose another --out, \
+         or pass --overwrite to replace them",
+        out.display(),
+        replaced.join(", ")
+    )))
+}
+
 /// The optimizer updates a run has made (its last step, `max_steps`, only evaluates).
 fn updates_done(trainer: &Trainer) -> usize {
     trainer.progress.step.min(trainer.config.train.max_steps)
@@ -960,12 +1137,12 @@ fn write_report_files(out: &Path, md: &str, svgs: &[(String, String)]) -> Result
     for (name, svg) in svgs {
         simplegpt::checkpoint::write_atomic(&out.join(name), svg.as_bytes())?;
     }
-    simplegpt::checkpoint::write_atomic(&out.join("report.md"), md.as_bytes())
+    simplegpt::checkpoint::write_atomic(&out.join(REPORT_FILE), md.as_bytes())
 }
 
 fn write_report(out: &Path, md: &str, svgs: &[(String, String)]) -> Result<()> {
     write_report_files(out, md, svgs)?;
     println!("{md}");
-    println!("report: {}", out.join("report.md").display());
+    println!("report: {}", out.join(REPORT_FILE).display());
     Ok(())
 }

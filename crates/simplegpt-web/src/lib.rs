@@ -2,6 +2,7 @@
 //! (WebGPU, or the CPU backend as a fallback), then drives one `Run` per variant, awaiting
 //! `step()` between animation frames so the page never freezes. Records cross the boundary
 //! as JSON in the same format the native CLI writes.
+#![cfg(target_family = "wasm")]
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -15,8 +15,8 @@ pub struct BenchResult {
     pub steps: usize,
     pub ms_per_step: f64,
     pub tokens_per_sec: f64,
-    /// Model FLOPs per second / `peak_flops` (nanoGPT's `estimate_mfu`).
-    pub mfu: f64,
+    /// Model FLOPs per second (nanoGPT's `estimate_mfu` before it divides by a peak).
+    pub flops_per_sec: f64,
     pub params: usize,
     /// Bytes the device's allocator holds after the timed steps: its pools only grow, so
     /// this is the peak of the run. `None` where the backend does not report it (the CPU).
@@ -46,14 +46,7 @@ pub fn max_steps(warmup: usize, steps: usize) -> Result<usize> {
         .ok_or_else(|| Error::Input(format!("--warmup {warmup} plus --steps {steps} is too many steps")))
 }
 
-pub fn bench(
-    mut config: Config,
-    data: Dataset,
-    device: &Device,
-    warmup: usize,
-    steps: usize,
-    peak_flops: f64,
-) -> Result<BenchResult> {
+pub fn bench(mut config: Config, data: Dataset, device: &Device, warmup: usize, steps: usize) -> Result<BenchResult> {
     // Only training steps: no evaluation, no logging, no checkpoint inside the window.
     config.train.max_steps = max_steps(warmup, steps)?;
     config.train.eval_interval = usize::MAX;
@@ -79,7 +72,7 @@ pub fn bench(
         steps,
         ms_per_step: secs * 1e3 / steps as f64,
         tokens_per_sec: tokens / secs,
-        mfu: flops_per_token(&trainer.config) * tokens / secs / peak_flops,
+        flops_per_sec: flops_per_token(&trainer.config) * tokens / secs,
         params: trainer.config.model.num_params(),
         device_memory,
     })

@@ -1,10 +1,12 @@
 //! Checkpoints: one safetensors file with the weights (`model.<path>`), AdamW's moments
 //! (`optim.m.<path>`, `optim.v.<path>`) and, in its metadata, the config, the tokenizer and
 //! the run's progress: everything a resumed run needs to continue bit for bit, readable by
-//! any safetensors reader. Written to a temp file and renamed, so a crash never leaves half
-//! a checkpoint.
+//! any safetensors reader. Every tensor's checksum is in the metadata too (see
+//! `params::CHECKSUMS`), and reading checks them all. Written to a temp file, synced to the
+//! disk and renamed, so neither a crash nor a power cut leaves half a checkpoint.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::Path;
 
 use burn::module::Param;
@@ -19,7 +21,17 @@ use crate::optim::AdamW;
 use crate::params::{self, PathMapper, f32_bytes, f32_values, read_f32, safetensors_bytes};
 use crate::train::{Progress, Trainer};
 
-pub(crate) const FORMAT: &str = "simplegpt-checkpoint-1";
+/// The format written now: every tensor has a checksum, and one missing is corruption.
+const FORMAT: &str = "simplegpt-checkpoint-2";
+/// The format of checkpoints written before tensors had checksums (simplegpt 0.2.0 and
+/// earlier). Still read, unchecked, so that the runs of those versions resume and sample;
+/// a run's next checkpoint is written in `FORMAT`.
+const FORMAT_UNCHECKED: &str = "simplegpt-checkpoint-1";
+
+/// Whether a safetensors file's `format` metadata is a checkpoint's, of any version.
+pub(crate) fn is_checkpoint_format(format: &str) -> bool {
+    format == FORMAT || format == FORMAT_UNCHECKED
+}
 
 /// A checkpoint read from disk, before it is put on a device.
 pub struct Checkpoint {
@@ -56,8 +68,11 @@ pub async fn to_bytes(trainer: &Trainer) -> Result<Vec<u8>> {
     safetensors_bytes(&tensors, metadata)
 }
 
-/// Writes `bytes` to `path` atomically: a temp file beside it (`path` + `.tmp`), then a
-/// rename. On failure the temp file is removed and `path` is as it was.
+/// Writes `bytes` to `path` atomically: a temp file beside it (`path` + `.tmp`), synced to
+/// the disk, then a rename, then the directory synced. Without the first sync a power cut
+/// can leave the rename on the disk but not the data (an empty file under the real name);
+/// without the second, it can lose the rename. When writing or renaming fails, the temp
+/// file is removed and `path` is as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if path.is_dir() {
         return Err(Error::Input(format!("{} is a directory; give a file name", path.display())));
@@ -72,13 +87,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    let written = std::fs::write(&tmp, bytes)
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
         .map_err(io("cannot write", path))
         .and_then(|()| std::fs::rename(&tmp, path).map_err(io("cannot move the new file into place at", path)));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    written
+    written?;
+    sync_parent(path).map_err(io("cannot sync the directory of", path))
+}
+
+/// Syncs the directory holding `path`, so that a rename into it is on the disk.
+#[cfg(unix)]
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Windows cannot open a directory to sync it, and the browser has no file system.
+#[cfg(not(unix))]
+fn sync_parent(_: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 impl Checkpoint {
@@ -102,10 +135,14 @@ impl Checkpoint {
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
-        if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(corrupt(format!("its format is not {FORMAT}")));
-        }
         let field = |k: &str| meta.get(k).ok_or_else(|| corrupt(format!("no '{k}' in its metadata")));
+        match meta.get("format").map(String::as_str) {
+            Some(FORMAT) => params::check_checksums(&st, field(params::CHECKSUMS)?).map_err(|why| {
+                Error::Input(format!("checkpoint {} is corrupted: {why}; retrain or restore the file", path.display()))
+            })?,
+            Some(FORMAT_UNCHECKED) => {}
+            _ => return Err(corrupt(format!("its format is not {FORMAT}"))),
+        }
         let base = Config::preset("tiny").expect("preset exists");
         let config = Config::from_toml(field("config")?, base, "checkpoint config")?;
         let tokenizer: Tokenizer = serde_json::from_str(field("tokenizer")?).map_err(|e| corrupt(e.to_string()))?;
@@ -174,5 +211,20 @@ impl PathMapper for Load<'_> {
                 param
             }
         }
+    }
+}
+
+impl Checkpoint {
+    /// Why this checkpoint's model is broken, if it is: its run diverged, or a weight is not
+    /// finite. Text sampled from it, or a Hessian measured on it, would mean nothing.
+    pub fn broken(&self) -> Option<String> {
+        if let Some(step) = self.progress.diverged_at {
+            return Some(format!("its run diverged at step {step}"));
+        }
+        let mut weights: Vec<(&String, &(Vec<usize>, Vec<f32>))> =
+            self.tensors.iter().filter(|(name, _)| name.starts_with("model.")).collect();
+        weights.sort_by_key(|(name, _)| *name);
+        let (name, _) = weights.into_iter().find(|(_, (_, values))| values.iter().any(|v| !v.is_finite()))?;
+        Some(format!("its weights are not finite ({} holds NaN or infinity)", name.trim_start_matches("model.")))
     }
 }

@@ -65,6 +65,19 @@ pub enum PosKind {
     Rope,
 }
 
+/// Each kind prints as users type it in a config (`pre_ln`, `swiglu`, `rope`): its serde name.
+macro_rules! display_as_in_config {
+    ($($kind:ty),*) => {$(
+        impl std::fmt::Display for $kind {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let name = serde_json::to_value(self).expect("a unit variant serialises");
+                f.write_str(name.as_str().expect("as a string"))
+            }
+        }
+    )*};
+}
+display_as_in_config!(NormKind, MlpKind, PosKind);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -260,6 +273,16 @@ impl Config {
             .map_err(|e: toml::de::Error| Error::Input(format!("{origin}: {}", one_line(e.message()))))
     }
 
+    /// Whether a TOML file's text or `key=value` overrides give `key` (bare or with its
+    /// section), whatever the value: for keys a command sets itself and will not take.
+    pub fn gives_key(toml: Option<&str>, sets: &[String], key: &str) -> bool {
+        let names_key = |k: &str| k.trim() == key || k.trim().split_once('.').is_some_and(|(_, k)| k == key);
+        let in_toml = toml
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .is_some_and(|table| table.values().any(|section| section.as_table().is_some_and(|s| s.contains_key(key))));
+        in_toml || sets.iter().any(|s| s.split_once('=').is_some_and(|(k, _)| names_key(k)))
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a Config always serialises")
     }
@@ -291,7 +314,12 @@ impl Config {
         let Some(old) = section_table.get(&field) else {
             return Err(unknown_key(key));
         };
-        let value = parse_value(raw, old);
+        let value = parse_value(raw, old).ok_or_else(|| {
+            Error::Input(format!(
+                "--set {key}={raw}: the number is out of range (whole numbers go up to {}); give a smaller one",
+                i64::MAX
+            ))
+        })?;
         section_table.insert(field, value);
         *self = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
             Error::Input(format!("--set {key}={raw}: bad value ({})", one_line(e.message())))
@@ -412,14 +440,16 @@ fn unknown_key(key: &str) -> Error {
     ))
 }
 
-/// A bare word for a string field (`norm=simple`) is taken as that string.
-fn parse_value(raw: &str, old: &toml::Value) -> toml::Value {
+/// A bare word for a string field (`norm=simple`) is taken as that string. None for a
+/// number TOML cannot hold (a whole number past i64), which would otherwise become a string.
+fn parse_value(raw: &str, old: &toml::Value) -> Option<toml::Value> {
     let parsed: Option<toml::Value> = format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v"));
     match (parsed, old) {
         // An integer where a float is expected (lr=1) is still a float.
-        (Some(toml::Value::Integer(i)), toml::Value::Float(_)) => toml::Value::Float(i as f64),
-        (Some(v), _) => v,
-        (None, _) => toml::Value::String(raw.to_string()),
+        (Some(toml::Value::Integer(i)), toml::Value::Float(_)) => Some(toml::Value::Float(i as f64)),
+        (Some(v), _) => Some(v),
+        (None, _) if raw.parse::<f64>().is_ok() => None,
+        (None, _) => Some(toml::Value::String(raw.to_string())),
     }
 }
 
@@ -448,6 +478,25 @@ mod tests {
         assert!(c.set("norm=layernorm").unwrap_err().to_string().contains("bad value"));
         assert!(c.set("n_layer=-1").unwrap_err().to_string().contains("bad value"));
         assert!(c.set("n_layer").unwrap_err().to_string().contains("key=value"));
+        let too_large = c.set("max_steps=18446744073709551615").unwrap_err().to_string();
+        assert!(too_large.contains("out of range"), "{too_large}");
+        assert!(c.set("lr=1e999").unwrap_err().to_string().contains("out of range"));
+    }
+
+    #[test]
+    fn kinds_print_as_users_type_them() {
+        assert_eq!(format!("{} {}", NormKind::PreLn, NormKind::PreRmsQk), "pre_ln pre_rms_qk");
+        assert_eq!(format!("{} {}", MlpKind::Swiglu, PosKind::Rope), "swiglu rope");
+    }
+
+    #[test]
+    fn gives_key_sees_a_key_whatever_its_value_and_section() {
+        let sets = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(Config::gives_key(None, &sets(&["lr=1e-3"]), "lr"));
+        assert!(Config::gives_key(None, &sets(&["train.lr = 3"]), "lr"));
+        assert!(!Config::gives_key(None, &sets(&["min_lr=1e-4", "norm=simple"]), "lr"));
+        assert!(Config::gives_key(Some("[train]\nlr = 1e-3\n"), &[], "lr"));
+        assert!(!Config::gives_key(Some("[train]\nmin_lr = 1e-4\n"), &[], "lr"));
     }
 
     #[test]

@@ -78,6 +78,8 @@ impl Batch {
 impl Dataset {
     /// `name` says where the text came from, for error messages.
     pub fn from_text(text: &str, name: &str, block_size: usize) -> Result<Dataset> {
+        // A byte-order mark (as some Windows editors write) marks the encoding; it is not text.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.is_empty() {
             return Err(Error::Input(format!("{name} is empty; give a UTF-8 text file with some text in it")));
         }
@@ -225,6 +227,15 @@ mod tests {
         let ids = t.encode("hello world").unwrap();
         assert_eq!(t.decode(&ids), "hello world");
         assert!(t.encode("HELLO").is_err());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_text() {
+        let text: String = (0..200).map(|i| char::from(b'a' + (i % 3) as u8)).collect();
+        let plain = Dataset::from_text(&text, "test", 8).unwrap();
+        let marked = Dataset::from_text(&format!("\u{feff}{text}"), "test", 8).unwrap();
+        assert_eq!(marked.tokenizer.chars, vec!['a', 'b', 'c']);
+        assert_eq!((marked.train, marked.val), (plain.train, plain.val));
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //! (burn's are [in, out]), so `y = x @ W.T`.
 //!
 //! An export may also hold the training batches of the first steps, `batches.x` and
-//! `batches.y` (i32, [N, B, T]), and carries the config (TOML) and vocabulary (JSON) in its
-//! metadata. Batch i is training batch i (step * grad_accum + micro-step); with dropout, its
-//! masks are `rng::feistel30` (see `kernels::dropout`) keyed by `rng::dropout_key(seed, i, site)`.
+//! `batches.y` (i32, [N, B, T]), and carries the config (TOML), the vocabulary (JSON) and
+//! a checksum of every tensor (`params::CHECKSUMS`) in its metadata. Batch i is training
+//! batch i (step * grad_accum + micro-step); with dropout, its masks are `rng::feistel30`
+//! (see `kernels::dropout`) keyed by `rng::dropout_key(seed, i, site)`.
 
 use std::collections::HashMap;
 
@@ -90,18 +91,25 @@ pub async fn export(
 
 /// Replaces every weight of `model` with the one of the same PyTorch name in `bytes`
 /// (a file written by `export`, or by any framework that follows the names above). When
-/// the file names its vocabulary (`export` does), it must be `tokenizer`, the data's:
+/// the file has tensor checksums (`export` writes them), every tensor must match its own.
+/// When it names its vocabulary (`export` does), it must be `tokenizer`, the data's:
 /// otherwise each embedding row would belong to another character.
 pub fn import(model: Gpt, bytes: &[u8], origin: &str, tokenizer: &Tokenizer, device: &Device) -> Result<Gpt> {
     let bad = |why: String| Error::Input(format!("{origin}: {why}"));
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    if meta.get("format").map(String::as_str) == Some(crate::checkpoint::FORMAT) {
+    if meta.get("format").is_some_and(|f| crate::checkpoint::is_checkpoint_format(f)) {
         return Err(bad(
             "this is a training checkpoint, not weights; write them with `simplegpt export --from RUN_DIR --out FILE`"
                 .into(),
         ));
+    }
+    // Files from other tools have no checksums; ours have one for every tensor.
+    if let Some(checksums) = meta.get(params::CHECKSUMS) {
+        params::check_checksums(&st, checksums).map_err(|why| {
+            Error::Input(format!("{origin} is corrupted: {why}; export it again or restore the file"))
+        })?;
     }
     if let Some(vocab) = meta.get("tokenizer").and_then(|t| serde_json::from_str::<Tokenizer>(t).ok())
         && vocab != *tokenizer

@@ -3,7 +3,8 @@
 //!
 //! Where things are: `model` (the GPT and every norm variant), `train` (the loop),
 //! `optim` (AdamW, clipping, schedule), `data` (tokenizer, batches, the embedded corpus),
-//! `config` (presets and overrides), `checkpoint`, `record` and `run` (what a run writes
+//! `config` (presets and overrides), `memory` (what a run needs, checked before it
+//! allocates), `checkpoint`, `record` and `run` (what a run writes
 //! and how two runs compare), `study` (compare and sweep reports), `hessian` (its top
 //! eigenvalues), `interop` (weights in PyTorch names), `sample`, `bench`, `device`; below
 //! them `rng` (the portable random streams), `kernels` (the dropout mask kernel), `params`
@@ -21,6 +22,7 @@ pub mod error;
 pub mod hessian;
 pub mod interop;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod params;

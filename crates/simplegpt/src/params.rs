@@ -4,10 +4,15 @@
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
-use safetensors::{Dtype, tensor::TensorView};
-use std::collections::HashMap;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::collections::{BTreeMap, HashMap};
 
 use crate::error::{Error, Result};
+use crate::rng::{fnv1a, hex};
+
+/// The metadata key of a file's tensor checksums: a JSON object, tensor name -> FNV-1a 64 of
+/// its bytes in hex. `safetensors_bytes` writes it; `check_checksums` reads it.
+pub const CHECKSUMS: &str = "checksums";
 
 /// Sees every float parameter with its path.
 pub trait PathVisitor {
@@ -89,11 +94,16 @@ pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
-/// A safetensors file from (name, dtype, shape, little-endian bytes) and metadata.
+/// A safetensors file from (name, dtype, shape, little-endian bytes) and metadata, with every
+/// tensor's checksum added to the metadata under `CHECKSUMS`: safetensors itself checks
+/// offsets and shapes, not the values, so flipped bits would otherwise load silently.
 pub fn safetensors_bytes(
     tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
-    metadata: HashMap<String, String>,
+    mut metadata: HashMap<String, String>,
 ) -> Result<Vec<u8>> {
+    let checksums: BTreeMap<&str, String> =
+        tensors.iter().map(|(name, .., b)| (name.as_str(), hex(fnv1a(b)))).collect();
+    metadata.insert(CHECKSUMS.to_string(), serde_json::to_string(&checksums).expect("serialisable"));
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .map(|(name, dtype, shape, b)| {
@@ -101,6 +111,30 @@ pub fn safetensors_bytes(
         })
         .collect();
     safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Backend(format!("serialising safetensors: {e}")))
+}
+
+/// Checks every tensor of `st` against `checksums` (the `CHECKSUMS` metadata): each tensor
+/// must have one and match it, and each checksum must have its tensor. The error says what
+/// is wrong, for the caller to prefix with the file's name.
+pub fn check_checksums(st: &SafeTensors, checksums: &str) -> std::result::Result<(), String> {
+    let mut expected: HashMap<String, String> =
+        serde_json::from_str(checksums).map_err(|e| format!("its tensor checksums are unreadable ({e})"))?;
+    let mut tensors: Vec<_> = st.iter().collect();
+    // Sorted, so that of several damaged tensors the same one is named every time.
+    tensors.sort_by_key(|(name, _)| *name);
+    for (name, view) in tensors {
+        match expected.remove(name) {
+            None => return Err(format!("tensor {name} has no checksum")),
+            Some(sum) if sum != hex(fnv1a(view.data())) => {
+                return Err(format!("tensor {name}'s data does not match its checksum"));
+            }
+            Some(_) => {}
+        }
+    }
+    match expected.keys().min() {
+        Some(name) => Err(format!("tensor {name} has a checksum but is missing")),
+        None => Ok(()),
+    }
 }
 
 /// Reads a flat tensor back to the host: the one read-back from the device, async because
@@ -147,6 +181,45 @@ pub fn mean_all<const D: usize>(x: Tensor<D>) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use burn::tensor::{Device, Tensor, TensorData};
+    use safetensors::{Dtype, SafeTensors};
+    use std::collections::HashMap;
+
+    /// Two tensors written by `safetensors_bytes`, and their checksums as written.
+    fn written() -> (Vec<u8>, serde_json::Map<String, serde_json::Value>) {
+        let tensors = [
+            ("a".to_string(), Dtype::F32, vec![2], super::f32_bytes(&[1.0, 2.0])),
+            ("b".to_string(), Dtype::I32, vec![1], 7i32.to_le_bytes().to_vec()),
+        ];
+        let bytes = super::safetensors_bytes(&tensors, HashMap::new()).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let checksums = serde_json::from_str(&header.metadata().as_ref().unwrap()[super::CHECKSUMS]).unwrap();
+        (bytes, checksums)
+    }
+
+    fn check(bytes: &[u8], checksums: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
+        let st = SafeTensors::deserialize(bytes).unwrap();
+        super::check_checksums(&st, &serde_json::to_string(checksums).unwrap())
+    }
+
+    #[test]
+    fn every_tensor_must_have_its_checksum_and_every_checksum_its_tensor() {
+        let (bytes, checksums) = written();
+        assert_eq!(checksums.len(), 2, "{checksums:?}");
+        check(&bytes, &checksums).unwrap();
+
+        let mut missing = checksums.clone();
+        missing.remove("b");
+        assert_eq!(check(&bytes, &missing).unwrap_err(), "tensor b has no checksum");
+        let mut extra = checksums.clone();
+        extra.insert("c".into(), "0000000000000000".into());
+        assert_eq!(check(&bytes, &extra).unwrap_err(), "tensor c has a checksum but is missing");
+        // A's checksum given to b: the right set of names, the wrong data.
+        let mut swapped = checksums.clone();
+        swapped["b"] = checksums["a"].clone();
+        assert_eq!(check(&bytes, &swapped).unwrap_err(), "tensor b's data does not match its checksum");
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        assert!(super::check_checksums(&st, "not json").unwrap_err().contains("checksums are unreadable"));
+    }
 
     #[test]
     fn sum_all_adds_every_element_at_any_size() {

@@ -10,7 +10,7 @@ use crate::Config;
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::params::{self, f32_bytes, read_f32};
-use crate::rng::fnv1a;
+use crate::rng::{fnv1a, hex};
 use crate::train::{StepRecord, Trainer};
 
 pub const FORMAT: &str = "simplegpt-run-1";
@@ -52,10 +52,6 @@ pub struct RunHeader {
 pub struct RunRecord {
     pub header: RunHeader,
     pub steps: Vec<StepRecord>,
-}
-
-fn hex(h: u64) -> String {
-    format!("{h:016x}")
 }
 
 fn hash_ids(ids: &[u32]) -> u64 {

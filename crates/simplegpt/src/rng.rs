@@ -59,6 +59,11 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
 }
 
+/// A 64-bit hash as 16 lowercase hex digits, the form every checksum is written in.
+pub fn hex(h: u64) -> String {
+    format!("{h:016x}")
+}
+
 /// SplitMix64's finaliser: a stable 64-bit mixer for deriving keys.
 fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E3779B97F4A7C15);

@@ -3,7 +3,8 @@
 //! and the loop that fills it. Native only: the browser keeps its records in memory and
 //! exports them in the same JSON format.
 
-use std::io::Write;
+use std::fs::{File, TryLockError};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
@@ -18,34 +19,129 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const HEADER_FILE: &str = "run.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_FILE: &str = "ckpt.safetensors";
+/// Held locked by the one process writing the directory; says which process that is.
+pub const LOCK_FILE: &str = "lock";
 
+/// An exclusive lock on a directory (a run's, or a study's) for as long as this value
+/// lives, so that a second process cannot interleave its files with the first's. The
+/// operating system releases it when the process ends, however it ends.
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Locks `dir` (which must exist), or says which process holds it.
+    pub fn acquire(dir: &Path) -> Result<DirLock> {
+        let path = dir.join(LOCK_FILE);
+        let mut file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(
+                |e| {
+                    Error::Input(format!(
+                        "output directory {} is not writable: {e}; choose another with --out",
+                        dir.display()
+                    ))
+                },
+            )?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                // Empty while the holder is starting; unreadable where the lock also bars
+                // reading (Windows).
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim() {
+                    "" => "pid not known".to_string(),
+                    h => h.to_string(),
+                };
+                return Err(Error::Input(format!(
+                    "{} is being written by another process ({holder}); wait for it to end, or choose another --out",
+                    dir.display()
+                )));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(Error::Io(format!("cannot lock {} (a file system without locks?)", path.display()), e));
+            }
+        }
+        let holder = std::env::args().fold(format!("pid {}:", std::process::id()), |acc, a| format!("{acc} {a}"));
+        file.set_len(0)
+            .and_then(|()| file.write_all(format!("{holder}\n").as_bytes()))
+            .map_err(io("cannot write", &path))?;
+        Ok(DirLock { _file: file })
+    }
+}
+
+/// A run directory, locked by this process for as long as the value lives.
 pub struct RunDir {
     pub path: PathBuf,
+    _lock: DirLock,
 }
 
 impl RunDir {
-    /// Creates (or reuses) `path` and checks that it is writable by writing the config.
+    /// The files a run writes into `dir`: no input of the run may be one of them.
+    pub fn files(dir: &Path) -> [PathBuf; 4] {
+        [CONFIG_FILE, HEADER_FILE, METRICS_FILE, CHECKPOINT_FILE].map(|f| dir.join(f))
+    }
+
+    /// Creates (or reuses) `path` and locks it; the lock file proves that it is writable.
     pub fn create(path: &Path) -> Result<RunDir> {
         std::fs::create_dir_all(path).map_err(|e| {
             Error::Input(format!("cannot create output directory {}: {e}; choose another with --out", path.display()))
         })?;
-        let probe = path.join(".write-test");
-        std::fs::write(&probe, b"").map_err(|e| {
-            Error::Input(format!("output directory {} is not writable: {e}; choose another with --out", path.display()))
-        })?;
-        let _ = std::fs::remove_file(probe);
-        Ok(RunDir { path: path.to_path_buf() })
+        Ok(RunDir { path: path.to_path_buf(), _lock: DirLock::acquire(path)? })
     }
 
-    /// An existing run directory, to resume.
-    pub fn open(path: &Path) -> Result<RunDir> {
-        if !path.join(CHECKPOINT_FILE).is_file() {
+    /// A directory for a new run: `create`, refusing one that already holds a run unless
+    /// `overwrite` (checked under the lock, so two processes cannot both pass).
+    pub fn create_new(path: &Path, overwrite: bool) -> Result<RunDir> {
+        let dir = RunDir::create(path)?;
+        if dir.holds_run() && !overwrite {
+            let what_to_do = if dir.checkpoint_path().is_file() {
+                format!("continue it with --resume {}, ", path.display())
+            } else {
+                // Killed before its first checkpoint, or trained with checkpoint=false.
+                "it has no checkpoint to continue from; ".to_string()
+            };
             return Err(Error::Input(format!(
-                "{} holds no run to resume (no {CHECKPOINT_FILE}); give the --out directory of a run trained with checkpoint=true",
+                "{} already holds a run; {what_to_do}choose another --out, or pass --overwrite to replace it",
                 path.display()
             )));
         }
-        RunDir::create(path)
+        Ok(dir)
+    }
+
+    /// Whether the directory holds a run's header, i.e. a run was started in it.
+    pub fn holds_run(&self) -> bool {
+        self.path.join(HEADER_FILE).exists()
+    }
+
+    /// An existing run directory, to resume: the directory, or its checkpoint file.
+    pub fn open(path: &Path) -> Result<RunDir> {
+        let path = match path.parent() {
+            Some(parent) if path.is_file() && path.file_name() == Some(CHECKPOINT_FILE.as_ref()) => parent,
+            _ => path,
+        };
+        let no_run = |why: &str| {
+            Error::Input(format!(
+                "{} holds no run to resume ({why}); give the --out directory of a run trained with checkpoint=true",
+                path.display()
+            ))
+        };
+        if !path.is_dir() {
+            return Err(no_run("no such directory"));
+        }
+        let dir = RunDir::create(path)?;
+        if !dir.checkpoint_path().is_file() {
+            if dir.holds_run() {
+                return Err(Error::Input(format!(
+                    "{} holds a run without a checkpoint (stopped before its first evaluation, or trained with \
+                     checkpoint=false), so it cannot be resumed; start it again with --out {} --overwrite",
+                    path.display(),
+                    path.display()
+                )));
+            }
+            return Err(no_run(&format!("no {CHECKPOINT_FILE}")));
+        }
+        Ok(dir)
     }
 
     pub fn checkpoint_path(&self) -> PathBuf {
@@ -71,32 +167,31 @@ impl RunDir {
         checkpoint::write_atomic(&self.path.join(METRICS_FILE), b"")
     }
 
-    /// A resumed run: drops the records the interrupted run logged after its checkpoint,
-    /// so metrics.jsonl reads as one uninterrupted run.
+    /// A resumed run: drops the records the interrupted run logged after its checkpoint
+    /// (and a torn last line), so metrics.jsonl reads as one uninterrupted run.
     pub fn truncate_metrics(&self, next_step: usize) -> Result<()> {
         let path = self.path.join(METRICS_FILE);
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        // A run killed mid-write may have left a torn last line: it is past the checkpoint.
-        let kept: Vec<String> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<StepRecord>(l).ok())
+        let records = if path.exists() { read_metrics(&path)? } else { Vec::new() };
+        let kept: String = records
+            .iter()
             .filter(|r| r.step < next_step)
-            .map(|r| serde_json::to_string(&r).expect("serialisable"))
+            .map(|r| serde_json::to_string(r).expect("serialisable") + "\n")
             .collect();
-        let mut text = kept.join("\n");
-        if !text.is_empty() {
-            text.push('\n');
-        }
-        checkpoint::write_atomic(&path, text.as_bytes())
+        checkpoint::write_atomic(&path, kept.as_bytes())
     }
 
+    /// Appends one record as one line. A write that fails part-way (a full disk) is cut
+    /// off again, so the file holds whole lines only.
     pub fn append(&self, record: &StepRecord) -> Result<()> {
         let path = self.path.join(METRICS_FILE);
         let mut f =
             std::fs::OpenOptions::new().append(true).create(true).open(&path).map_err(io("cannot open", &path))?;
-        // One write per record, so a killed run leaves whole lines.
+        let whole = f.metadata().map_err(io("cannot read", &path))?.len();
         let line = serde_json::to_string(record).expect("serialisable") + "\n";
-        f.write_all(line.as_bytes()).map_err(io("cannot write", &path))
+        f.write_all(line.as_bytes()).map_err(|e| {
+            let _ = f.set_len(whole);
+            Error::Io(format!("cannot write {}", path.display()), e)
+        })
     }
 
     pub fn save_checkpoint(&self, trainer: &Trainer) -> Result<()> {
@@ -105,16 +200,23 @@ impl RunDir {
     }
 }
 
-/// Reads a metrics.jsonl file.
+/// Reads a metrics.jsonl file: every whole line. A last line without its newline is a
+/// record whose writing was cut off (a kill, a full disk): it is not a record, and is left
+/// out, so that no reader sees a torn one.
 pub fn read_metrics(path: &Path) -> Result<Vec<StepRecord>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Input(format!(
+                "{} is missing: the run logged no step (or the file was removed)",
+                path.display()
+            )));
+        }
         Err(e) => return Err(Error::Io(format!("cannot read {}", path.display()), e)),
     };
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
+    text.split_inclusive('\n')
         .enumerate()
+        .filter(|(_, l)| l.ends_with('\n') && !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str(l)
                 .map_err(|e| Error::Input(format!("{} line {}: not a metrics record ({e})", path.display(), i + 1)))

@@ -13,6 +13,7 @@ use web_time::Instant;
 use crate::config::Config;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
+use crate::memory;
 use crate::model::{DropoutKey, Gpt};
 use crate::optim::{AdamW, GradSum, learning_rate};
 use crate::params::{mean_all, read_f32};
@@ -83,6 +84,9 @@ impl Trainer {
             )));
         }
         config.validate()?;
+        // Before any tensor exists: a run that cannot fit is refused here, not aborted by
+        // the allocator later.
+        memory::check(&config, device)?;
         let device = device.clone().autodiff();
         let model = config.model.init(config.train.seed, &device);
         Ok(Trainer {

@@ -111,10 +111,12 @@ fn simplenorm_output_does_not_depend_on_the_scale_of_the_linear_weights() {
         let model: Gpt = small(norm).model.init(3, &device);
         let a = values(model.clone().map(&mut ScaleLinears(10.0, Vec::new())).forward(x()));
         let b = values(model.map(&mut ScaleLinears(100.0, Vec::new())).forward(x()));
-        a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)
+        // Relative to the largest logit, so that the bound does not depend on their size.
+        let largest = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / largest
     };
-    assert!(diff(NormKind::Simple) < 1e-3, "simple: {}", diff(NormKind::Simple));
-    assert!(diff(NormKind::PreLn) > 1e-1, "pre_ln: {}", diff(NormKind::PreLn));
+    assert!(diff(NormKind::Simple) < 1e-4, "simple: {}", diff(NormKind::Simple));
+    assert!(diff(NormKind::PreLn) > 1e-2, "pre_ln: {}", diff(NormKind::PreLn));
 }
 
 /// Replaces every weight with a random one: matrices N(0, std^2), norm gains 1 + N(0, std^2),
@@ -191,8 +193,11 @@ fn gradients_match_finite_differences() {
             let l = Gpt::loss(m.forward(x_plain.clone()), y_plain.clone());
             l.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()[0] as f64
         };
-        for (path, g) in &grads.by_path {
-            let g: Vec<f32> = g.clone().into_data().convert::<f32>().try_into_vec().unwrap();
+        let values = |path: &str| -> Vec<f32> {
+            grads.by_path[path].clone().into_data().convert::<f32>().try_into_vec().unwrap()
+        };
+        for path in grads.by_path.keys() {
+            let g = values(path);
             // The two entries of largest gradient: far from 0 (~100 times the resolution), so
             // that a gradient that is wrongly zero everywhere fails.
             let mut order: Vec<usize> = (0..g.len()).collect();
@@ -200,8 +205,16 @@ fn gradients_match_finite_differences() {
             if path.ends_with("attn.k.bias") {
                 // With learned positions and no QK-norm (the only case with biases here),
                 // q.(k + b) - q.k is the same for every key of a query, and softmax ignores
-                // a shift shared by all its inputs: the key bias gets no gradient.
-                assert!(g[order[0]].abs() < 1e-8, "{what} {path}: largest |gradient| {}", g[order[0]]);
+                // a shift shared by all its inputs: the key bias gets no gradient. In floats
+                // it gets the rounding residue of sums as large as the key weights' gradient
+                // (how large depends on the CPU's kernels), so it is bounded relative to that.
+                let k_weight = values(&path.replace("k.bias", "k.weight"));
+                let scale = k_weight.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                assert!(
+                    g[order[0]].abs() <= 1e-5 * scale,
+                    "{what} {path}: largest |gradient| {}, against {scale} for the key weights",
+                    g[order[0]]
+                );
                 continue;
             }
             assert!(g[order[0]].abs() > 5e-3, "{what} {path}: largest |gradient| {}", g[order[0]]);

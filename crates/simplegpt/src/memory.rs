@@ -1,0 +1,418 @@
+//! How much memory a training run needs, worked out from its config before anything is
+//! allocated, and the check that refuses a run that cannot fit (`Trainer::new` calls it, so
+//! every front end gets it). Without it such a run aborts inside the allocator ("memory
+//! allocation of N bytes failed") or the GPU runtime, with no word on what to lower.
+//!
+//! Every tensor is f32. The activations follow what burn 0.22's autodiff keeps for the
+//! backward pass with gradient checkpointing off (its default): each op saves what its
+//! gradient needs (a matmul both operands, a product both factors, `exp` its output,
+//! `square` and GELU their input), and a tensor several ops save is counted once. burn's
+//! attention is unfused, so the [B, nh, T, T] scores are materialised, and its softmax is
+//! `exp` then a division, which keep two of them.
+
+use burn::backend::DispatchDevice;
+use burn::tensor::Device;
+
+use crate::config::{Config, MlpKind, ModelConfig, NormKind, PosKind};
+use crate::error::{Error, Result};
+
+const F32_BYTES: u128 = 4;
+
+/// `Config::validate`'s cap on every size. Sizes above it are counted at it: such a config
+/// is refused there anyway, its figure stays far above any machine, and no product of
+/// capped sizes overflows a u128.
+const MAX_DIM: usize = 1 << 24;
+
+/// Bytes a training step needs at its peak, the start of the backward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryEstimate {
+    /// The parameters.
+    pub weights: u128,
+    /// Their gradients; twice that with grad_accum > 1, where the running sum and the
+    /// micro-batch's gradients live at once.
+    pub gradients: u128,
+    /// AdamW's two moments.
+    pub optimizer: u128,
+    /// What one micro-batch's forward pass keeps for its backward, plus the working set that
+    /// comes and goes on top of it (see `estimate`).
+    pub activations: u128,
+    /// The largest single tensor: a GPU holds each tensor in one buffer.
+    pub largest: LargestTensor,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LargestTensor {
+    pub bytes: u128,
+    /// What it is, in config keys.
+    pub what: &'static str,
+    /// The keys that make it smaller.
+    pub lower: &'static str,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> u128 {
+        self.weights + self.gradients + self.optimizer + self.activations
+    }
+}
+
+/// What a device can hold, where that is known.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceMemory {
+    /// Bytes a run may use in all: the memory available on the CPU, a GPU's memory where its
+    /// runtime states it.
+    pub total: Option<u128>,
+    /// The largest buffer the GPU allocates and binds to a kernel; none on the CPU.
+    pub max_buffer: Option<u128>,
+    pub gpu: bool,
+}
+
+/// The estimate for `config`, whose `vocab_size` must be resolved (`Trainer::new` takes it
+/// from the data first): at 0 the embedding, the head and the logits would count as empty.
+pub fn estimate(config: &Config) -> MemoryEstimate {
+    let m = capped(&config.model);
+    let t = &config.train;
+    let b = t.batch_size.min(MAX_DIM) as u128;
+    let (tt, c, nh, layers, v) =
+        (m.block_size as u128, m.n_embd as u128, m.n_head as u128, m.n_layer as u128, m.vocab_size as u128);
+    let hidden_width = m.mlp_hidden() as u128;
+    let yes = |on: bool| on as u128;
+    let (dropout, simple, swiglu) =
+        (yes(m.dropout > 0.0), yes(m.norm == NormKind::Simple), yes(m.mlp == MlpKind::Swiglu));
+
+    // The activation shapes, in elements.
+    let width = b * tt * c; // [B, T, C]
+    let hidden = b * tt * hidden_width; // [B, T, hidden]
+    let scores = b * nh * tt * tt; // [B, nh, T, T]
+    let logits = b * tt * v; // [B, T, V]
+
+    // One block. Each norm keeps two tensors of its width: its (centred) input, which `square`
+    // and the division by the RMS read, and the normalised value its gain multiplies. Norms
+    // of width C: ln_1 and ln_2 (pre- and post-norm variants), QK-norm's two, and
+    // SimpleNorm's on v, o and the MLP's output; of the hidden width: SimpleNorm's on fc (and
+    // the gate).
+    let c_norms = 2 * yes(m.norm.block_norms()) + 2 * yes(m.norm.qk_norm()) + 3 * simple;
+    let hidden_norms = simple * (1 + swiglu);
+    // The inputs of the three linear steps (q/k/v, o, the MLP's first), and q, k and v as
+    // the attention products read them.
+    let linear_inputs_and_qkv = 3 + 3;
+    // RoPE on q and k: each is copied into pairs (read by the rotation's matmul) and rotated
+    // into twice its size (read by the product with the frequencies).
+    let rope = 6 * yes(m.pos == PosKind::Rope);
+    // The dropout after o and after the MLP: each keeps its mask and its input.
+    let residual_dropout = 4 * dropout;
+    // GELU: its input and output. SwiGLU: fc's output, its sigmoid, the SiLU, the gate's
+    // output and the product the projection reads.
+    let mlp = if swiglu == 1 { 5 } else { 2 };
+    // The attention's softmax keeps its `exp` and the probabilities; dropout on them keeps
+    // its mask and the dropped probabilities too.
+    let attention = 2 + 2 * dropout;
+    let block = width * (2 * c_norms + linear_inputs_and_qkv + rope + residual_dropout)
+        + hidden * (2 * hidden_norms + mlp)
+        + scores * attention;
+
+    // Around the blocks: the embedding's dropout (mask and input), the final norm, the head's
+    // input; the logits and their softmax (the `exp` log-softmax keeps, and the gradient).
+    let outside = width * (2 * dropout + 2 * yes(m.norm.final_norm()) + 1) + logits * 2;
+
+    let params = m.num_params_u128();
+    let largest_weight = (v * c).max(c * hidden_width).max(tt * c);
+    // On top of what is kept, a few tensors the size of the largest activation are alive at
+    // once while the backward pass works through one op (the incoming gradient, the one it
+    // makes, its temporaries); AdamW's update of the largest weight matrix needs about four
+    // of its size. These never overlap, so the larger counts.
+    let working = (3 * scores.max(hidden).max(width).max(logits)).max(4 * largest_weight);
+
+    MemoryEstimate {
+        weights: params * F32_BYTES,
+        gradients: params * F32_BYTES * if t.grad_accum > 1 { 2 } else { 1 },
+        optimizer: 2 * params * F32_BYTES,
+        activations: (layers * block + outside + working) * F32_BYTES,
+        largest: largest_tensor(scores, hidden, width, logits, v * c, c * hidden_width, tt * c),
+    }
+}
+
+/// The model config with every size at most `MAX_DIM`, so its parameter count cannot overflow.
+fn capped(model: &ModelConfig) -> ModelConfig {
+    let mut m = model.clone();
+    for size in [&mut m.vocab_size, &mut m.block_size, &mut m.n_layer, &mut m.n_head, &mut m.n_embd] {
+        *size = (*size).min(MAX_DIM);
+    }
+    m
+}
+
+fn largest_tensor(
+    scores: u128,
+    hidden: u128,
+    width: u128,
+    logits: u128,
+    embedding: u128,
+    mlp_weight: u128,
+    positions: u128,
+) -> LargestTensor {
+    let tensors = [
+        (
+            scores,
+            "the attention scores (batch_size x n_head x block_size^2)",
+            "batch_size (raising grad_accum keeps the tokens per step), block_size or n_head",
+        ),
+        (
+            hidden,
+            "the MLP's activations (batch_size x block_size x its hidden width)",
+            "batch_size (raising grad_accum keeps the tokens per step), block_size or n_embd",
+        ),
+        (
+            width,
+            "the activations (batch_size x block_size x n_embd)",
+            "batch_size (raising grad_accum keeps the tokens per step), block_size or n_embd",
+        ),
+        (
+            logits,
+            "the logits (batch_size x block_size x vocab_size)",
+            "batch_size (raising grad_accum keeps the tokens per step) or block_size",
+        ),
+        (embedding, "the token embedding (vocab_size x n_embd)", "n_embd"),
+        (mlp_weight, "the MLP's weight (n_embd x its hidden width)", "n_embd"),
+        (positions, "the position embedding (block_size x n_embd)", "block_size or n_embd"),
+    ];
+    // The first of equals (nanoGPT's attention scores and MLP activations are the same size):
+    // `max_by_key` keeps the last, so it looks from the end.
+    let (elements, what, lower) = tensors.into_iter().rev().max_by_key(|(n, _, _)| *n).expect("a non-empty list");
+    LargestTensor { bytes: elements * F32_BYTES, what, lower }
+}
+
+/// Refuses `config` when its estimate cannot fit on `device`; the error gives the figures
+/// and what to lower. Allocates nothing.
+pub fn check(config: &Config, device: &Device) -> Result<()> {
+    fits(&estimate(config), &device_memory(device))
+}
+
+/// Compares an estimate with what a device can hold. A limit that is not known is not checked.
+pub fn fits(estimate: &MemoryEstimate, memory: &DeviceMemory) -> Result<()> {
+    let largest = &estimate.largest;
+    if let Some(max) = memory.max_buffer
+        && largest.bytes > max
+    {
+        return Err(Error::Input(format!(
+            "{} would be one GPU buffer of about {}, but this GPU's largest buffer is {}; lower {}",
+            largest.what,
+            bytes(largest.bytes),
+            bytes(max),
+            largest.lower
+        )));
+    }
+    if let Some(total) = memory.total
+        && estimate.total() > total
+    {
+        let model = estimate.weights + estimate.gradients + estimate.optimizer;
+        let lower = if model > total {
+            "n_embd or n_layer (the weights, their gradients and AdamW's state alone do not fit)"
+        } else {
+            "batch_size (raising grad_accum keeps the tokens per step), block_size, n_embd or n_layer"
+        };
+        let available = if memory.gpu {
+            format!("the GPU has {}", bytes(total))
+        } else {
+            format!("{} of memory is available", bytes(total))
+        };
+        return Err(Error::Input(format!(
+            "this config needs about {} (weights {}, gradients {}, AdamW state {}, activations of one micro-batch {}) but {available}; lower {lower}",
+            bytes(estimate.total()),
+            bytes(estimate.weights),
+            bytes(estimate.gradients),
+            bytes(estimate.optimizer),
+            bytes(estimate.activations),
+        )));
+    }
+    Ok(())
+}
+
+/// What `device` can hold, as far as its backend says: the memory available on the CPU (Flex);
+/// on a GPU (cubecl: wgpu, CUDA) the largest buffer its runtime allocates and, where the
+/// runtime states it (CUDA; Vulkan when built with SPIR-V), its memory. Opens the device.
+pub fn device_memory(device: &Device) -> DeviceMemory {
+    dispatch_memory(device.as_dispatch())
+}
+
+fn dispatch_memory(device: &DispatchDevice) -> DeviceMemory {
+    match device {
+        DispatchDevice::Autodiff(inner) => dispatch_memory(inner),
+        DispatchDevice::Flex(_) => DeviceMemory { total: cpu_memory(), max_buffer: None, gpu: false },
+        DispatchDevice::Cube(cube) => {
+            let client = cube.client();
+            let memory = &client.properties().memory;
+            DeviceMemory {
+                total: memory.max_memory().map(u128::from),
+                max_buffer: Some(memory.max_page_size.into()),
+                gpu: true,
+            }
+        }
+    }
+}
+
+/// The memory a run on the CPU may use: Linux's MemAvailable (what can be allocated without
+/// swapping), and at most the 4 GiB a 32-bit process (the browser's wasm) can address.
+/// `None` where neither is known: other systems are not checked.
+fn cpu_memory() -> Option<u128> {
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| mem_available(&text));
+    let address_space = cfg!(target_pointer_width = "32").then_some(1u128 << 32);
+    match (available, address_space) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The `MemAvailable:` line of /proc/meminfo, in bytes.
+fn mem_available(meminfo: &str) -> Option<u128> {
+    let line = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    let kib: u128 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Bytes in binary units with one decimal: "20.4 MiB", "41.2 GiB".
+fn bytes(n: u128) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u128 = 1 << 30;
+
+    /// A preset with the embedded corpus's vocabulary size resolved, as `Trainer::new` does.
+    fn preset(name: &str) -> Config {
+        let mut c = Config::preset(name).unwrap();
+        c.model.vocab_size = 65;
+        c
+    }
+
+    #[test]
+    fn weights_gradients_and_adamw_state_are_the_parameters_worked_by_hand() {
+        // tiny, V 65: C 64, one block, 4C MLP, pre-LN without biases, tied head, learned
+        // positions. wte 65 x 64 = 4160; wpe 64 x 64 = 4096; the block: q, k, v, o 4 x 64 x 64
+        // = 16384, fc 64 x 256 + proj 256 x 64 = 32768, ln_1 and ln_2 gains 2 x 64 = 128, so
+        // 49280; ln_f's gain 64. In all 4160 + 4096 + 49280 + 64 = 57600 parameters.
+        let c = preset("tiny");
+        assert_eq!(c.model.num_params(), 57_600);
+        let e = estimate(&c);
+        assert_eq!(e.weights, 57_600 * 4);
+        assert_eq!(e.gradients, 57_600 * 4);
+        assert_eq!(e.optimizer, 2 * 57_600 * 4, "AdamW's m and v");
+
+        // Accumulating: the running sum of the gradients and the micro-batch's.
+        let mut accum = c.clone();
+        accum.train.grad_accum = 4;
+        assert_eq!(estimate(&accum).gradients, 2 * 57_600 * 4);
+
+        // Every variant: the weights are the model's own count.
+        for norm in [NormKind::PreLn, NormKind::PostLn, NormKind::PreRmsQk, NormKind::Simple, NormKind::None] {
+            for (mlp, pos, tie) in [(MlpKind::Gelu, PosKind::Learned, true), (MlpKind::Swiglu, PosKind::Rope, false)] {
+                let mut v = preset("nanogpt-shakespeare-char");
+                (v.model.norm, v.model.mlp, v.model.pos, v.model.tie_weights, v.model.bias) =
+                    (norm, mlp, pos, tie, true);
+                assert_eq!(estimate(&v).weights, v.model.num_params() as u128 * 4, "{norm:?} {mlp:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn activations_grow_with_the_batch_and_the_weights_do_not() {
+        for name in ["tiny", "nanogpt-shakespeare-char", "simplegpt-shakespeare-char"] {
+            let c = preset(name);
+            let mut doubled = c.clone();
+            doubled.train.batch_size *= 2;
+            let (one, two) = (estimate(&c), estimate(&doubled));
+            assert!(two.activations > one.activations, "{name}: {} vs {}", two.activations, one.activations);
+            assert_eq!((two.weights, two.gradients, two.optimizer), (one.weights, one.gradients, one.optimizer));
+            // More layers, a longer context, RoPE and SwiGLU keep more activations too.
+            for set in ["n_layer=12", "block_size=512", "pos=rope", "mlp=swiglu"] {
+                let mut bigger = c.clone();
+                bigger.set(set).unwrap();
+                assert!(estimate(&bigger).activations > one.activations, "{name} with {set}");
+            }
+            // And dropout: its masks and the dropped tensors.
+            let (mut without, mut with) = (c.clone(), c.clone());
+            (without.model.dropout, with.model.dropout) = (0.0, 0.1);
+            assert!(estimate(&with).activations > estimate(&without).activations, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_presets_need_a_few_gib_at_most() {
+        let tiny = estimate(&preset("tiny"));
+        assert!(tiny.total() < 64 << 20, "tiny: {}", bytes(tiny.total()));
+        for name in ["nanogpt-shakespeare-char", "simplegpt-shakespeare-char"] {
+            let e = estimate(&preset(name));
+            assert!(e.total() < 8 * GIB, "{name}: {}", bytes(e.total()));
+            // Its largest tensor is one layer's attention scores, 64 x 6 x 256^2 floats: 96 MiB,
+            // within WebGPU's default 128 MiB storage binding.
+            assert_eq!(e.largest.bytes, 64 * 6 * 256 * 256 * 4);
+            assert!(e.largest.what.contains("attention scores"));
+        }
+    }
+
+    #[test]
+    fn absurd_sizes_do_not_overflow() {
+        let mut c = preset("tiny");
+        (c.model.n_layer, c.model.n_embd, c.model.block_size, c.train.batch_size) =
+            (usize::MAX, usize::MAX, usize::MAX, usize::MAX);
+        assert!(estimate(&c).total() > 1 << 100);
+    }
+
+    #[test]
+    fn a_run_that_does_not_fit_is_refused_with_its_figures_and_what_to_lower() {
+        let e = estimate(&preset("nanogpt-shakespeare-char"));
+        let cpu = |total| DeviceMemory { total: Some(total), max_buffer: None, gpu: false };
+        assert!(fits(&e, &cpu(e.total())).is_ok());
+        assert!(fits(&e, &DeviceMemory::default()).is_ok(), "nothing known, nothing checked");
+
+        let err = fits(&e, &cpu(e.total() - 1)).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("this config needs about {} (weights {}", bytes(e.total()), bytes(e.weights))),
+            "{err}"
+        );
+        assert!(err.contains("of memory is available; lower batch_size"), "{err}");
+        assert!(!err.contains('\n'));
+
+        // When the model alone does not fit, a smaller batch cannot help.
+        let err = fits(&e, &cpu(e.weights)).unwrap_err().to_string();
+        assert!(
+            err.ends_with("lower n_embd or n_layer (the weights, their gradients and AdamW's state alone do not fit)"),
+            "{err}"
+        );
+
+        let gpu = DeviceMemory { total: Some(e.total() - 1), max_buffer: None, gpu: true };
+        assert!(fits(&e, &gpu).unwrap_err().to_string().contains("but the GPU has"));
+
+        // One tensor above the GPU's largest buffer: the attention scores, 96 MiB.
+        let gpu = DeviceMemory { total: None, max_buffer: Some(64 << 20), gpu: true };
+        let err = fits(&e, &gpu).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "the attention scores (batch_size x n_head x block_size^2) would be one GPU buffer of about 96.0 MiB, \
+             but this GPU's largest buffer is 64.0 MiB; lower batch_size (raising grad_accum keeps the tokens per \
+             step), block_size or n_head"
+        );
+    }
+
+    #[test]
+    fn mem_available_is_read_from_meminfo() {
+        let meminfo = "MemTotal:       24683656 kB\nMemFree:        23236416 kB\nMemAvailable:   23639152 kB\n";
+        assert_eq!(mem_available(meminfo), Some(23_639_152 * 1024));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn sizes_read_in_binary_units() {
+        assert_eq!(bytes(512), "512.0 bytes");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
+        assert_eq!(bytes(41 * GIB + GIB / 5), "41.2 GiB");
+    }
+}
