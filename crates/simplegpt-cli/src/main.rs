@@ -993,9 +993,6 @@ fn run_study(
     outputs.push(out.join(REPORT_FILE));
     refuse_overwriting_inputs(&outputs, &args.input_files())?;
     let opened = device::open(&args.device)?;
-    std::fs::create_dir_all(out).map_err(|e| {
-        Error::Input(format!("cannot create output directory {}: {e}; choose another with --out", out.display()))
-    })?;
     let _study_lock = DirLock::acquire(out)?;
     if !overwrite {
         refuse_replacing_runs(args, out, &jobs, &opened)?;

@@ -30,8 +30,11 @@ pub struct DirLock {
 }
 
 impl DirLock {
-    /// Locks `dir` (which must exist), or says which process holds it.
+    /// Creates `dir` if need be and locks it, or says which process holds it.
     pub fn acquire(dir: &Path) -> Result<DirLock> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Input(format!("cannot create output directory {}: {e}; choose another with --out", dir.display()))
+        })?;
         let path = dir.join(LOCK_FILE);
         let mut file =
             std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(
@@ -84,9 +87,6 @@ impl RunDir {
 
     /// Creates (or reuses) `path` and locks it; the lock file proves that it is writable.
     pub fn create(path: &Path) -> Result<RunDir> {
-        std::fs::create_dir_all(path).map_err(|e| {
-            Error::Input(format!("cannot create output directory {}: {e}; choose another with --out", path.display()))
-        })?;
         Ok(RunDir { path: path.to_path_buf(), _lock: DirLock::acquire(path)? })
     }
 
