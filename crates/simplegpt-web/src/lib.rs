@@ -77,7 +77,7 @@ pub fn default_corpus() -> String {
 /// The group a parameter's gradient norm is summed into in the charts, as in the CLI's reports.
 #[wasm_bindgen]
 pub fn param_group(path: &str) -> String {
-    simplegpt::study::param_group(path).to_string()
+    simplegpt::params::param_group(path).to_string()
 }
 
 /// A preset plus `key=value` overrides, as config JSON; throws the CLI's message on bad input.
@@ -102,9 +102,11 @@ impl Run {
         future_to_promise(async move {
             let opened = device()?;
             let config: Config = serde_json::from_str(&config_json).map_err(js_err)?;
-            let data = Dataset::from_text(&text, "the text", config.model.block_size).map_err(js_err)?;
+            let data = Dataset::from_text(&text, "the text").map_err(js_err)?;
             let trainer = Trainer::new(config, data, &opened.device).map_err(js_err)?;
-            let header = RunHeader::new(&trainer, &opened.backend, &opened.adapter).await.map_err(js_err)?;
+            let t = &trainer;
+            let header =
+                RunHeader::new(&t.config, &t.model, &t.data, &opened.backend, &opened.adapter).await.map_err(js_err)?;
             let header = serde_json::to_string(&header).expect("serialisable");
             Ok(Run { trainer: Rc::new(RefCell::new(trainer)), header }.into())
         })

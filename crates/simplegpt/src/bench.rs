@@ -1,12 +1,12 @@
 //! `simplegpt bench`: the speed of training steps for a config on a device, measured after
 //! warm-up (shader compilation, allocator growth) with no read-back inside the timed steps.
 
-use burn::tensor::Device;
 use serde::Serialize;
 use web_time::Instant;
 
 use crate::config::Config;
 use crate::data::Dataset;
+use crate::device::Opened;
 use crate::error::{Error, Result};
 use crate::train::Trainer;
 
@@ -21,6 +21,31 @@ pub struct BenchResult {
     /// Bytes the device's allocator holds after the timed steps: its pools only grow, so
     /// this is the peak of the run. `None` where the backend does not report it (the CPU).
     pub device_memory: Option<u64>,
+    /// What was measured, as `device::Opened::description` says it.
+    pub device: String,
+    /// The device's peak FLOP/s in TFLOP/s, when the user gives it: then MFU is reported.
+    pub peak_tflops: Option<f64>,
+}
+
+/// One line: the device, the speed, MFU against the given peak (only the user knows the
+/// peak of the device measured), and the memory held.
+impl std::fmt::Display for BenchResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let memory =
+            self.device_memory.map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64));
+        let tflops = self.flops_per_sec / 1e12;
+        let mfu = self
+            .peak_tflops
+            .map_or(String::new(), |peak| format!(" | MFU {:.2}% (of {peak} TFLOP/s)", tflops / peak * 100.0));
+        write!(
+            f,
+            "device {} | params {:.2}M | {:.2} ms/step | {:.0} tokens/s | {tflops:.3} TFLOP/s{mfu} | peak device memory {memory}",
+            self.device,
+            self.params as f64 / 1e6,
+            self.ms_per_step,
+            self.tokens_per_sec,
+        )
+    }
 }
 
 /// nanoGPT's FLOPs per token for a forward and backward pass (`estimate_mfu`): 6N plus the
@@ -46,14 +71,15 @@ pub fn max_steps(warmup: usize, steps: usize) -> Result<usize> {
         .ok_or_else(|| Error::Input(format!("--warmup {warmup} plus --steps {steps} is too many steps")))
 }
 
-pub fn bench(mut config: Config, data: Dataset, device: &Device, warmup: usize, steps: usize) -> Result<BenchResult> {
+/// Times `steps` training steps of `config` on `device` after `warmup` untimed ones.
+pub fn bench(mut config: Config, data: Dataset, device: &Opened, warmup: usize, steps: usize) -> Result<BenchResult> {
     // Only training steps: no evaluation, no logging, no checkpoint inside the window.
     config.train.max_steps = max_steps(warmup, steps)?;
     config.train.eval_interval = usize::MAX;
     config.train.log_interval = usize::MAX;
     config.train.diag_interval = usize::MAX;
     config.train.checkpoint = false;
-    let mut trainer = Trainer::new(config, data, device)?;
+    let mut trainer = Trainer::new(config, data, &device.device)?;
     trainer.progress.step = 1; // step 0 would evaluate and log
     let sync = |t: &Trainer| t.device.sync().map_err(|e| Error::Backend(format!("device failed: {e:?}")));
     for _ in 0..warmup {
@@ -75,5 +101,7 @@ pub fn bench(mut config: Config, data: Dataset, device: &Device, warmup: usize, 
         flops_per_sec: flops_per_token(&trainer.config) * tokens / secs,
         params: trainer.config.model.num_params(),
         device_memory,
+        device: device.description.clone(),
+        peak_tflops: None,
     })
 }

@@ -6,7 +6,6 @@
 //! disk and renamed, so neither a crash nor a power cut leaves half a checkpoint.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use burn::module::Param;
@@ -14,7 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::config::Config;
-use crate::data::Tokenizer;
+use crate::data::{Dataset, Tokenizer};
 use crate::error::{Error, Result, io};
 use crate::model::Gpt;
 use crate::optim::AdamW;
@@ -68,56 +67,11 @@ pub async fn to_bytes(trainer: &Trainer) -> Result<Vec<u8>> {
     safetensors_bytes(&tensors, metadata)
 }
 
-/// Writes `bytes` to `path` atomically: a temp file beside it (`path` + `.tmp`), synced to
-/// the disk, then a rename, then the directory synced. Without the first sync a power cut
-/// can leave the rename on the disk but not the data (an empty file under the real name);
-/// without the second, it can lose the rename. When writing or renaming fails, the temp
-/// file is removed and `path` is as it was.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if path.is_dir() {
-        return Err(Error::Input(format!("{} is a directory; give a file name", path.display())));
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
-        return Err(Error::Input(format!(
-            "cannot write {}: the directory {} does not exist; create it first",
-            path.display(),
-            dir.display()
-        )));
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut file| {
-            file.write_all(bytes)?;
-            file.sync_all()
-        })
-        .map_err(io("cannot write", path))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(io("cannot move the new file into place at", path)));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    sync_parent(path).map_err(io("cannot sync the directory of", path))
-}
-
-/// Syncs the directory holding `path`, so that a rename into it is on the disk.
-#[cfg(unix)]
-fn sync_parent(path: &Path) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Windows cannot open a directory to sync it, and the browser has no file system.
-#[cfg(not(unix))]
-fn sync_parent(_: &Path) -> std::io::Result<()> {
-    Ok(())
-}
-
 impl Checkpoint {
     /// Checks that `data` has the vocabulary this checkpoint was trained with: other text
     /// would be encoded into the wrong token ids.
-    pub fn check_vocabulary(&self, data: &crate::data::Dataset) -> Result<()> {
+    pub fn check_data(&self, data: &Dataset) -> Result<()> {
+        data.check_block_size(self.config.model.block_size)?;
         if data.tokenizer != self.tokenizer {
             return Err(Error::Input(
                 "the data's characters differ from the checkpoint's vocabulary: pass the --data the run was trained on"
@@ -215,6 +169,17 @@ impl PathMapper for Load<'_> {
 }
 
 impl Checkpoint {
+    /// A trainer that continues the run saved here, on `device`. The data must be the data
+    /// it was trained on (same characters).
+    pub fn resume(&self, data: Dataset, device: &Device) -> Result<Trainer> {
+        self.check_data(&data)?;
+        let mut trainer = Trainer::new(self.config.clone(), data, device)?;
+        trainer.model = self.model(&trainer.device)?;
+        trainer.optimizer = self.optimizer(&trainer.device.clone().inner());
+        trainer.progress = self.progress.clone();
+        Ok(trainer)
+    }
+
     /// Why this checkpoint's model is broken, if it is: its run diverged, or a weight is not
     /// finite. Text sampled from it, or a Hessian measured on it, would mean nothing.
     pub fn broken(&self) -> Option<String> {

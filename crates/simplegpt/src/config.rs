@@ -134,10 +134,32 @@ pub struct Config {
     pub train: TrainConfig,
 }
 
-pub const PRESETS: &[(&str, &str)] = &[
-    ("tiny", "the blog's one-layer model: d 64, 2 heads, context 64, batch 32"),
-    ("nanogpt-shakespeare-char", "nanoGPT's config/train_shakespeare_char.py, exactly"),
-    ("simplegpt-shakespeare-char", "the same with SimpleNorm (untied head, reference init)"),
+/// A named config. Each is a TOML file in the repository's `presets/` (compiled in), with
+/// every key, for a user to read and copy.
+pub struct Preset {
+    pub name: &'static str,
+    /// One line on what it is, for `--help` and the page's menu.
+    pub about: &'static str,
+    pub toml: &'static str,
+}
+
+/// The presets, the default (`tiny`) first.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "tiny",
+        about: "the blog's one-layer model: d 64, 2 heads, context 64, batch 32",
+        toml: include_str!("../../../presets/tiny.toml"),
+    },
+    Preset {
+        name: "nanogpt-shakespeare-char",
+        about: "nanoGPT's config/train_shakespeare_char.py, exactly",
+        toml: include_str!("../../../presets/nanogpt-shakespeare-char.toml"),
+    },
+    Preset {
+        name: "simplegpt-shakespeare-char",
+        about: "the same with SimpleNorm (untied head, reference init)",
+        toml: include_str!("../../../presets/simplegpt-shakespeare-char.toml"),
+    },
 ];
 
 impl Config {
@@ -156,77 +178,13 @@ impl Config {
     }
 
     pub fn preset(name: &str) -> Result<Config> {
-        let nanogpt = Config {
-            model: ModelConfig {
-                vocab_size: 0,
-                block_size: 256,
-                n_layer: 6,
-                n_head: 6,
-                n_embd: 384,
-                dropout: 0.2,
-                bias: false,
-                tie_weights: true,
-                norm: NormKind::PreLn,
-                residual: true,
-                mlp: MlpKind::Gelu,
-                pos: PosKind::Learned,
-            },
-            train: TrainConfig {
-                seed: 1337,
-                batch_size: 64,
-                grad_accum: 1,
-                max_steps: 5000,
-                lr: 1e-3,
-                min_lr: 1e-4,
-                warmup_steps: 100,
-                lr_decay_steps: 5000,
-                weight_decay: 0.1,
-                decay_all: false,
-                beta1: 0.9,
-                beta2: 0.99,
-                eps: 1e-8,
-                grad_clip: 1.0,
-                log_interval: 10,
-                eval_interval: 250,
-                eval_iters: 200,
-                diag_interval: 250,
-                diverge_factor: 1.5,
-                checkpoint: true,
-            },
-        };
-        match name {
-            "nanogpt-shakespeare-char" => Ok(nanogpt),
-            "simplegpt-shakespeare-char" => {
-                let mut c = nanogpt;
-                c.model.norm = NormKind::Simple;
-                // The optimizer stays nanoGPT's (betas 0.9/0.99, no decay on gains), not the
-                // reference's (0.9/0.95, decay on all), so that against the baseline only the
-                // norm, its init and the untied head differ.
-                // The reference initialises the embedding N(0, 1) and the head with std
-                // d^-0.5: one matrix cannot have both, so SimpleGPT keeps them separate.
-                c.model.tie_weights = false;
-                Ok(c)
-            }
-            "tiny" => {
-                let mut c = nanogpt;
-                c.model.block_size = 64;
-                c.model.n_layer = 1;
-                c.model.n_head = 2;
-                c.model.n_embd = 64;
-                c.model.dropout = 0.0;
-                c.train.batch_size = 32;
-                c.train.max_steps = 2000;
-                c.train.lr_decay_steps = 2000;
-                c.train.eval_interval = 200;
-                c.train.eval_iters = 20;
-                c.train.diag_interval = 200;
-                Ok(c)
-            }
-            _ => Err(Error::Input(format!(
+        let Some(preset) = PRESETS.iter().find(|p| p.name == name) else {
+            return Err(Error::Input(format!(
                 "unknown preset '{name}'; the presets are: {}",
-                PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-            ))),
-        }
+                PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+            )));
+        };
+        Ok(toml::from_str(preset.toml).expect("a preset file holds every key"))
     }
 
     /// Read a TOML file. Keys it leaves out keep the values of `base` (a preset).
@@ -240,10 +198,9 @@ impl Config {
             match (merged.get_mut(&section), value) {
                 (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => {
                     for (key, v) in src {
-                        // `lr = 1` or `dropout = 0` where a float is expected is still a float.
-                        let v = match (dst.get(&key), v) {
-                            (Some(toml::Value::Float(_)), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
-                            (_, v) => v,
+                        let v = match dst.get(&key) {
+                            Some(old) => as_type_of(v, old),
+                            None => v,
                         };
                         if let Some(old) = dst.get(&key)
                             && old.type_str() != v.type_str()
@@ -444,18 +401,49 @@ fn unknown_key(key: &str) -> Error {
 /// number TOML cannot hold (a whole number past i64), which would otherwise become a string.
 fn parse_value(raw: &str, old: &toml::Value) -> Option<toml::Value> {
     let parsed: Option<toml::Value> = format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v"));
-    match (parsed, old) {
-        // An integer where a float is expected (lr=1) is still a float.
-        (Some(toml::Value::Integer(i)), toml::Value::Float(_)) => Some(toml::Value::Float(i as f64)),
-        (Some(v), _) => Some(v),
-        (None, _) if raw.parse::<f64>().is_ok() => None,
-        (None, _) => Some(toml::Value::String(raw.to_string())),
+    match parsed {
+        Some(v) => Some(as_type_of(v, old)),
+        None if raw.parse::<f64>().is_ok() => None,
+        None => Some(toml::Value::String(raw.to_string())),
+    }
+}
+
+/// `value` for a key that holds `old`: an integer where a float is expected (`lr = 1`,
+/// `dropout = 0`) is that float; anything else as it is.
+fn as_type_of(value: toml::Value, old: &toml::Value) -> toml::Value {
+    match (value, old) {
+        (toml::Value::Integer(i), toml::Value::Float(_)) => toml::Value::Float(i as f64),
+        (v, _) => v,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The preset files are whole configs that validate, and say what they claim: the
+    /// shakespeare_char pair differs only in the norm and the tied head, and tiny is the
+    /// blog's model.
+    #[test]
+    fn every_preset_file_is_a_whole_valid_config() {
+        for p in PRESETS {
+            let c: Config = toml::from_str(p.toml).unwrap_or_else(|e| panic!("presets/{}.toml: {e}", p.name));
+            c.validate().unwrap_or_else(|e| panic!("presets/{}.toml: {e}", p.name));
+        }
+        let nanogpt = Config::preset("nanogpt-shakespeare-char").unwrap();
+        let simple = Config::preset("simplegpt-shakespeare-char").unwrap();
+        let (m, t) = (&nanogpt.model, &nanogpt.train);
+        assert_eq!((m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout), (6, 6, 384, 256, 0.2));
+        assert_eq!((t.batch_size, t.lr, t.max_steps, t.beta2, t.eval_iters), (64, 1e-3, 5000, 0.99, 200));
+        let mut only_norm_and_head = simple.clone();
+        only_norm_and_head.model.norm = NormKind::PreLn;
+        only_norm_and_head.model.tie_weights = true;
+        assert_eq!(only_norm_and_head, nanogpt);
+        assert_eq!((simple.model.norm, simple.model.tie_weights), (NormKind::Simple, false));
+        let tiny = Config::preset("tiny").unwrap();
+        assert_eq!((tiny.model.n_layer, tiny.model.n_embd, tiny.model.n_head, tiny.model.block_size), (1, 64, 2, 64));
+        assert_eq!(tiny.train.batch_size, 32);
+    }
 
     #[test]
     fn set_parses_every_kind_of_value() {

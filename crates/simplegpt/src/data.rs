@@ -48,8 +48,10 @@ pub enum Split {
 }
 
 /// A tokenized corpus split 90/10.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Dataset {
+    /// Where the text came from ("data file input.txt"), for messages.
+    pub name: String,
     pub tokenizer: Tokenizer,
     pub train: Vec<u32>,
     pub val: Vec<u32>,
@@ -77,7 +79,7 @@ impl Batch {
 
 impl Dataset {
     /// `name` says where the text came from, for error messages.
-    pub fn from_text(text: &str, name: &str, block_size: usize) -> Result<Dataset> {
+    pub fn from_text(text: &str, name: &str) -> Result<Dataset> {
         // A byte-order mark (as some Windows editors write) marks the encoding; it is not text.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.is_empty() {
@@ -87,21 +89,27 @@ impl Dataset {
         let ids = tokenizer.encode(text)?;
         let n = ids.len() * 9 / 10;
         let (train, val) = (ids[..n].to_vec(), ids[n..].to_vec());
-        // A batch needs block_size + 1 consecutive tokens (inputs and shifted targets).
-        if val.len() <= block_size {
+        Ok(Dataset { name: name.to_string(), tokenizer, train, val })
+    }
+
+    /// Checks that both splits hold a batch row: block_size + 1 consecutive tokens (inputs
+    /// and shifted targets). The validation split, the last 10%, is the shorter.
+    pub fn check_block_size(&self, block_size: usize) -> Result<()> {
+        if self.val.len() <= block_size {
             return Err(Error::Input(format!(
-                "{name} is too short for block_size {block_size}: it has {} characters, and its \
+                "{} is too short for block_size {block_size}: it has {} characters, and its \
                  last 10% (the validation split, {} characters) must be longer than the block; \
                  use more text or a smaller block (--set block_size=...)",
-                ids.len(),
-                val.len()
+                self.name,
+                self.train.len() + self.val.len(),
+                self.val.len()
             )));
         }
-        Ok(Dataset { tokenizer, train, val })
+        Ok(())
     }
 
     /// Reads a UTF-8 text file.
-    pub fn from_file(path: &std::path::Path, block_size: usize) -> Result<Dataset> {
+    pub fn from_file(path: &std::path::Path) -> Result<Dataset> {
         let bytes = std::fs::read(path).map_err(crate::error::io("cannot read data file", path))?;
         let text = String::from_utf8(bytes).map_err(|e| {
             Error::Input(format!(
@@ -111,7 +119,7 @@ impl Dataset {
                 e.utf8_error().valid_up_to()
             ))
         })?;
-        Dataset::from_text(&text, &format!("data file {}", path.display()), block_size)
+        Dataset::from_text(&text, &format!("data file {}", path.display()))
     }
 
     /// Training batch number `index` (`step * grad_accum + micro_step`): the one rule that
@@ -232,8 +240,8 @@ mod tests {
     #[test]
     fn a_byte_order_mark_is_not_text() {
         let text: String = (0..200).map(|i| char::from(b'a' + (i % 3) as u8)).collect();
-        let plain = Dataset::from_text(&text, "test", 8).unwrap();
-        let marked = Dataset::from_text(&format!("\u{feff}{text}"), "test", 8).unwrap();
+        let plain = Dataset::from_text(&text, "test").unwrap();
+        let marked = Dataset::from_text(&format!("\u{feff}{text}"), "test").unwrap();
         assert_eq!(marked.tokenizer.chars, vec!['a', 'b', 'c']);
         assert_eq!((marked.train, marked.val), (plain.train, plain.val));
     }
@@ -241,7 +249,7 @@ mod tests {
     #[test]
     fn split_is_90_10_and_batches_are_shifted_and_seeded() {
         let text: String = (0..1000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-        let d = Dataset::from_text(&text, "test", 8).unwrap();
+        let d = Dataset::from_text(&text, "test").unwrap();
         assert_eq!((d.train.len(), d.val.len()), (900, 100));
         let b = d.batch(Split::Train, "train", 1, 5, 4, 8);
         assert_eq!(b.x.len(), 32);
@@ -255,19 +263,19 @@ mod tests {
     #[test]
     fn unigram_loss_is_the_cross_entropy_of_the_character_frequencies() {
         // Two characters, equally frequent in the training split: ln 2 per character.
-        let d = Dataset::from_text(&"ab".repeat(100), "test", 8).unwrap();
+        let d = Dataset::from_text(&"ab".repeat(100), "test").unwrap();
         assert!((d.unigram_loss() - std::f64::consts::LN_2).abs() < 1e-12);
         // 'a' three times as frequent as 'b' in training (counts 135+1, 45+1), and the
         // validation split has the same mix.
-        let d = Dataset::from_text(&"aaab".repeat(50), "test", 8).unwrap();
+        let d = Dataset::from_text(&"aaab".repeat(50), "test").unwrap();
         let (pa, pb) = (136.0f64 / 182.0, 46.0f64 / 182.0);
         assert!((d.unigram_loss() - -(0.75 * pa.ln() + 0.25 * pb.ln())).abs() < 1e-12);
     }
 
     #[test]
     fn too_short_or_empty_data_is_an_input_error() {
-        assert!(Dataset::from_text("", "x", 8).unwrap_err().to_string().contains("empty"));
-        let e = Dataset::from_text("abcdefghij", "x", 8).unwrap_err().to_string();
+        assert!(Dataset::from_text("", "x").unwrap_err().to_string().contains("empty"));
+        let e = Dataset::from_text("abcdefghij", "x").unwrap().check_block_size(8).unwrap_err().to_string();
         assert!(e.contains("too short for block_size 8"), "{e}");
     }
 

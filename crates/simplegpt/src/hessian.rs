@@ -186,6 +186,90 @@ pub async fn hessian_extremes(
     .await
 }
 
+/// A Hessian estimate as `simplegpt hessian` reports it: its extremes and the method's
+/// settings, which a reader needs to trust (or redo) the numbers.
+pub struct Estimate {
+    pub extremes: Extremes,
+    /// The finite-difference step of the Hessian-vector products.
+    pub eps: f64,
+    /// The loss is the mean over `batches` batches of `batch_size` sequences.
+    pub batches: usize,
+    pub batch_size: usize,
+}
+
+impl Estimate {
+    /// The last estimate of the eigenvalue of largest magnitude and of the largest one.
+    pub fn lambdas(&self) -> (f64, f64) {
+        let last = |top: &TopEigen| *top.estimates.last().unwrap_or(&f64::NAN);
+        (last(&self.extremes.spectral), last(&self.extremes.largest))
+    }
+
+    /// Refuses an estimate that is not a number (the loss or its gradients were not finite).
+    pub fn check_finite(&self) -> Result<()> {
+        let (spectral, largest) = self.lambdas();
+        if spectral.is_finite() && largest.is_finite() {
+            return Ok(());
+        }
+        Err(crate::error::Error::Input(
+            "the loss or its gradients are not finite at these weights, so no eigenvalue can be estimated; \
+             lower --eps, or use weights from a run that did not diverge"
+                .into(),
+        ))
+    }
+}
+
+/// Every iteration's estimate, then the method and the two eigenvalues with where their
+/// eigenvectors lie.
+impl std::fmt::Display for Estimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Extremes { spectral: top, largest: shifted } = &self.extremes;
+        let (spectral, largest) = self.lambdas();
+        for (i, v) in top.estimates.iter().enumerate() {
+            writeln!(f, "iteration {:>3}: lambda of largest magnitude ~ {v:.6}", i + 1)?;
+        }
+        if spectral < 0.0 {
+            for (i, v) in shifted.estimates.iter().enumerate() {
+                writeln!(
+                    f,
+                    "iteration {:>3}: largest lambda ~ {v:.6} (power iteration on H + {:.4} I)",
+                    i + 1,
+                    -spectral
+                )?;
+            }
+        }
+        let where_ = |top: &TopEigen| {
+            top.share.iter().take(3).map(|(p, s)| format!("{p} {:.0}%", s * 100.0)).collect::<Vec<_>>().join(", ")
+        };
+        let convergence = |top: &TopEigen| {
+            let n = top.estimates.len();
+            if top.converged {
+                format!("converged after {n} iterations")
+            } else {
+                format!("NOT converged after {n} iterations: raise --iters")
+            }
+        };
+        writeln!(
+            f,
+            "method: power iteration (stopped when the estimate changes by < {CONVERGED:e} relative), Hessian-vector products by central differences of gradients with eps {:e}, {} batches of {}",
+            self.eps, self.batches, self.batch_size
+        )?;
+        writeln!(
+            f,
+            "lambda of largest magnitude {spectral:.6} (||H||_2 = {:.6}; {}); its eigenvector lies in: {}",
+            spectral.abs(),
+            convergence(top),
+            where_(top)
+        )?;
+        writeln!(
+            f,
+            "largest lambda {largest:.6} ({}); its eigenvector lies in: {}",
+            convergence(shifted),
+            where_(shifted)
+        )?;
+        write!(f, "lambda_max {largest:.6} | 2 / lambda_max {:.3e}", 2.0 / largest)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,7 +353,7 @@ mod tests {
         let device = Device::flex().autodiff();
         let mut c = Config::preset("tiny").unwrap();
         (c.model.block_size, c.model.n_embd, c.model.n_head) = (8, 8, 2);
-        let data = Dataset::from_text(&"the cat sat on a mat; a bat ate the hat.\n".repeat(10), "test", 8).unwrap();
+        let data = Dataset::from_text(&"the cat sat on a mat; a bat ate the hat.\n".repeat(10), "test").unwrap();
         c.model.vocab_size = data.tokenizer.vocab_size();
         let model = c.model.init(1, &device);
         let batches: Vec<_> =

@@ -19,6 +19,7 @@ pub mod data;
 #[cfg(not(target_family = "wasm"))]
 pub mod device;
 pub mod error;
+pub mod files;
 pub mod hessian;
 pub mod interop;
 pub mod kernels;

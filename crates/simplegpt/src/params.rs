@@ -1,6 +1,7 @@
 //! Parameters addressed by their path in the model (`blocks.0.attn.q.weight`): the key of
 //! the optimizer's state, checkpoints, exported weights and Hessian directions. burn's
 //! visitors see a parameter without its path; `visit` and `map` here track it for them.
+//! `param_group` sorts the paths into the groups that reports and the page plot.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
@@ -176,6 +177,19 @@ pub fn sum_all<const D: usize>(x: Tensor<D>) -> Tensor<1> {
 pub fn mean_all<const D: usize>(x: Tensor<D>) -> Tensor<1> {
     let n = x.shape().num_elements();
     sum_all(x) / n as f64
+}
+
+/// The parameter group of a parameter path, for grouped gradient norms.
+pub fn param_group(path: &str) -> &'static str {
+    if path.contains(".attn.") {
+        if path.contains("_norm") { "attention norms" } else { "attention" }
+    } else if path.contains(".mlp.") {
+        if path.contains("_norm") { "mlp norms" } else { "mlp" }
+    } else if path.starts_with("wte") || path.starts_with("wpe") || path.starts_with("lm_head") {
+        "embeddings and head"
+    } else {
+        "block and final norms"
+    }
 }
 
 #[cfg(test)]

@@ -4,16 +4,23 @@
 //! header as `run.json` beside `metrics.jsonl`; the browser exports header and steps as one
 //! JSON object of the same shape. `repro` compares any two.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 use crate::Config;
 use crate::data::Dataset;
-use crate::error::Result;
+use crate::error::{Error, Result, io};
+use crate::model::Gpt;
 use crate::params::{self, f32_bytes, read_f32};
 use crate::rng::{fnv1a, hex};
-use crate::train::{StepRecord, Trainer};
 
 pub const FORMAT: &str = "simplegpt-run-1";
+/// A run directory's header, beside its metrics.
+pub const HEADER_FILE: &str = "run.json";
+/// A run directory's logged steps, one `StepRecord` per line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The burn version this build is pinned to (Cargo.toml says `=0.22.1`).
 const BURN_VERSION: &str = "0.22.1";
 /// `RunHeader::data_source` of a run on the embedded corpus.
@@ -47,6 +54,36 @@ pub struct RunHeader {
     pub data_source: Option<String>,
 }
 
+/// One line of `metrics.jsonl`: what happened at one logged step. Fields that were not
+/// measured at this step are absent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: usize,
+    pub lr: f64,
+    /// Training loss of this step's batch (mean over its micro-batches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Estimated over `eval_iters` batches of each split, at evaluation steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// Global gradient norm before clipping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Gradient norm of each parameter, by path (diagnostic steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norms: Option<BTreeMap<String, f64>>,
+    /// RMS of the activations leaving each block (diagnostic steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub act_rms: Option<Vec<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_sec: Option<f64>,
+    /// Set on the record at which the run was found to diverge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<String>,
+}
+
 /// A whole run: its header and its logged steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -65,18 +102,18 @@ pub fn data_checksum(data: &Dataset) -> String {
 }
 
 impl RunHeader {
-    /// The header of `trainer`'s run, taken before its first step (the weights are read
-    /// back from the device, so the checksum is of what the device really holds).
-    pub async fn new(trainer: &Trainer, backend: &str, adapter: &str) -> Result<RunHeader> {
+    /// The header of a run about to start (its trainer's config, initial model and data),
+    /// taken before its first step: the weights are read back from the device, so the
+    /// checksum is of what the device really holds.
+    pub async fn new(config: &Config, model: &Gpt, data: &Dataset, backend: &str, adapter: &str) -> Result<RunHeader> {
         let mut bytes = Vec::new();
-        for (path, t, _) in params::named(&trainer.model) {
+        for (path, t, _) in params::named(model) {
             bytes.extend_from_slice(path.as_bytes());
             bytes.extend(f32_bytes(&read_f32(t).await?));
         }
-        let (data, cfg) = (&trainer.data, &trainer.config.train);
         let mut batch_ids = Vec::new();
         for i in 0..CHECKSUM_BATCHES {
-            let b = data.train_batch(&trainer.config, i as u64);
+            let b = data.train_batch(config, i as u64);
             batch_ids.extend(b.x);
             batch_ids.extend(b.y);
         }
@@ -87,9 +124,9 @@ impl RunHeader {
         );
         Ok(RunHeader {
             format: FORMAT.into(),
-            config: trainer.config.clone(),
-            config_hash: hex(fnv1a(trainer.config.to_toml().as_bytes())),
-            seed: cfg.seed,
+            config: config.clone(),
+            config_hash: hex(fnv1a(config.to_toml().as_bytes())),
+            seed: config.train.seed,
             init_checksum: hex(fnv1a(&bytes)),
             data_checksum: data_checksum(data),
             batches_checksum: hex(hash_ids(&batch_ids)),
@@ -113,7 +150,7 @@ impl RunHeader {
                 Some(s) => format!("it recorded --data {s}: resume with that text"),
                 None => "resume with the --data it was started with".to_string(),
             };
-            return Err(crate::error::Error::Input(format!(
+            return Err(Error::Input(format!(
                 "the data differs from the data this run started with (checksum {now}, the run's {}); {what_to_do}",
                 self.data_checksum
             )));
@@ -169,7 +206,7 @@ pub fn compare(a: &RunRecord, b: &RunRecord, tolerance: f64) -> Comparison {
         ("data", ha.data_checksum.clone(), hb.data_checksum.clone()),
         ("first batches", ha.batches_checksum.clone(), hb.batches_checksum.clone()),
     ];
-    let steps_b: std::collections::BTreeMap<usize, &StepRecord> = b.steps.iter().map(|r| (r.step, r)).collect();
+    let steps_b: BTreeMap<usize, &StepRecord> = b.steps.iter().map(|r| (r.step, r)).collect();
     let diverged = |x: &RunRecord| x.steps.iter().find(|r| r.diverged.is_some()).map(|r| r.step);
     let mut c = Comparison {
         identity,
@@ -255,14 +292,11 @@ impl std::fmt::Display for Comparison {
 
 /// Reads a run record: a run directory (run.json + metrics.jsonl) or one JSON file (the
 /// browser's export).
-#[cfg(not(target_family = "wasm"))]
-pub fn read(path: &std::path::Path) -> Result<RunRecord> {
-    use crate::error::Error;
-    use crate::run::{METRICS_FILE, read_metrics};
+pub fn read(path: &Path) -> Result<RunRecord> {
     if path.is_dir() {
         return Ok(RunRecord { header: read_header(path)?, steps: read_metrics(&path.join(METRICS_FILE))? });
     }
-    let text = std::fs::read_to_string(path).map_err(crate::error::io("cannot read run record", path))?;
+    let text = std::fs::read_to_string(path).map_err(io("cannot read run record", path))?;
     serde_json::from_str(&text).map_err(|e| {
         Error::Input(format!(
             "{} is not a simplegpt run record (a run directory or an exported JSON) ({e})",
@@ -273,12 +307,35 @@ pub fn read(path: &std::path::Path) -> Result<RunRecord> {
 
 /// The header (run.json) of a run directory, without its metrics: a run killed mid-write
 /// may have left a torn last metrics line, which resuming drops.
-#[cfg(not(target_family = "wasm"))]
-pub fn read_header(dir: &std::path::Path) -> Result<RunHeader> {
-    let path = dir.join(crate::run::HEADER_FILE);
-    let text = std::fs::read_to_string(&path).map_err(crate::error::io("cannot read run header", &path))?;
+pub fn read_header(dir: &Path) -> Result<RunHeader> {
+    let path = dir.join(HEADER_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io("cannot read run header", &path))?;
     serde_json::from_str(&text)
-        .map_err(|e| crate::error::Error::Input(format!("{} is not a simplegpt run header ({e})", path.display())))
+        .map_err(|e| Error::Input(format!("{} is not a simplegpt run header ({e})", path.display())))
+}
+
+/// Reads a metrics.jsonl file: every whole line. A last line without its newline is a
+/// record whose writing was cut off (a kill, a full disk): it is not a record, and is left
+/// out, so that no reader sees a torn one.
+pub fn read_metrics(path: &Path) -> Result<Vec<StepRecord>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Input(format!(
+                "{} is missing: the run logged no step (or the file was removed)",
+                path.display()
+            )));
+        }
+        Err(e) => return Err(Error::Io(format!("cannot read {}", path.display()), e)),
+    };
+    text.split_inclusive('\n')
+        .enumerate()
+        .filter(|(_, l)| l.ends_with('\n') && !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| Error::Input(format!("{} line {}: not a metrics record ({e})", path.display(), i + 1)))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,23 +1,19 @@
-//! A run directory on disk: the resolved `config.toml`, the run header `run.json` (see
-//! `record`), `metrics.jsonl` (one JSON object per logged step) and `ckpt.safetensors`,
-//! and the loop that fills it. Native only: the browser keeps its records in memory and
-//! exports them in the same JSON format.
+//! A run directory on disk: the resolved `config.toml`, the run header `run.json` and
+//! `metrics.jsonl` (see `record`) and `ckpt.safetensors`, one writer at a time, and the
+//! loop that fills it. Native only: the browser keeps its records in memory and exports
+//! them in the same JSON format.
 
 use std::fs::{File, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
-
-use crate::checkpoint::{self, Checkpoint};
-use crate::data::Dataset;
+use crate::checkpoint;
 use crate::error::{Error, Result, io};
-use crate::record::RunHeader;
-use crate::train::{StepRecord, Trainer};
+use crate::files::write_atomic;
+use crate::record::{self, HEADER_FILE, METRICS_FILE, RunHeader, StepRecord};
+use crate::train::Trainer;
 
 pub const CONFIG_FILE: &str = "config.toml";
-pub const HEADER_FILE: &str = "run.json";
-pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_FILE: &str = "ckpt.safetensors";
 /// Held locked by the one process writing the directory; says which process that is.
 pub const LOCK_FILE: &str = "lock";
@@ -161,23 +157,23 @@ impl RunDir {
             }
             _ => {}
         }
-        checkpoint::write_atomic(&self.path.join(CONFIG_FILE), trainer.config.to_toml().as_bytes())?;
+        write_atomic(&self.path.join(CONFIG_FILE), trainer.config.to_toml().as_bytes())?;
         let header = serde_json::to_string_pretty(header).expect("serialisable");
-        checkpoint::write_atomic(&self.path.join(HEADER_FILE), header.as_bytes())?;
-        checkpoint::write_atomic(&self.path.join(METRICS_FILE), b"")
+        write_atomic(&self.path.join(HEADER_FILE), header.as_bytes())?;
+        write_atomic(&self.path.join(METRICS_FILE), b"")
     }
 
     /// A resumed run: drops the records the interrupted run logged after its checkpoint
     /// (and a torn last line), so metrics.jsonl reads as one uninterrupted run.
     pub fn truncate_metrics(&self, next_step: usize) -> Result<()> {
         let path = self.path.join(METRICS_FILE);
-        let records = if path.exists() { read_metrics(&path)? } else { Vec::new() };
+        let records = if path.exists() { record::read_metrics(&path)? } else { Vec::new() };
         let kept: String = records
             .iter()
             .filter(|r| r.step < next_step)
             .map(|r| serde_json::to_string(r).expect("serialisable") + "\n")
             .collect();
-        checkpoint::write_atomic(&path, kept.as_bytes())
+        write_atomic(&path, kept.as_bytes())
     }
 
     /// Appends one record as one line. A write that fails part-way (a full disk) is cut
@@ -196,62 +192,37 @@ impl RunDir {
 
     pub fn save_checkpoint(&self, trainer: &Trainer) -> Result<()> {
         let bytes = pollster::block_on(checkpoint::to_bytes(trainer))?;
-        checkpoint::write_atomic(&self.checkpoint_path(), &bytes)
+        write_atomic(&self.checkpoint_path(), &bytes)
     }
 }
 
-/// Reads a metrics.jsonl file: every whole line. A last line without its newline is a
-/// record whose writing was cut off (a kill, a full disk): it is not a record, and is left
-/// out, so that no reader sees a torn one.
-pub fn read_metrics(path: &Path) -> Result<Vec<StepRecord>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::Input(format!(
-                "{} is missing: the run logged no step (or the file was removed)",
-                path.display()
-            )));
-        }
-        Err(e) => return Err(Error::Io(format!("cannot read {}", path.display()), e)),
-    };
-    text.split_inclusive('\n')
-        .enumerate()
-        .filter(|(_, l)| l.ends_with('\n') && !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| Error::Input(format!("{} line {}: not a metrics record ({e})", path.display(), i + 1)))
-        })
-        .collect()
-}
-
-impl Trainer {
-    /// Continues the run saved in `ckpt` on `device`. The data must be the data it was
-    /// trained on (same characters).
-    pub fn resume(ckpt: &Checkpoint, data: Dataset, device: &Device) -> Result<Trainer> {
-        ckpt.check_vocabulary(&data)?;
-        let mut trainer = Trainer::new(ckpt.config.clone(), data, device)?;
-        trainer.model = ckpt.model(&trainer.device)?;
-        trainer.optimizer = ckpt.optimizer(&trainer.device.clone().inner());
-        trainer.progress = ckpt.progress.clone();
-        Ok(trainer)
+impl RunDir {
+    /// The records of this very run (`header`) if the directory holds it already ended
+    /// (trained to `max_steps`, or diverged): a study run again keeps such runs rather
+    /// than train them twice.
+    pub fn ended_run(&self, header: &RunHeader, max_steps: usize) -> Option<Vec<StepRecord>> {
+        let done = record::read(&self.path).ok()?;
+        let ended =
+            done.steps.iter().any(|r| r.diverged.is_some()) || done.steps.last().is_some_and(|r| r.step >= max_steps);
+        (ended && done.header.same_run(header)).then_some(done.steps)
     }
 
-    /// Runs one step (see `Trainer::step`), logging its record to `dir` and checkpointing
-    /// at every evaluation and at the end.
-    pub fn step_to_dir(&mut self, dir: &RunDir) -> Result<Option<StepRecord>> {
-        let Some(record) = pollster::block_on(self.step())? else { return Ok(None) };
-        dir.append(&record)?;
-        if self.config.train.checkpoint && (record.val_loss.is_some() || self.finished()) {
-            dir.save_checkpoint(self)?;
+    /// Runs one step of `trainer` (see `Trainer::step`), logging its record here and
+    /// checkpointing at every evaluation and at the end.
+    pub fn step(&self, trainer: &mut Trainer) -> Result<Option<StepRecord>> {
+        let Some(record) = pollster::block_on(trainer.step())? else { return Ok(None) };
+        self.append(&record)?;
+        if trainer.config.train.checkpoint && (record.val_loss.is_some() || trainer.finished()) {
+            self.save_checkpoint(trainer)?;
         }
         Ok(Some(record))
     }
 
-    /// Trains to the end (or divergence) with `step_to_dir`. `on_record` sees each logged
-    /// record (progress display).
-    pub fn run_to_dir(&mut self, dir: &RunDir, mut on_record: impl FnMut(&StepRecord)) -> Result<()> {
-        while !self.finished() {
-            if let Some(record) = self.step_to_dir(dir)? {
+    /// Trains to the end (or divergence) with `step`. `on_record` sees each logged record
+    /// (progress display).
+    pub fn train(&self, trainer: &mut Trainer, mut on_record: impl FnMut(&StepRecord)) -> Result<()> {
+        while !trainer.finished() {
+            if let Some(record) = self.step(trainer)? {
                 on_record(&record);
             }
         }

@@ -3,8 +3,6 @@
 //! awaits it between steps, the CLI drives it with a blocking executor. Nothing is read
 //! back on a step that is not logged, so the device is never stalled to print a number.
 
-use std::collections::BTreeMap;
-
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -17,36 +15,7 @@ use crate::memory;
 use crate::model::{DropoutKey, Gpt};
 use crate::optim::{AdamW, GradSum, learning_rate};
 use crate::params::{mean_all, read_f32};
-
-/// One line of `metrics.jsonl`: what happened at one logged step. Fields that were not
-/// measured at this step are absent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StepRecord {
-    pub step: usize,
-    pub lr: f64,
-    /// Training loss of this step's batch (mean over its micro-batches).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub loss: Option<f64>,
-    /// Estimated over `eval_iters` batches of each split, at evaluation steps.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub train_loss: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub val_loss: Option<f64>,
-    /// Global gradient norm before clipping.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grad_norm: Option<f64>,
-    /// Gradient norm of each parameter, by path (diagnostic steps).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grad_norms: Option<BTreeMap<String, f64>>,
-    /// RMS of the activations leaving each block (diagnostic steps).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub act_rms: Option<Vec<f64>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tokens_per_sec: Option<f64>,
-    /// Set on the record at which the run was found to diverge.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diverged: Option<String>,
-}
+use crate::record::StepRecord;
 
 /// The state a checkpoint must restore for a resumed run to continue bit for bit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -73,6 +42,7 @@ impl Trainer {
     /// A fresh run: weights drawn from the seed. `config.model.vocab_size` is resolved from
     /// the data here when it is 0.
     pub fn new(mut config: Config, data: Dataset, device: &Device) -> Result<Trainer> {
+        data.check_block_size(config.model.block_size)?;
         let vocab = data.tokenizer.vocab_size();
         if config.model.vocab_size == 0 {
             config.model.vocab_size = vocab;

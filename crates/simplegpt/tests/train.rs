@@ -8,7 +8,8 @@ use simplegpt::checkpoint::{self, Checkpoint};
 use simplegpt::config::NormKind;
 use simplegpt::data::Dataset;
 use simplegpt::interop;
-use simplegpt::train::{StepRecord, Trainer};
+use simplegpt::record::StepRecord;
+use simplegpt::train::Trainer;
 
 const TEXT: &str = "To be, or not to be, that is the question:\n\
 Whether 'tis nobler in the mind to suffer\n\
@@ -39,7 +40,7 @@ fn config(steps: usize) -> Config {
 }
 
 fn data(c: &Config) -> Dataset {
-    Dataset::from_text(&TEXT.repeat(4), "test text", c.model.block_size).unwrap()
+    Dataset::from_text(&TEXT.repeat(4), "test text").unwrap()
 }
 
 fn run(c: &Config, device: &Device) -> Vec<StepRecord> {
@@ -112,11 +113,11 @@ fn a_resumed_run_equals_the_uninterrupted_run() {
     let dir = std::env::temp_dir().join(format!("simplegpt-resume-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("ckpt.safetensors");
-    checkpoint::write_atomic(&path, &bytes).unwrap();
+    simplegpt::files::write_atomic(&path, &bytes).unwrap();
     drop(first);
 
     let ckpt = Checkpoint::read(&path).unwrap();
-    let mut second = Trainer::resume(&ckpt, data(&c), &device).unwrap();
+    let mut second = ckpt.resume(data(&c), &device).unwrap();
     while !second.finished() {
         records.extend(pollster::block_on(second.step()).unwrap());
     }
@@ -148,13 +149,13 @@ fn a_run_that_needs_more_memory_than_the_machine_has_is_refused_before_it_alloca
     let mut c = Config::preset("tiny").unwrap();
     (c.model.n_layer, c.model.block_size, c.train.batch_size) = (1000, 2048, 64);
     c.validate().unwrap();
-    let data = Dataset::from_text(&simplegpt::data::default_corpus(), "embedded", c.model.block_size).unwrap();
+    let data = Dataset::from_text(&simplegpt::data::default_corpus(), "embedded").unwrap();
     let err = Trainer::new(c, data, &Device::flex()).err().expect("refused").to_string();
     assert!(err.starts_with("this config needs about ") && err.contains(" TiB (weights "), "{err}");
     assert!(err.contains("of memory is available; lower batch_size"), "{err}");
     // The default preset (some MiB) is not refused.
     let c = Config::preset("tiny").unwrap();
-    let data = Dataset::from_text(&simplegpt::data::default_corpus(), "embedded", c.model.block_size).unwrap();
+    let data = Dataset::from_text(&simplegpt::data::default_corpus(), "embedded").unwrap();
     assert!(Trainer::new(c, data, &Device::flex()).is_ok());
 }
 
@@ -257,14 +258,14 @@ fn a_checkpoint_with_a_flipped_byte_is_refused_naming_the_tensor() {
     let dir = std::env::temp_dir().join(format!("simplegpt-corrupt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("ckpt.safetensors");
-    checkpoint::write_atomic(&path, &bytes).unwrap();
+    simplegpt::files::write_atomic(&path, &bytes).unwrap();
     assert!(!dir.join("ckpt.safetensors.tmp").exists(), "no temp file left behind");
     let intact = Checkpoint::read(&path).unwrap();
     intact.model(&device).unwrap();
 
     let moment = header(&bytes).1.keys().find(|k| k.starts_with("optim.v.")).cloned().expect("AdamW's moments");
     for name in ["model.wte", moment.as_str()] {
-        checkpoint::write_atomic(&path, &flip_byte_in(&bytes, name)).unwrap();
+        simplegpt::files::write_atomic(&path, &flip_byte_in(&bytes, name)).unwrap();
         let err = Checkpoint::read(&path).err().expect("a flipped byte is refused").to_string();
         let expected = format!("checkpoint {} is corrupted: tensor {name}'s data does not match", path.display());
         assert!(err.starts_with(&expected), "{err}");
@@ -274,14 +275,14 @@ fn a_checkpoint_with_a_flipped_byte_is_refused_naming_the_tensor() {
     let without_checksums = with_metadata(&bytes, |m| {
         m.remove("checksums");
     });
-    checkpoint::write_atomic(&path, &without_checksums).unwrap();
+    simplegpt::files::write_atomic(&path, &without_checksums).unwrap();
     let err = Checkpoint::read(&path).err().expect("refused").to_string();
     assert!(err.contains("corrupted") && err.contains("checksums"), "{err}");
     let old = with_metadata(&bytes, |m| {
         m.remove("checksums");
         m["format"] = "simplegpt-checkpoint-1".into();
     });
-    checkpoint::write_atomic(&path, &old).unwrap();
+    simplegpt::files::write_atomic(&path, &old).unwrap();
     Checkpoint::read(&path).unwrap().model(&device).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -330,7 +331,7 @@ fn a_checkpoint_says_when_its_model_is_broken() {
         let dir = std::env::temp_dir().join(format!("simplegpt-broken-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ckpt.safetensors");
-        checkpoint::write_atomic(&path, &pollster::block_on(checkpoint::to_bytes(t)).unwrap()).unwrap();
+        simplegpt::files::write_atomic(&path, &pollster::block_on(checkpoint::to_bytes(t)).unwrap()).unwrap();
         Checkpoint::read(&path).unwrap()
     };
     let mut t = trained_one_step(&device);

@@ -1,0 +1,338 @@
+//! A study's report: markdown with its tables, the SVG plots it links, and the same numbers
+//! as JSON (`summary.json`) for programs: the tests and the page read those, not the
+//! markdown.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::config::{Config, NormKind};
+use crate::error::Result;
+use crate::files::write_atomic;
+use crate::record::StepRecord;
+use crate::study::plot::svg_plot;
+use crate::study::stats::{Summary, block_rms, grouped_grad_norms, lr_stability, mean_curve};
+use crate::study::variants::{group_by, variant_of};
+
+/// A study's report, written into the study's directory beside its runs.
+pub struct Report {
+    pub markdown: String,
+    /// (file name, SVG) of each plot the markdown links.
+    pub plots: Vec<(String, String)>,
+    /// The report's numbers: each run's and each variant's `Summary`, a sweep's stability.
+    pub summary: serde_json::Value,
+}
+
+impl Report {
+    pub const FILE: &str = "report.md";
+    pub const SUMMARY_FILE: &str = "summary.json";
+
+    /// Writes the plots, summary.json and report.md (last, so that a report names only
+    /// files already written) into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        for (name, svg) in &self.plots {
+            write_atomic(&dir.join(name), svg.as_bytes())?;
+        }
+        let summary = serde_json::to_string_pretty(&self.summary).expect("serialisable");
+        write_atomic(&dir.join(Report::SUMMARY_FILE), summary.as_bytes())?;
+        write_atomic(&dir.join(Report::FILE), self.markdown.as_bytes())
+    }
+}
+
+/// A loss as a table cell: four decimals, or a dash where there is none.
+fn cell(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v:.4}"))
+}
+
+/// The markdown table of a comparison.
+fn comparison_table(summaries: &[Summary]) -> String {
+    let mut s = String::from(
+        "| variant | params | final loss | best loss | final val | best val | diverged at | tokens/s |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for m in summaries {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            m.name,
+            m.params,
+            cell(m.final_loss),
+            cell(m.best_loss),
+            cell(m.final_val),
+            cell(m.best_val),
+            m.diverged_at.map_or("–".into(), |d| d.to_string()),
+            m.tokens_per_sec.map_or("–".into(), |t| format!("{t:.0}")),
+        );
+    }
+    s
+}
+
+fn mean_sd(mean: Option<f64>, sd: Option<f64>) -> String {
+    match (mean, sd) {
+        (Some(m), Some(sd)) => format!("{m:.4} ± {sd:.4}"),
+        (m, _) => cell(m),
+    }
+}
+
+/// A comparison's report, from each run's records. Runs named `variant/seed-S` are several
+/// seeds of one variant: the report then adds their means and spread, and plots the mean
+/// curves.
+pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Vec<StepRecord>)]) -> Report {
+    let summaries: Vec<Summary> = runs.iter().map(|(n, c, r)| Summary::of(n, c, r)).collect();
+    let groups = group_by(runs.iter().map(|(n, _, _)| variant_of(n)));
+    let seeds = groups.iter().map(|(_, runs)| runs.len()).max().unwrap_or(1);
+    let variants: Vec<Summary> = groups
+        .iter()
+        .map(|(v, idx)| Summary::of_group(v, &idx.iter().map(|&i| summaries[i].clone()).collect::<Vec<_>>()))
+        .collect();
+    let curve = |pick: fn(&StepRecord) -> Option<f64>| -> Vec<(String, Vec<(f64, f64)>)> {
+        groups
+            .iter()
+            .map(|(v, idx)| {
+                (v.to_string(), mean_curve(&idx.iter().map(|&i| runs[i].2.as_slice()).collect::<Vec<_>>(), pick))
+            })
+            .collect()
+    };
+    let over = if seeds > 1 { format!(" (mean over {seeds} seeds)") } else { String::new() };
+    let mut svgs = vec![
+        (
+            "loss.svg".to_string(),
+            svg_plot(&format!("training loss{over}"), "step", "loss", &curve(|r| r.loss), false, false),
+        ),
+        (
+            "val_loss.svg".to_string(),
+            svg_plot(&format!("validation loss{over}"), "step", "loss", &curve(|r| r.val_loss), false, false),
+        ),
+    ];
+    let mut md = format!("# {title}\n\nCommand: `{command}`\n\n{}\n", comparison_table(&summaries));
+    if seeds > 1 {
+        md.push_str("Across seeds: the mean ± the sample standard deviation over the runs that did not diverge.\n\n| variant | seeds | best val | final val | diverged |\n|---|---:|---:|---:|---:|\n");
+        for s in &variants {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} of {} |",
+                s.name,
+                s.runs,
+                mean_sd(s.best_val, s.best_val_sd),
+                mean_sd(s.final_val, s.final_val_sd),
+                s.diverged_runs,
+                s.runs
+            );
+        }
+        md.push('\n');
+    }
+    md.push_str("![training loss](loss.svg)\n\n![validation loss](val_loss.svg)\n\n");
+    for (name, _, records) in runs {
+        let file = name.replace('/', "-");
+        let (g, a) = (format!("grad_norms-{file}.svg"), format!("act_rms-{file}.svg"));
+        svgs.push((
+            g.clone(),
+            svg_plot(
+                &format!("{name}: gradient norm per parameter group"),
+                "step",
+                "norm",
+                &grouped_grad_norms(records),
+                false,
+                true,
+            ),
+        ));
+        svgs.push((
+            a.clone(),
+            svg_plot(&format!("{name}: activation RMS per block"), "step", "RMS", &block_rms(records), false, true),
+        ));
+        let _ =
+            write!(md, "## {name}\n\n![gradient norms]({g})\n\n![activation RMS]({a})\n\nRun directory: `{name}/`\n\n");
+    }
+    let summary = serde_json::json!({
+        "title": title,
+        "command": command,
+        "runs": summaries,
+        "variants": variants,
+    });
+    Report { markdown: md, plots: svgs, summary }
+}
+
+/// An LR sweep's report: a table of final losses, the loss-vs-LR plot, each variant's
+/// `LrStability` (`near` in nats) and, when both are present, SimpleNorm's over pre-LN's.
+/// Runs are named `VARIANT/lr-X[/seed-S]`. `unigram` (the data's `Dataset::unigram_loss`)
+/// is quoted as the level a run that learns no context stalls at.
+pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], near: f64, unigram: f64) -> Report {
+    // Several seeds of one variant at one LR are summarised together.
+    let per_run: Vec<Summary> = runs.iter().map(|(n, c, r)| Summary::of(variant_of(n), c, r)).collect();
+    let summaries: Vec<(String, Summary)> = group_by(per_run.iter().map(|s| (s.name.clone(), s.lr)))
+        .into_iter()
+        .map(|((v, _), idx)| {
+            let seeds: Vec<Summary> = idx.iter().map(|&i| per_run[i].clone()).collect();
+            (v.clone(), Summary::of_group(&v, &seeds))
+        })
+        .collect();
+    let seeds = summaries.iter().map(|(_, s)| s.runs).max().unwrap_or(1);
+    let variants: Vec<String> =
+        group_by(summaries.iter().map(|(v, _)| v.clone())).into_iter().map(|(v, _)| v).collect();
+    let mut lrs: Vec<f64> = summaries.iter().map(|(_, s)| s.lr).collect();
+    lrs.sort_by(f64::total_cmp);
+    lrs.dedup();
+    let mut md = format!(
+        "# Learning-rate sweep\n\nCommand: `{command}`\n\nFinal validation loss at each learning rate (the final training batch's loss where a run has no evaluation; `diverged@N`: divergence detected at step N; `*`: did not train, final training loss not below the first). For scale: a model that knows only how often each character occurs has a validation loss of {unigram:.4} on this data, so a run that ends near it has learned the alphabet, not the text."
+    );
+    if seeds > 1 {
+        let _ = write!(
+            md,
+            " Each cell is the mean over {seeds} seeds ± their sample standard deviation; a learning rate counts as diverged if any seed diverged there."
+        );
+    }
+    md.push_str("\n\n| variant |");
+    for lr in &lrs {
+        let _ = write!(md, " {lr:.1e} |");
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---:|".repeat(lrs.len()));
+    md.push('\n');
+    for v in &variants {
+        let _ = write!(md, "| {v} |");
+        for lr in &lrs {
+            let cell = summaries.iter().find(|(n, s)| n == v && s.lr == *lr).map_or("–".to_string(), |(_, s)| match s
+                .diverged_at
+            {
+                Some(d) if s.runs > 1 => format!("diverged@{d} ({} of {} seeds)", s.diverged_runs, s.runs),
+                Some(d) => format!("diverged@{d}"),
+                None => format!("{}{}", mean_sd(s.end_loss(), s.final_val_sd), if s.trained() { "" } else { "*" }),
+            });
+            let _ = write!(md, " {cell} |");
+        }
+        md.push('\n');
+    }
+    let stability = lr_stability(&summaries, near);
+    let _ = write!(
+        md,
+        "\n| variant | largest LR that trained | largest LR within {near} of its best | best LR | its final val loss |\n|---|---:|---:|---:|---:|\n"
+    );
+    let lr = |v: Option<f64>| v.map_or("none".to_string(), |lr| format!("{lr:.1e}"));
+    for v in &variants {
+        let s = &stability[v];
+        let (best_lr, best_loss) =
+            s.best.map_or(("none".into(), "–".into()), |(l, loss)| (format!("{l:.1e}"), format!("{loss:.4}")));
+        let _ =
+            writeln!(md, "| {v} | {} | {} | {best_lr} | {best_loss} |", lr(s.largest_trained), lr(s.largest_near_best));
+    }
+    let _ = write!(
+        md,
+        "\n\"Trained\": did not diverge and its training loss ended below its first{}. \"Within {near}\": its final validation loss is at most {near} nats above the variant's best in this sweep.\n",
+        if seeds > 1 {
+            " (over seeds: no seed diverged, and the mean final training loss is below the mean first)"
+        } else {
+            ""
+        }
+    );
+    let norm_of = |v: &String| runs.iter().find(|(n, _, _)| variant_of(n) == v).map(|(_, c, _)| c.model.norm);
+    let find = |norm| variants.iter().find(|v| norm_of(v) == Some(norm)).map(|v| &stability[v]);
+    let mut simple_over_pre_ln = None;
+    if let (Some(simple), Some(pre)) = (find(NormKind::Simple), find(NormKind::PreLn)) {
+        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+        let ratios = (
+            ratio(simple.largest_trained, pre.largest_trained),
+            ratio(simple.largest_near_best, pre.largest_near_best),
+        );
+        // Two significant digits below 1 too: a ratio of 0.018 is not "0.0x".
+        let shown = |r: Option<f64>| {
+            r.map_or("n/a".to_string(), |r| {
+                let decimals = if r >= 1.0 { 1 } else { (1.0 - r.log10().floor()) as usize };
+                format!("{r:.decimals$}x")
+            })
+        };
+        let _ = writeln!(
+            md,
+            "\nSimpleNorm / pre-LN (the paper claims 3-10x): largest LR that trained **{}**, largest LR within {near} of its best **{}**.",
+            shown(ratios.0),
+            shown(ratios.1)
+        );
+        simple_over_pre_ln = Some(serde_json::json!({ "largest_trained": ratios.0, "largest_near_best": ratios.1 }));
+    }
+    md.push_str("\n![final validation loss vs learning rate](final_loss_vs_lr.svg)\n");
+    let series: Vec<(String, Vec<(f64, f64)>)> = variants
+        .iter()
+        .map(|v| {
+            let pts = summaries
+                .iter()
+                .filter(|(n, _)| n == v)
+                .map(|(_, s)| (s.lr, if s.diverged_at.is_some() { f64::NAN } else { s.end_loss().unwrap_or(f64::NAN) }))
+                .collect();
+            (v.clone(), pts)
+        })
+        .collect();
+    let plot = svg_plot(
+        "final validation loss vs learning rate (gaps: diverged)",
+        "learning rate",
+        "final val loss",
+        &series,
+        true,
+        false,
+    );
+    let summary = serde_json::json!({
+        "command": command,
+        "near": near,
+        "unigram_loss": unigram,
+        "learning_rates": lrs,
+        "cells": summaries.iter().map(|(_, s)| s).collect::<Vec<_>>(),
+        "stability": stability,
+        "simple_over_pre_ln": simple_over_pre_ln,
+    });
+    Report { markdown: md, plots: vec![("final_loss_vs_lr.svg".into(), plot)], summary }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::study::variants::{Variant, with_seeds};
+
+    #[test]
+    fn seeded_jobs_and_their_report() {
+        let c = Config::preset("tiny").unwrap();
+        let jobs = with_seeds(vec![("x".into(), c.clone()), ("y".into(), c.clone())], 2).unwrap();
+        let names: Vec<&str> = jobs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x/seed-1337", "x/seed-1338", "y/seed-1337", "y/seed-1338"]);
+        assert_eq!(jobs[1].1.train.seed, 1338);
+        assert!(with_seeds(jobs.clone(), 0).is_err());
+        assert!(Variant::parse_all(&["a:norm=simple".into(), "a:norm=pre_ln".into()]).is_err());
+        // x's seeds end at val 2.1 and 2.3, y's both at 3.1; one val point each at step 10.
+        let rec = |step, loss: f64| StepRecord {
+            step,
+            loss: Some(loss),
+            val_loss: (step == 10).then_some(loss + 0.1),
+            ..Default::default()
+        };
+        let runs: Vec<_> = jobs
+            .iter()
+            .zip([2.0, 2.2, 3.0, 3.0])
+            .map(|((n, c), end)| (n.clone(), c.clone(), vec![rec(0, 4.0), rec(10, end)]))
+            .collect();
+        let report = comparison_report("t", "cmd", &runs);
+        let (md, svgs) = (&report.markdown, &report.plots);
+        assert!(md.contains("| x | 2 | 2.2000 ± 0.1414 | 2.2000 ± 0.1414 | 0 of 2 |"), "{md}");
+        assert!(md.contains("| y | 2 | 3.1000 ± 0.0000 |"), "{md}");
+        assert!(svgs.iter().any(|(f, _)| f == "grad_norms-x-seed-1338.svg"), "no '/' in file names");
+        assert_eq!(
+            mean_curve(&[runs[0].2.as_slice(), runs[1].2.as_slice()], |r| r.loss),
+            vec![(0.0, 4.0), (10.0, 2.1)]
+        );
+    }
+
+    #[test]
+    fn a_sweep_with_seeds_averages_each_learning_rate() {
+        let rec = |step, loss: f64| StepRecord { step, loss: Some(loss), val_loss: Some(loss), ..Default::default() };
+        let blown =
+            StepRecord { step: 5, loss: Some(f64::INFINITY), diverged: Some("inf".into()), ..Default::default() };
+        let at = |lr: f64, records: Vec<StepRecord>| {
+            let mut c = Config::preset("tiny").unwrap();
+            c.train.lr = lr;
+            ("v".to_string(), c, records)
+        };
+        let runs = [
+            at(1e-3, vec![rec(0, 4.0), rec(10, 2.0)]),
+            at(1e-3, vec![rec(0, 4.0), rec(10, 2.2)]),
+            at(1.0, vec![rec(0, 4.0), rec(10, 3.0)]),
+            at(1.0, vec![rec(0, 4.0), blown]),
+        ];
+        let md = sweep_report("cmd", &runs, 0.1, 3.3).markdown;
+        assert!(md.contains("| v | 2.1000 ± 0.1414 | diverged@5 (1 of 2 seeds) |"), "{md}");
+        assert!(md.contains("| v | 1.0e-3 | 1.0e-3 | 1.0e-3 | 2.1000 |"), "{md}");
+    }
+}

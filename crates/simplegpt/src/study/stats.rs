@@ -1,0 +1,245 @@
+//! What a study's runs say, read off their records: each run's `Summary`, the mean and
+//! spread of several seeds, a learning-rate sweep's `LrStability`, and the curves the
+//! plots draw (mean losses, gradient norms by parameter group, activation RMS by block).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::params::param_group;
+use crate::record::StepRecord;
+
+/// What a report says about one run, read off its records; or about several runs that
+/// differ only in their seed (`Summary::over_seeds`), as means with their spread.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub name: String,
+    pub params: usize,
+    pub lr: f64,
+    pub first_loss: Option<f64>,
+    pub final_loss: Option<f64>,
+    pub best_loss: Option<f64>,
+    pub final_val: Option<f64>,
+    pub best_val: Option<f64>,
+    pub diverged_at: Option<usize>,
+    pub tokens_per_sec: Option<f64>,
+    /// How many runs this summarises (1: a single run) and how many of them diverged.
+    pub runs: usize,
+    pub diverged_runs: usize,
+    /// Sample standard deviations across seeds (None for a single run).
+    pub best_val_sd: Option<f64>,
+    pub final_val_sd: Option<f64>,
+}
+
+impl Summary {
+    pub fn of(name: &str, config: &Config, records: &[StepRecord]) -> Summary {
+        let losses: Vec<f64> = records.iter().filter_map(|r| r.loss).collect();
+        let vals: Vec<f64> = records.iter().filter_map(|r| r.val_loss).collect();
+        let finite_min = |v: &[f64]| v.iter().copied().filter(|x| x.is_finite()).reduce(f64::min);
+        let tps: Vec<f64> = records.iter().filter_map(|r| r.tokens_per_sec).collect();
+        Summary {
+            name: name.to_string(),
+            params: config.model.num_params(),
+            lr: config.train.lr,
+            first_loss: losses.first().copied(),
+            final_loss: losses.last().copied(),
+            best_loss: finite_min(&losses),
+            final_val: vals.last().copied(),
+            best_val: finite_min(&vals),
+            diverged_at: records.iter().find(|r| r.diverged.is_some()).map(|r| r.step),
+            tokens_per_sec: mean(&tps),
+            runs: 1,
+            diverged_runs: records.iter().any(|r| r.diverged.is_some()) as usize,
+            best_val_sd: None,
+            final_val_sd: None,
+        }
+    }
+
+    /// Runs of one config that differ only in their seed. The losses are means over the
+    /// runs that did not diverge (a diverged run's losses are not comparable); the divergence
+    /// step is the earliest, so a learning rate counts as unstable if any seed diverged.
+    pub fn over_seeds(name: &str, runs: &[Summary]) -> Summary {
+        let kept: Vec<&Summary> = runs.iter().filter(|s| s.diverged_at.is_none()).collect();
+        let field = |f: fn(&Summary) -> Option<f64>| kept.iter().filter_map(|s| f(s)).collect::<Vec<f64>>();
+        let (best_val, final_val) = (field(|s| s.best_val), field(|s| s.final_val));
+        Summary {
+            name: name.to_string(),
+            params: runs.first().map_or(0, |s| s.params),
+            lr: runs.first().map_or(f64::NAN, |s| s.lr),
+            first_loss: mean(&field(|s| s.first_loss)),
+            final_loss: mean(&field(|s| s.final_loss)),
+            best_loss: mean(&field(|s| s.best_loss)),
+            final_val: mean(&final_val),
+            best_val: mean(&best_val),
+            diverged_at: runs.iter().filter_map(|s| s.diverged_at).min(),
+            tokens_per_sec: mean(&runs.iter().filter_map(|s| s.tokens_per_sec).collect::<Vec<_>>()),
+            runs: runs.len(),
+            diverged_runs: runs.iter().filter(|s| s.diverged_at.is_some()).count(),
+            best_val_sd: sample_sd(&best_val),
+            final_val_sd: sample_sd(&final_val),
+        }
+    }
+
+    /// A group of runs that differ only in their seed, named `name`: one run as it is,
+    /// several as `over_seeds`.
+    pub fn of_group(name: &str, runs: &[Summary]) -> Summary {
+        match runs {
+            [one] => Summary { name: name.to_string(), ..one.clone() },
+            _ => Summary::over_seeds(name, runs),
+        }
+    }
+
+    /// What a sweep ranks runs by: the final validation loss (a mean over `eval_iters`
+    /// batches), or without an evaluation the final training batch's loss.
+    pub fn end_loss(&self) -> Option<f64> {
+        self.final_val.or(self.final_loss)
+    }
+
+    /// Trained: did not diverge, and ended below where it started (over seeds: none
+    /// diverged, and the mean final loss is below the mean first).
+    pub fn trained(&self) -> bool {
+        self.diverged_at.is_none() && matches!((self.first_loss, self.final_loss), (Some(a), Some(b)) if b < a)
+    }
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// The sample standard deviation (n - 1 in the denominator); None below two values.
+fn sample_sd(v: &[f64]) -> Option<f64> {
+    let m = mean(v)?;
+    (v.len() >= 2).then(|| (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt())
+}
+
+/// What a learning-rate sweep says about one variant.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct LrStability {
+    /// Largest LR that trained at all: no divergence, final loss below the first.
+    pub largest_trained: Option<f64>,
+    /// Largest LR whose `end_loss` is within `near` of the variant's best: the
+    /// top of the range where it still trains about as well as it can. A run that stalls
+    /// near the character-frequency loss without diverging counts for the first, not this.
+    pub largest_near_best: Option<f64>,
+    /// The LR with the lowest `end_loss`, and that loss.
+    pub best: Option<(f64, f64)>,
+}
+
+/// Per variant (by name): its `LrStability`, with `near` in nats.
+pub fn lr_stability(runs: &[(String, Summary)], near: f64) -> BTreeMap<String, LrStability> {
+    let mut out: BTreeMap<String, LrStability> = BTreeMap::new();
+    let trained = |s: &Summary| if s.trained() { s.end_loss().map(|l| (s.lr, l)) } else { None };
+    for (variant, s) in runs {
+        let entry = out.entry(variant.clone()).or_default();
+        if let Some((lr, loss)) = trained(s) {
+            entry.largest_trained = Some(entry.largest_trained.map_or(lr, |b| b.max(lr)));
+            if entry.best.is_none_or(|(_, b)| loss < b) {
+                entry.best = Some((lr, loss));
+            }
+        }
+    }
+    for (variant, s) in runs {
+        let entry = out.get_mut(variant).expect("every variant has an entry");
+        if let (Some((lr, loss)), Some((_, best))) = (trained(s), entry.best) {
+            if loss <= best + near {
+                entry.largest_near_best = Some(entry.largest_near_best.map_or(lr, |b| b.max(lr)));
+            }
+        }
+    }
+    out
+}
+
+/// The mean over several runs of one metric, at the steps where every run has it (so a
+/// curve ends where its first seed diverged).
+pub fn mean_curve(runs: &[&[StepRecord]], pick: fn(&StepRecord) -> Option<f64>) -> Vec<(f64, f64)> {
+    let per_run: Vec<BTreeMap<usize, f64>> =
+        runs.iter().map(|r| r.iter().filter_map(|x| pick(x).map(|v| (x.step, v))).collect()).collect();
+    let Some(first) = per_run.first() else { return Vec::new() };
+    first
+        .keys()
+        .filter_map(|step| {
+            let values: Vec<f64> = per_run.iter().filter_map(|m| m.get(step).copied()).collect();
+            if values.len() == per_run.len() { mean(&values).map(|m| (*step as f64, m)) } else { None }
+        })
+        .collect()
+}
+
+/// Gradient norm per parameter group (the root of the summed squares) at each diagnostic step.
+pub fn grouped_grad_norms(records: &[StepRecord]) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut groups: BTreeMap<&'static str, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in records {
+        let Some(norms) = &r.grad_norms else { continue };
+        let mut sums: BTreeMap<&'static str, f64> = BTreeMap::new();
+        for (path, n) in norms {
+            *sums.entry(param_group(path)).or_default() += n * n;
+        }
+        for (g, s) in sums {
+            groups.entry(g).or_default().push((r.step as f64, s.sqrt()));
+        }
+    }
+    groups.into_iter().map(|(g, p)| (g.to_string(), p)).collect()
+}
+
+/// Activation RMS of each block at each diagnostic step.
+pub fn block_rms(records: &[StepRecord]) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut blocks: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in records {
+        for (i, v) in r.act_rms.iter().flatten().enumerate() {
+            blocks.entry(i).or_default().push((r.step as f64, *v));
+        }
+    }
+    blocks.into_iter().map(|(i, p)| (format!("block {i}"), p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::study::variants::log_grid;
+
+    #[test]
+    fn grid_is_log_spaced_and_stability_needs_training() {
+        let g = log_grid(1e-4, 1e-1, 4);
+        assert!((g[1] - 1e-3).abs() < 1e-12 && (g[3] - 1e-1).abs() < 1e-12);
+        let rec = |step, loss: f64| StepRecord { step, loss: Some(loss), ..Default::default() };
+        let c = Config::preset("tiny").unwrap();
+        let trained = Summary::of("a", &c, &[rec(0, 4.0), rec(1, 3.0)]);
+        let stuck = Summary::of("a", &c, &[rec(0, 4.0), rec(1, 4.5)]);
+        assert!(trained.stable() && !stuck.stable());
+        // A sweep: 1e-3 trains, 1e-2 trains best, 1e-1 stalls high without diverging, 1 stalls.
+        let run = |lr: f64, last: f64| {
+            let mut s = Summary::of("a", &c, &[rec(0, 4.0), rec(1, last)]);
+            s.lr = lr;
+            ("a".to_string(), s)
+        };
+        let s = &lr_stability(&[run(1e-3, 2.05), run(1e-2, 2.0), run(1e-1, 3.3), run(1.0, 4.5)], 0.1)["a"];
+        assert_eq!(s.largest_trained, Some(1e-1));
+        assert_eq!(s.largest_near_best, Some(1e-2));
+        assert_eq!(s.best, Some((1e-2, 2.0)));
+    }
+
+    #[test]
+    fn seeds_are_summarised_by_their_mean_and_spread() {
+        let c = Config::preset("tiny").unwrap();
+        let rec =
+            |step, loss: f64| StepRecord { step, loss: Some(loss), val_loss: Some(loss + 0.1), ..Default::default() };
+        let a = Summary::of("a/seed-1", &c, &[rec(0, 4.0), rec(10, 2.0)]);
+        let b = Summary::of("a/seed-2", &c, &[rec(0, 4.0), rec(10, 2.2)]);
+        let diverged = Summary::of(
+            "a/seed-3",
+            &c,
+            &[
+                rec(0, 4.0),
+                StepRecord { step: 5, loss: Some(f64::NAN), diverged: Some("NaN".into()), ..Default::default() },
+            ],
+        );
+        let s = Summary::over_seeds("a", &[a.clone(), b.clone()]);
+        assert!((s.best_val.unwrap() - 2.2).abs() < 1e-12 && (s.final_loss.unwrap() - 2.1).abs() < 1e-12);
+        assert!((s.best_val_sd.unwrap() - 0.02f64.sqrt()).abs() < 1e-12, "sample sd of 2.1 and 2.3");
+        assert!(s.stable() && s.diverged_at.is_none() && s.runs == 2);
+        // A diverged seed makes the group diverged but does not enter the means.
+        let s = Summary::over_seeds("a", &[a, b, diverged]);
+        assert_eq!((s.diverged_at, s.diverged_runs, s.runs), (Some(5), 1, 3));
+        assert!((s.best_val.unwrap() - 2.2).abs() < 1e-12 && !s.stable());
+    }
+}
