@@ -185,184 +185,361 @@ fn a_killed_run_resumes_to_the_uninterrupted_runs_numbers() {
     assert_eq!(numbers(&metrics(&part)), numbers(&metrics(&full)));
 }
 
-/// Runs the binary and checks for a clean one-line error containing `expect`.
-fn fails(args: &[&str], expect: &str) {
+/// Runs the binary and checks for a clean one-line error containing `expect`; the error says
+/// what came instead.
+fn refusal(args: &[&str], expect: &str) -> Result<(), String> {
     let out = bin().args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} should fail");
-    assert!(!stderr.contains("panicked") && !stderr.contains("internal error"), "{args:?}: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: one line expected, got {stderr}");
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(expect), "{args:?}: {stderr}");
+    let wrong = if out.status.success() {
+        "should fail".to_string()
+    } else if stderr.contains("panicked") || stderr.contains("internal error") {
+        "panicked".to_string()
+    } else if lines.len() != 1 {
+        "one line expected".to_string()
+    } else if !(lines[0].starts_with("error: ") && lines[0].contains(expect)) {
+        format!("expected one line 'error: ...' containing {expect:?}")
+    } else {
+        return Ok(());
+    };
+    Err(format!("{wrong} ({}); stderr: {}", out.status, stderr.trim_end()))
+}
+
+/// `refusal` as one step of a test's story: a wrong answer stops the test.
+fn fails(args: &[&str], expect: &str) {
+    if let Err(wrong) = refusal(args, expect) {
+        panic!("{args:?}: {wrong}");
+    }
+}
+
+/// The bad-input cases of one test, each named. Every case runs whatever the others did and
+/// what went wrong is kept under its name, so that one failing case hides none of the others:
+/// one assert at the end lists them all.
+#[derive(Default)]
+struct Cases {
+    failed: Vec<String>,
+}
+
+impl Cases {
+    /// Runs a table of (name, command line, what its one-line error must say).
+    fn refused(&mut self, table: &[(&str, &[&str], &str)]) {
+        for (name, args, expect) in table {
+            if let Err(wrong) = refusal(args, expect) {
+                self.failed.push(format!("{name}: {args:?}\n{wrong}"));
+            }
+        }
+    }
+
+    /// A case that is not a refusal: it passes if `holds`, and fails showing what was `seen`.
+    fn check(&mut self, name: &str, holds: bool, seen: impl std::fmt::Display) {
+        if !holds {
+            self.failed.push(format!("{name}: {seen}"));
+        }
+    }
+
+    /// The one assert of the test: every case that failed, by name, with what went wrong.
+    fn assert_all_passed(self) {
+        assert!(self.failed.is_empty(), "{} cases failed:\n\n{}", self.failed.len(), self.failed.join("\n\n"));
+    }
+}
+
+/// The quick run's command line into `out`, with a case's options: on the CPU unless they
+/// name a device.
+fn quick_train<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--out", out];
+    args.extend(QUICK);
+    if !extra.contains(&"--device") {
+        args.extend(["--device", "cpu"]);
+    }
+    args.extend(extra);
+    args
+}
+
+/// A study's command line into `out` on the CPU, with a case's options.
+fn study<'a>(command: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    [&[command, "--device", "cpu", "--out", out], extra].concat()
 }
 
 #[test]
-fn bad_input_gets_a_one_line_error() {
-    let dir = tmp("bad");
+fn train_refuses_bad_input() {
+    let dir = tmp("bad-train");
     let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
     std::fs::write(p("empty.txt"), "").unwrap();
     std::fs::write(p("latin1.txt"), b"caf\xe9 au lait\n".repeat(100)).unwrap();
     std::fs::write(p("short.txt"), "just a few words\n").unwrap();
     std::fs::write(p("bad.toml"), "[model\nnorm = ").unwrap();
+    std::fs::write(p("loose.toml"), "lr = 1e-3\n").unwrap();
+    std::fs::write(p("typed.toml"), "[train]\nmax_steps = 2.5\n").unwrap();
     std::fs::write(p("file"), "not a directory").unwrap();
     let out = p("out");
-    let quick = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["train", "--out", &out].iter().map(|s| s.to_string()).collect();
-        v.extend(QUICK.iter().map(|s| s.to_string()));
-        if !extra.contains(&"--device") {
-            v.extend(["--device".to_string(), "cpu".to_string()]);
-        }
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    };
-    let run = |extra: &[&str], expect: &str| {
-        let args = quick(extra);
-        fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), expect);
-    };
-
-    run(&["--data", &p("missing.txt")], "cannot read data file");
-    run(&["--data", &p("empty.txt")], "is empty");
-    run(&["--data", &p("latin1.txt")], "is not UTF-8");
-    run(&["--data", &p("short.txt")], "too short for block_size 32");
-    run(&["--preset", "gpt5"], "unknown preset 'gpt5'");
-    run(&["--set", "norm=layernorm"], "bad value");
-    run(&["--device", "tpu"], "unknown device 'tpu'");
-    run(&["--config", &p("bad.toml")], "bad TOML");
-    run(&["--config", &p("nothere.toml")], "cannot read config file");
-    std::fs::write(p("loose.toml"), "lr = 1e-3\n").unwrap();
-    run(&["--config", &p("loose.toml")], "'lr' is outside a section; put it under [model] or [train]");
-    std::fs::write(p("typed.toml"), "[train]\nmax_steps = 2.5\n").unwrap();
-    run(&["--config", &p("typed.toml")], "[train] max_steps = 2.5: expected integer");
-    run(&["--set", "n_layers=2"], "unknown config key 'n_layers'");
-    run(&["--set", "lr=fast"], "bad value");
-    run(&["--set", "n_head=3"], "divisible by n_head");
-    run(&["--set", "block_size=4294967296"], "too large");
-    run(&["--set", "eps=nan"], "eps > 0");
-    run(&["--set", "min_lr=1"], "min_lr <= lr");
-    run(&["--set", "grad_clip=-1"], "grad_clip must be >= 0");
+    let mut cases = Cases::default();
+    cases.refused(&[
+        ("missing data file", &quick_train(&out, &["--data", &p("missing.txt")]), "cannot read data file"),
+        ("empty data file", &quick_train(&out, &["--data", &p("empty.txt")]), "is empty"),
+        ("data not in UTF-8", &quick_train(&out, &["--data", &p("latin1.txt")]), "is not UTF-8"),
+        ("data shorter than a block", &quick_train(&out, &["--data", &p("short.txt")]), "too short for block_size 32"),
+        ("unknown preset", &quick_train(&out, &["--preset", "gpt5"]), "unknown preset 'gpt5'"),
+        ("unknown norm", &quick_train(&out, &["--set", "norm=layernorm"]), "bad value"),
+        ("unknown device", &quick_train(&out, &["--device", "tpu"]), "unknown device 'tpu'"),
+        ("config that is not TOML", &quick_train(&out, &["--config", &p("bad.toml")]), "bad TOML"),
+        ("missing config file", &quick_train(&out, &["--config", &p("nothere.toml")]), "cannot read config file"),
+        (
+            "config key outside a section",
+            &quick_train(&out, &["--config", &p("loose.toml")]),
+            "'lr' is outside a section; put it under [model] or [train]",
+        ),
+        (
+            "config value of the wrong type",
+            &quick_train(&out, &["--config", &p("typed.toml")]),
+            "[train] max_steps = 2.5: expected integer",
+        ),
+        ("unknown config key", &quick_train(&out, &["--set", "n_layers=2"]), "unknown config key 'n_layers'"),
+        ("lr that is not a number", &quick_train(&out, &["--set", "lr=fast"]), "bad value"),
+        ("n_embd not divisible by n_head", &quick_train(&out, &["--set", "n_head=3"]), "divisible by n_head"),
+        ("block_size too large", &quick_train(&out, &["--set", "block_size=4294967296"]), "too large"),
+        ("eps that is NaN", &quick_train(&out, &["--set", "eps=nan"]), "eps > 0"),
+        ("min_lr above lr", &quick_train(&out, &["--set", "min_lr=1"]), "min_lr <= lr"),
+        ("negative grad_clip", &quick_train(&out, &["--set", "grad_clip=-1"]), "grad_clip must be >= 0"),
+    ]);
     if !cfg!(feature = "cuda") {
-        run(&["--device", "cuda"], "no CUDA support");
+        cases.refused(&[("cuda in a build without it", &quick_train(&out, &["--device", "cuda"]), "no CUDA support")]);
     }
-    run(&["--device", "metal"], "no metal GPU adapter");
-    fails(&["train", "--out", &format!("{}/sub", p("file")), "--device", "cpu"], "cannot create output directory");
+    cases.refused(&[
+        ("metal without its adapter", &quick_train(&out, &["--device", "metal"]), "no metal GPU adapter"),
+        (
+            "output directory under a file",
+            &["train", "--out", &format!("{}/sub", p("file")), "--device", "cpu"],
+            "cannot create output directory",
+        ),
+    ]);
     // A directory that exists but takes no files, even from root (chmod would not stop us):
     // Linux's /proc. Elsewhere there is none to try.
     if Path::new("/proc/self").is_dir() {
-        fails(&["train", "--device", "cpu", "--out", "/proc"], "output directory /proc is not writable");
+        cases.refused(&[(
+            "output directory that takes no files",
+            &["train", "--device", "cpu", "--out", "/proc"],
+            "output directory /proc is not writable",
+        )]);
     }
 
     // Nothing is created for a run that cannot start.
-    fails(&["train", "--device", "cpu", "--resume", &p("nothing-here")], "holds no run to resume");
-    fails(&["train", "--device", "tpu", "--out", &p("never")], "unknown device");
-    assert!(!Path::new(&p("nothing-here")).exists() && !Path::new(&p("never")).exists());
+    cases.refused(&[
+        (
+            "resume of a directory without a run",
+            &["train", "--device", "cpu", "--resume", &p("nothing-here")],
+            "holds no run to resume",
+        ),
+        ("new run on an unknown device", &["train", "--device", "tpu", "--out", &p("never")], "unknown device"),
+    ]);
+    let created: Vec<String> = [p("nothing-here"), p("never")].into_iter().filter(|d| Path::new(d).exists()).collect();
+    cases.check("nothing created for a run that cannot start", created.is_empty(), format!("created {created:?}"));
+    cases.assert_all_passed();
+}
 
-    // Checkpoints: from another config, other data, and corrupted.
+#[test]
+fn commands_on_a_run_refuse_bad_input() {
+    let dir = tmp("bad-run");
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
     let run_dir = p("run");
     ok(train(Path::new(&run_dir), 5, &[]));
-    fails(&["train", "--device", "cpu", "--resume", &run_dir, "--set", "n_layer=2"], "from another config");
     // The same characters in another order: the vocabulary agrees, the text does not.
     let corpus = simplegpt::data::default_corpus();
     std::fs::write(p("shuffled.txt"), corpus.lines().rev().collect::<Vec<_>>().join("\n")).unwrap();
-    fails(
-        &["train", "--device", "cpu", "--resume", &run_dir, "--data", &p("shuffled.txt")],
-        "differs from the data this run started with",
-    );
     std::fs::write(p("other.txt"), "Ünïcödé text with other characters entirely. ".repeat(50)).unwrap();
-    fails(
-        &["hessian", "--device", "cpu", "--from", &run_dir, "--data", &p("other.txt")],
-        "differ from the checkpoint's vocabulary",
-    );
-    fails(
-        &["export", "--from", &run_dir, "--set", "n_layer=2", "--out", &p("x.safetensors")],
-        "--from uses the checkpoint's own config",
-    );
-    fails(&["export", "--from", &run_dir, "--out", &dir.to_string_lossy()], "is a directory");
-    fails(&["export", "--from", &run_dir, "--out", &p("no/such/x.safetensors")], "does not exist");
+    let mut cases = Cases::default();
+    // A checkpoint used with another config or other data, and exports that cannot be written.
+    cases.refused(&[
+        (
+            "resume with another config",
+            &["train", "--device", "cpu", "--resume", &run_dir, "--set", "n_layer=2"],
+            "from another config",
+        ),
+        (
+            "resume on the same characters in another order",
+            &["train", "--device", "cpu", "--resume", &run_dir, "--data", &p("shuffled.txt")],
+            "differs from the data this run started with",
+        ),
+        (
+            "hessian on other characters",
+            &["hessian", "--device", "cpu", "--from", &run_dir, "--data", &p("other.txt")],
+            "differ from the checkpoint's vocabulary",
+        ),
+        (
+            "export with a config of its own",
+            &["export", "--from", &run_dir, "--set", "n_layer=2", "--out", &p("x.safetensors")],
+            "--from uses the checkpoint's own config",
+        ),
+        ("export onto a directory", &["export", "--from", &run_dir, "--out", &dir.to_string_lossy()], "is a directory"),
+        (
+            "export into a missing directory",
+            &["export", "--from", &run_dir, "--out", &p("no/such/x.safetensors")],
+            "does not exist",
+        ),
+    ]);
     let files: Vec<_> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
-    assert!(!files.iter().any(|f| f.ends_with(".tmp")), "no temp file left: {files:?}");
-    fails(&["train", "--resume", &run_dir, "--device", "wgpu"], "was trained on cpu");
-    fails(
-        &["train", "--device", "cpu", "--out", &p("x"), "--init-from", &format!("{run_dir}/ckpt.safetensors")],
-        "a training checkpoint, not weights",
-    );
+    cases.check("no temp file left", !files.iter().any(|f| f.ends_with(".tmp")), format!("{files:?}"));
+    cases.refused(&[
+        ("resume on another device", &["train", "--resume", &run_dir, "--device", "wgpu"], "was trained on cpu"),
+        (
+            "init from a training checkpoint",
+            &["train", "--device", "cpu", "--out", &p("x"), "--init-from", &format!("{run_dir}/ckpt.safetensors")],
+            "a training checkpoint, not weights",
+        ),
+    ]);
+    let weights = p("w.safetensors");
     ok({
         let mut c = bin();
-        c.args(["export", "--from", &run_dir, "--out", &p("w.safetensors")]);
+        c.args(["export", "--from", &run_dir, "--out", &weights]);
         c
     });
-    fails(
-        &["train", "--device", "cpu", "--out", &p("x"), "--data", &p("other.txt"), "--init-from", &p("w.safetensors")],
-        "vocabulary differs",
-    );
-    fails(
-        &["train", "--device", "cpu", "--out", &p("x"), "--set", "n_embd=64", "--init-from", &p("w.safetensors")],
-        "needs an f32 tensor wte.weight of shape",
-    );
-    fails(&["repro", &run_dir, &run_dir, "--set", "lr=1"], "compares two finished runs");
-    fails(&["repro", "--backends", "cpu,gpu"], "unknown device 'gpu'");
+    cases.refused(&[
+        (
+            "init from weights of other characters",
+            &["train", "--device", "cpu", "--out", &p("x"), "--data", &p("other.txt"), "--init-from", &weights],
+            "vocabulary differs",
+        ),
+        (
+            "init from weights of another shape",
+            &["train", "--device", "cpu", "--out", &p("x"), "--set", "n_embd=64", "--init-from", &weights],
+            "needs an f32 tensor wte.weight of shape",
+        ),
+        (
+            "repro of two runs with a config",
+            &["repro", &run_dir, &run_dir, "--set", "lr=1"],
+            "compares two finished runs",
+        ),
+        ("repro with a NaN tolerance", &["repro", &run_dir, &run_dir, "--tolerance", "nan"], "--tolerance"),
+        ("repro on an unknown device", &["repro", "--backends", "cpu,gpu"], "unknown device 'gpu'"),
+    ]);
+
     // A run records its data: --resume (here of a finished run) finds it without --data.
     let on_file = p("on-file");
     ok(train(Path::new(&on_file), 2, &["--data", &p("other.txt")]));
     let ckpt = Path::new(&on_file).join("ckpt.safetensors");
     std::fs::rename(&ckpt, p("on-file.ckpt")).unwrap();
-    fails(&["sample", "--from", &on_file], "holds a run without a checkpoint");
+    cases.refused(&[(
+        "sample a run without its checkpoint",
+        &["sample", "--from", &on_file],
+        "holds a run without a checkpoint",
+    )]);
     std::fs::rename(p("on-file.ckpt"), &ckpt).unwrap();
     let resumed = ok({
         let mut c = bin();
         c.args(["train", "--resume", &on_file]);
         c
     });
-    assert!(String::from_utf8_lossy(&resumed.stdout).contains("already finished"));
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    cases.check("resume of a finished run", stdout.contains("already finished"), &stdout);
     // The recorded file moved: the message says which it was.
     std::fs::rename(p("other.txt"), p("moved.txt")).unwrap();
-    fails(&["train", "--resume", &on_file], "was trained on --data");
-    std::fs::rename(p("moved.txt"), p("other.txt")).unwrap();
+    cases.refused(&[("resume with its data moved", &["train", "--resume", &on_file], "was trained on --data")]);
     // A diverged run is not resumed either, and says why (with the exit code of divergence).
     let blown = p("blown");
-    assert_eq!(train(Path::new(&blown), 20, &["--set", "lr=1e9"]).output().unwrap().status.code(), Some(3));
+    let diverged = train(Path::new(&blown), 20, &["--set", "lr=1e9"]).output().unwrap();
+    cases.check("a diverging run", diverged.status.code() == Some(3), diverged.status);
     let resumed = bin().args(["train", "--resume", &blown]).output().unwrap();
-    assert_eq!(resumed.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&resumed.stdout).contains("diverged at step"));
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    cases.check(
+        "resume of a diverged run",
+        resumed.status.code() == Some(3) && stdout.contains("diverged at step"),
+        format!("{}; stdout: {stdout}", resumed.status),
+    );
+    cases.assert_all_passed();
+}
+
+#[test]
+fn a_broken_checkpoint_is_refused() {
+    let dir = tmp("bad-ckpt");
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let run_dir = p("run");
+    ok(train(Path::new(&run_dir), 5, &[]));
+    let mut cases = Cases::default();
     // A checkpoint cut off half way (its header intact, its tensors not), then garbage.
     let ckpt = Path::new(&run_dir).join("ckpt.safetensors");
     let bytes = std::fs::read(&ckpt).unwrap();
     std::fs::write(&ckpt, &bytes[..bytes.len() / 2]).unwrap();
-    fails(&["sample", "--from", &run_dir], "corrupted");
-    fails(&["train", "--device", "cpu", "--resume", &run_dir], "corrupted");
+    cases.refused(&[
+        ("sample a cut-off checkpoint", &["sample", "--from", &run_dir], "corrupted"),
+        ("resume a cut-off checkpoint", &["train", "--device", "cpu", "--resume", &run_dir], "corrupted"),
+    ]);
     std::fs::write(&ckpt, b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!").unwrap();
-    fails(&["sample", "--from", &run_dir], "corrupted");
-    fails(&["train", "--device", "cpu", "--resume", &run_dir], "corrupted");
-    fails(&["sample", "--from", &p("nothing")], "cannot read checkpoint");
+    cases.refused(&[
+        ("sample a garbage checkpoint", &["sample", "--from", &run_dir], "corrupted"),
+        ("resume a garbage checkpoint", &["train", "--device", "cpu", "--resume", &run_dir], "corrupted"),
+        ("sample a missing checkpoint", &["sample", "--from", &p("nothing")], "cannot read checkpoint"),
+    ]);
+    cases.assert_all_passed();
+}
 
-    // Studies: two variants of one name would share a run directory.
-    let study = |extra: &[&str], expect: &str| {
-        let mut args = vec!["compare", "--device", "cpu", "--out", &out];
-        args.extend(extra);
-        fails(&args, expect);
-    };
-    study(&["--variant", "a:norm=simple", "--variant", "a:norm=pre_ln"], "two variants are named 'a'");
-    study(&["--variant", "a:norm=simple", "--seeds", "0"], "'--seeds <SEEDS>': expected a whole number from 1 to 100");
-    study(&["--variant", "..:norm=simple"], "variant name '..'");
-    study(&["--variant", "a:norm=simpel"], "variant 'a': --set norm=simpel: bad value");
-    let sweep = |extra: &[&str], expect: &str| {
-        let mut args = vec!["sweep", "--device", "cpu", "--out", &out];
-        args.extend(extra);
-        fails(&args, expect);
-    };
-    sweep(&["--lr-min", "1e-3", "--lr-max", "1.04e-3", "--points", "3"], "agree to two digits");
-    sweep(&["--lr-max", "inf"], "(finite)");
-    sweep(&["--set", "lr=0.5"], "sweep sets lr and min_lr itself");
+#[test]
+fn studies_refuse_bad_input() {
+    let dir = tmp("bad-study");
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let out = p("out");
     std::fs::write(p("lr.toml"), "[train]\nlr = 0.5\n").unwrap();
-    sweep(&["--config", &p("lr.toml")], "drop them from the --config file");
-    assert!(!Path::new(&out).join("pre_ln").exists(), "a sweep with a bad grid trains nothing");
+    let mut cases = Cases::default();
+    cases.refused(&[
+        // Two variants of one name would share a run directory.
+        (
+            "two variants of one name",
+            &study("compare", &out, &["--variant", "a:norm=simple", "--variant", "a:norm=pre_ln"]),
+            "two variants are named 'a'",
+        ),
+        (
+            "no seeds",
+            &study("compare", &out, &["--variant", "a:norm=simple", "--seeds", "0"]),
+            "'--seeds <SEEDS>': expected a whole number from 1 to 100",
+        ),
+        ("variant named '..'", &study("compare", &out, &["--variant", "..:norm=simple"]), "variant name '..'"),
+        (
+            "variant with a bad value",
+            &study("compare", &out, &["--variant", "a:norm=simpel"]),
+            "variant 'a': --set norm=simpel: bad value",
+        ),
+        (
+            "sweep of learning rates that print the same",
+            &study("sweep", &out, &["--lr-min", "1e-3", "--lr-max", "1.04e-3", "--points", "3"]),
+            "agree to two digits",
+        ),
+        ("sweep to an infinite learning rate", &study("sweep", &out, &["--lr-max", "inf"]), "(finite)"),
+        ("sweep with --set lr", &study("sweep", &out, &["--set", "lr=0.5"]), "sweep sets lr and min_lr itself"),
+        (
+            "sweep with lr in its config file",
+            &study("sweep", &out, &["--config", &p("lr.toml")]),
+            "drop them from the --config file",
+        ),
+    ]);
+    cases.check(
+        "a sweep with a bad grid trains nothing",
+        !Path::new(&out).join("pre_ln").exists(),
+        format!("{out}/pre_ln exists"),
+    );
+    cases.assert_all_passed();
+}
 
-    // The other commands' numbers.
-    fails(&["hessian", "--device", "cpu", "--batches", "0"], "expected a whole number from 1 to 1000");
-    fails(&["bench", "--device", "cpu", "--steps", "18446744073709551615"], "from 1 to 100000");
-    fails(&["bench", "--device", "cpu", "--peak-tflops", "0"], "--peak-tflops must be > 0");
-    fails(&["repro", &run_dir, &run_dir, "--tolerance", "nan"], "--tolerance");
-    fails(&["repro", "--backends", "cpu,cpu", "--steps", "0"], "'--steps <STEPS>': expected a whole number from 1");
+#[test]
+fn other_commands_bound_their_numbers() {
+    let mut cases = Cases::default();
+    cases.refused(&[
+        (
+            "hessian over no batches",
+            &["hessian", "--device", "cpu", "--batches", "0"],
+            "expected a whole number from 1 to 1000",
+        ),
+        (
+            "bench for 2^64 - 1 steps",
+            &["bench", "--device", "cpu", "--steps", "18446744073709551615"],
+            "from 1 to 100000",
+        ),
+        ("bench against a zero peak", &["bench", "--device", "cpu", "--peak-tflops", "0"], "--peak-tflops must be > 0"),
+        (
+            "repro over no steps",
+            &["repro", "--backends", "cpu,cpu", "--steps", "0"],
+            "'--steps <STEPS>': expected a whole number from 1",
+        ),
+    ]);
+    cases.assert_all_passed();
 }
 
 #[test]
