@@ -12,7 +12,7 @@
 //! `batches.y` (i32, [N, B, T]), and carries the config (TOML), the vocabulary (JSON) and
 //! a checksum of every tensor (`params::CHECKSUMS`) in its metadata. Batch i is training
 //! batch i (step * grad_accum + micro-step); with dropout, its masks are `rng::feistel30`
-//! (see `kernels::dropout`) keyed by `rng::dropout_key(seed, i, site)`.
+//! (see `simplegpt_shaders::dropout`) keyed by `rng::dropout_key(seed, i, site)`.
 
 use std::collections::HashMap;
 

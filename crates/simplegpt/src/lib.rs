@@ -7,9 +7,9 @@
 //! allocates), `checkpoint`, `record` and `run` (what a run writes
 //! and how two runs compare), `study` (compare and sweep reports), `hessian` (its top
 //! eigenvalues), `interop` (weights in PyTorch names), `sample`, `bench`, `device`; below
-//! them `rng` (the portable random streams), `kernels` (the dropout mask kernel), `params`
-//! (parameters by path, the read-back from the device, a run-to-run repeatable sum) and
-//! `error`.
+//! them `rng` (the portable random streams), `params` (parameters by path, the read-back
+//! from the device, a run-to-run repeatable sum) and `error`. Our own kernels (the dropout
+//! mask) are a crate of their own, `simplegpt_shaders` (the repository's `shaders/`).
 
 #[cfg(not(target_family = "wasm"))]
 pub mod bench;
@@ -22,7 +22,6 @@ pub mod error;
 pub mod files;
 pub mod hessian;
 pub mod interop;
-pub mod kernels;
 pub mod memory;
 pub mod model;
 pub mod optim;

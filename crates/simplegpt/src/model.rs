@@ -14,7 +14,6 @@ use burn::nn::{Linear, RotaryEncoding, RotaryEncodingConfig};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 
 use crate::config::{MlpKind, ModelConfig, NormKind, PosKind};
-use crate::kernels;
 use crate::params;
 use crate::rng::{self, Stream};
 
@@ -64,7 +63,7 @@ fn norm_opt<const D: usize>(norm: &Option<Norm>, x: Tensor<D>) -> Tensor<D> {
 }
 
 /// Dropout whose mask every backend draws identically: a hash of each element's index keyed
-/// by (seed, batch, site) (`rng::feistel30`, computed by `kernels::dropout`), instead of the
+/// by (seed, batch, site) (`rng::feistel30`, computed by `simplegpt_shaders::dropout`), instead of the
 /// backend's RNG. `forward` drops only when given the batch's key (`Some` while training,
 /// `None` when evaluating).
 #[derive(Module, Debug)]
@@ -77,7 +76,7 @@ pub struct Dropout {
 impl Dropout {
     pub fn forward<const D: usize>(&self, x: Tensor<D>, key: Option<DropoutKey>) -> Tensor<D> {
         let Some(key) = key.filter(|_| self.prob > 0.0) else { return x };
-        kernels::dropout(x, rng::dropout_key(key.seed, key.batch, self.site), self.prob)
+        simplegpt_shaders::dropout(x, rng::dropout_key(key.seed, key.batch, self.site), self.prob)
     }
 }
 

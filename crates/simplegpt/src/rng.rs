@@ -5,12 +5,17 @@
 //!
 //! Dropout masks are drawn on the device, but not from the device's RNG (whose bits differ
 //! between backends and between reseeds): each element's keep/drop bit is a keyed hash of its
-//! index (`feistel30`), computed by one kernel per backend (`kernels::dropout`) that gives the
-//! same bits on every backend, browser included. `tests/reference_gpt.py` implements the same
-//! hash in numpy.
+//! index (`feistel30`), computed by one kernel per backend (`simplegpt_shaders::dropout`) that
+//! gives the same bits on every backend, browser included. `tests/reference_gpt.py` implements
+//! the same hash in numpy. The hash is specified beside its kernels, in the shaders crate
+//! (which cannot depend on this one); here are its keys, one per batch and dropout site.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use simplegpt_shaders::dropout::splitmix64;
+/// The dropout hash's specification (`simplegpt_shaders::dropout`), where the rest of simplegpt
+/// and its tests find it.
+pub use simplegpt_shaders::dropout::{MASK_MAX_ELEMENTS, MUL, feistel30, keep_threshold, round_keys};
 
 pub struct Stream(ChaCha8Rng);
 
@@ -64,50 +69,11 @@ pub fn hex(h: u64) -> String {
     format!("{h:016x}")
 }
 
-/// SplitMix64's finaliser: a stable 64-bit mixer for deriving keys.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E3779B97F4A7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-    z ^ (z >> 31)
-}
-
 /// The dropout key of one training batch (`batch_index` = step * grad_accum + micro-step) at
 /// one dropout site of the model (0: the embeddings; block l: 1 + 3l attention weights,
 /// 2 + 3l attention output, 3 + 3l MLP output).
 pub fn dropout_key(seed: u64, batch_index: u64, site: u64) -> u64 {
     splitmix64(splitmix64(splitmix64(seed) ^ batch_index) ^ site)
-}
-
-/// Rounds of the Feistel hash below. Three leave visible correlations between elements 2^15
-/// apart; five pass the statistics in the tests.
-const ROUNDS: usize = 5;
-/// Multiplier of the round function: odd and below 2^15, so `(r ^ k) * MUL < 2^30`.
-pub const MUL: u32 = 0x5D2B;
-/// The hash permutes 30-bit indices: a tensor may hold up to 2^30 elements.
-pub const MASK_MAX_ELEMENTS: usize = 1 << 30;
-
-/// The 15-bit round keys of the hash for one key (see `dropout_key`).
-pub fn round_keys(key: u64) -> [u32; ROUNDS] {
-    std::array::from_fn(|r| (splitmix64(key.wrapping_add(r as u64)) & 0x7FFF) as u32)
-}
-
-/// The hash of one index: the specification every backend's dropout kernel (`kernels`)
-/// computes, and `tests/reference_gpt.py` too. A 5-round Feistel network on 15-bit halves
-/// whose every intermediate stays below 2^31, so 32-bit integer arithmetic (GPU kernels,
-/// WebGPU) and any wider one give the same bits.
-pub fn feistel30(index: u32, keys: &[u32; ROUNDS]) -> u32 {
-    let (mut l, mut r) = (index >> 15, index & 0x7FFF);
-    for k in keys {
-        let t = (r ^ k) * MUL;
-        (l, r) = (r, l ^ (((t >> 15) ^ t) & 0x7FFF));
-    }
-    (l << 15) | r
-}
-
-/// Elements with a hash at or above this are kept: a fraction `1 - prob`.
-pub fn keep_threshold(prob: f64) -> u32 {
-    (prob * (1u64 << 30) as f64).round() as u32
 }
 
 #[cfg(test)]
@@ -122,6 +88,8 @@ mod tests {
         cov / (ma * (1.0 - ma) * mb * (1.0 - mb)).sqrt()
     }
 
+    /// The hash (`simplegpt_shaders::dropout`) on the keys training gives it: the statistics
+    /// its number of rounds is chosen by.
     #[test]
     fn dropout_masks_keep_the_right_fraction_without_correlations() {
         let n = 1 << 20;

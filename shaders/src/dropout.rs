@@ -1,13 +1,16 @@
-//! Hand-written kernels, where one kernel beats a chain of tensor ops.
+//! Dropout: the mask, one kernel where tensor ops would take a chain of them.
 //!
-//! The dropout mask: the portable hash `rng::feistel30` written as integer tensor ops takes
-//! ~35 of them, each a full pass over a tensor the size of the activations (at nanoGPT's size
-//! the attention weights are 25 M elements per layer), and burn's fusion (its `fusion`
-//! feature, without autotune) moves that chain into the loads of the next matmul, recomputing
-//! it there (BENCHMARKS.md, "Dropout"). Here the hash is one kernel that writes the mask: a
-//! CubeCL kernel on the GPU backends (compiled to WGSL for wgpu and WebGPU, and to CUDA; a
-//! `#[cube]` kernel rather than a WGSL file so that CUDA gets it too) and a loop on the CPU.
-//! Both compute `rng::feistel30` bit for bit, so every backend draws the same masks.
+//! The mask keeps or drops each element by a keyed hash of its index (`feistel30`, specified
+//! below), not by a backend's RNG (whose bits differ between backends and between reseeds),
+//! so every backend, browser included, draws the same masks. Written as integer tensor ops
+//! the hash takes ~35 of them, each a full pass over a tensor the size of the activations (at
+//! nanoGPT's size the attention weights are 25 M elements per layer), and burn's fusion (its
+//! `fusion` feature, without autotune) moves that chain into the loads of the next matmul,
+//! recomputing it there (BENCHMARKS.md, "Dropout"). Here the hash is one kernel that writes
+//! the mask: a CubeCL kernel on the GPU backends (compiled to WGSL for wgpu and WebGPU, and to
+//! CUDA; a `#[cube]` kernel rather than a WGSL file so that CUDA gets it too) and a loop on
+//! the CPU. Both compute `feistel30` bit for bit. `tests/reference_gpt.py` implements the
+//! same hash in numpy.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::ops::FloatTensorOps;
@@ -19,11 +22,53 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::{CubeDim, SequenceArg};
 
-use crate::rng;
+// The specification: what every backend computes.
+
+/// Rounds of the Feistel hash below. Three leave visible correlations between elements 2^15
+/// apart; five pass the statistics in simplegpt's `rng` tests (on the keys training uses).
+const ROUNDS: usize = 5;
+/// Multiplier of the round function: odd and below 2^15, so `(r ^ k) * MUL < 2^30`.
+pub const MUL: u32 = 0x5D2B;
+/// The hash permutes 30-bit indices: a tensor may hold up to 2^30 elements.
+pub const MASK_MAX_ELEMENTS: usize = 1 << 30;
+
+/// SplitMix64's finaliser: a stable 64-bit mixer for deriving keys (the round keys here, and
+/// simplegpt's `rng::dropout_key`).
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E3779B97F4A7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+    z ^ (z >> 31)
+}
+
+/// The 15-bit round keys of the hash for one key (simplegpt's `rng::dropout_key`).
+pub fn round_keys(key: u64) -> [u32; ROUNDS] {
+    std::array::from_fn(|r| (splitmix64(key.wrapping_add(r as u64)) & 0x7FFF) as u32)
+}
+
+/// The hash of one index: the specification every backend's dropout kernel computes, and
+/// `tests/reference_gpt.py` too. A 5-round Feistel network on 15-bit halves whose every
+/// intermediate stays below 2^31, so 32-bit integer arithmetic (GPU kernels, WebGPU) and any
+/// wider one give the same bits.
+pub fn feistel30(index: u32, keys: &[u32; ROUNDS]) -> u32 {
+    let (mut l, mut r) = (index >> 15, index & 0x7FFF);
+    for k in keys {
+        let t = (r ^ k) * MUL;
+        (l, r) = (r, l ^ (((t >> 15) ^ t) & 0x7FFF));
+    }
+    (l << 15) | r
+}
+
+/// Elements with a hash at or above this are kept: a fraction `1 - prob`.
+pub fn keep_threshold(prob: f64) -> u32 {
+    (prob * (1u64 << 30) as f64).round() as u32
+}
+
+// The op.
 
 /// The dropout mask of a tensor shaped like `like`: `scale` where an element is kept, 0 where
 /// it is dropped, so that dropout is one multiplication. Element `i` (row-major) is kept when
-/// `rng::feistel30(i, &rng::round_keys(key)) >= threshold`.
+/// `feistel30(i, &round_keys(key)) >= threshold`.
 #[backend_extension(Cube, Flex, Autodiff, Fusion: cfg(feature = "fusion"))]
 pub trait DropoutMaskOps: Backend {
     /// Under fusion an opaque operation: nothing is fused into it or it into a matmul.
@@ -35,8 +80,8 @@ pub trait DropoutMaskOps: Backend {
 /// 1 / (1 - prob), as torch's dropout).
 pub fn dropout<const D: usize>(x: Tensor<D>, key: u64, prob: f64) -> Tensor<D> {
     // The hash permutes 30-bit indices; config validation keeps dropout tensors within that.
-    assert!(x.shape().num_elements() <= rng::MASK_MAX_ELEMENTS, "dropout tensor over 2^30 elements");
-    let threshold = rng::keep_threshold(prob);
+    assert!(x.shape().num_elements() <= MASK_MAX_ELEMENTS, "dropout tensor over 2^30 elements");
+    let threshold = keep_threshold(prob);
     let scale = (1.0 / (1.0 - prob)) as f32;
     let mask = Dispatch::dropout_mask(x.clone().into_dispatch(), key, threshold, scale);
     x * Tensor::from_dispatch(mask)
@@ -50,13 +95,13 @@ mod cube_kernel {
         if ABSOLUTE_POS >= output.len() {
             terminate!();
         }
-        // rng::feistel30, on u32: every intermediate stays below 2^31.
+        // feistel30, on u32: every intermediate stays below 2^31.
         let index = u32::cast_from(ABSOLUTE_POS);
         let mut l = index >> 15;
         let mut r = index & 0x7FFF;
         #[unroll]
         for i in 0..keys.len() {
-            let t = (r ^ *keys.index(i)) * 0x5D2B; // rng::MUL
+            let t = (r ^ *keys.index(i)) * 0x5D2B; // MUL
             let f = ((t >> 15) ^ t) & 0x7FFF;
             let next_r = l ^ f;
             l = r;
@@ -73,7 +118,7 @@ impl DropoutMaskOps for CubeBackend {
         let n = shape.num_elements();
         let output = empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, DType::F32);
         let mut keys = SequenceArg::new();
-        for k in rng::round_keys(key) {
+        for k in round_keys(key) {
             keys.push(k);
         }
         let cube_dim = CubeDim::new(&output.client, n);
@@ -99,11 +144,11 @@ impl DropoutMaskOps for CubeBackend {
 
 impl DropoutMaskOps for Flex {
     fn dropout_mask(like: FloatTensor<Self>, key: u64, threshold: u32, scale: f32) -> FloatTensor<Self> {
-        let (shape, keys) = (like.shape(), rng::round_keys(key));
+        let (shape, keys) = (like.shape(), round_keys(key));
         let mut values = vec![0.0f32; shape.num_elements()];
         let fill = |start: usize, chunk: &mut [f32]| {
             for (i, v) in (start as u32..).zip(chunk) {
-                if rng::feistel30(i, &keys) >= threshold {
+                if feistel30(i, &keys) >= threshold {
                     *v = scale;
                 }
             }
@@ -134,20 +179,33 @@ impl<B: DropoutMaskOps, C: CheckpointStrategy> DropoutMaskOps for Autodiff<B, C>
 mod tests {
     use super::*;
     use burn::tensor::Device;
+    use std::sync::OnceLock;
+
+    /// The wgpu device, opened once per process (wgpu allows one runtime per adapter and API).
+    fn wgpu() -> Device {
+        static DEVICE: OnceLock<Device> = OnceLock::new();
+        DEVICE
+            .get_or_init(|| {
+                Device::wgpu_options().init().unwrap_or_else(|e| {
+                    panic!("no wgpu adapter ({e}); this test runs the real kernel on lavapipe where there is no GPU: apt-get install mesa-vulkan-drivers")
+                })
+            })
+            .clone()
+    }
 
     /// The mask each backend's kernel writes, read back, against the specification.
     fn check_mask(device: &Device) {
         // 300 000 elements: over 2^15, so that both halves of the index take part, and over
         // 2^18, so that the CPU loop runs in several chunks (of 2^16), the last one partial.
-        let (dims, key, prob) = ([4, 5, 100, 150], rng::dropout_key(9, 4, 2), 0.3);
+        let (dims, key, prob) = ([4, 5, 100, 150], splitmix64(9), 0.3);
         let n = dims.iter().product::<usize>();
         let x = Tensor::<4>::ones(dims, device);
         let dropped: Vec<f32> = dropout(x, key, prob).into_data().try_to_vec::<f32>().unwrap();
-        let (keys, threshold, scale) = (rng::round_keys(key), rng::keep_threshold(prob), (1.0 / (1.0 - prob)) as f32);
+        let (keys, threshold, scale) = (round_keys(key), keep_threshold(prob), (1.0 / (1.0 - prob)) as f32);
         assert_eq!(dropped.len(), n);
         // The specification, one index at a time.
         for (i, got) in dropped.iter().enumerate() {
-            let want = if rng::feistel30(i as u32, &keys) >= threshold { scale } else { 0.0 };
+            let want = if feistel30(i as u32, &keys) >= threshold { scale } else { 0.0 };
             assert_eq!(*got, want, "element {i} of {n}");
         }
     }
@@ -159,18 +217,14 @@ mod tests {
 
     #[test]
     fn the_gpu_kernel_mask_is_the_specified_hash() {
-        let opened = crate::device::open("wgpu").unwrap_or_else(|e| {
-            panic!("no wgpu adapter ({e}); this test runs the real kernel on lavapipe where there is no GPU: apt-get install mesa-vulkan-drivers")
-        });
-        check_mask(&opened.device);
+        check_mask(&wgpu());
     }
 
     #[test]
     fn the_gradient_of_dropout_is_the_mask() {
-        for device in [Device::flex().autodiff(), crate::device::open("wgpu").expect("wgpu adapter").device.autodiff()]
-        {
+        for device in [Device::flex().autodiff(), wgpu().autodiff()] {
             let x = Tensor::<2>::from_floats([[1.0, -2.0, 3.0, 4.0], [5.0, 6.0, -7.0, 8.0]], &device).require_grad();
-            let key = rng::dropout_key(3, 1, 0);
+            let key = splitmix64(3);
             let y = dropout(x.clone(), key, 0.5);
             let grads = y.clone().sum().backward();
             let grad: Vec<f32> = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
@@ -180,7 +234,7 @@ mod tests {
                 // Kept: y = 2x and dy/dx = 2; dropped: both 0.
                 assert_eq!(
                     grad[i],
-                    if rng::feistel30(i as u32, &rng::round_keys(key)) >= rng::keep_threshold(0.5) { 2.0 } else { 0.0 }
+                    if feistel30(i as u32, &round_keys(key)) >= keep_threshold(0.5) { 2.0 } else { 0.0 }
                 );
                 assert_eq!(y[i], grad[i] * x[i]);
             }

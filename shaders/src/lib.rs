@@ -1,0 +1,13 @@
+//! simplegpt's own kernels, for where one kernel beats a chain of tensor ops.
+//!
+//! The rule: each op is one file, holding a CubeCL `#[cube]` kernel for the GPU backends
+//! (compiled to WGSL for wgpu and WebGPU, and to CUDA) and its CPU twin (a loop on burn's
+//! Flex backend), which compute the same bits; the file's tests check both against the op's
+//! specification. This crate depends on burn only, never on the simplegpt crate, which calls
+//! it.
+//!
+//! - `dropout`: the dropout mask, a keyed hash of each element's index (`dropout::feistel30`).
+
+pub mod dropout;
+
+pub use dropout::{DropoutMaskOps, dropout};
