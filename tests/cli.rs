@@ -704,6 +704,16 @@ fn an_independent_numpy_model_gets_the_same_first_loss_from_the_exported_weights
     );
 }
 
+/// A study's summary.json: the numbers of its report.
+fn report_summary(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+}
+
+/// The summary named `name` in a list of them.
+fn summary_of(list: &serde_json::Value, name: &str) -> serde_json::Value {
+    list.as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no {name} in {list}")).clone()
+}
+
 #[test]
 fn compare_writes_a_report_whose_numbers_are_the_run_records() {
     let out = tmp("compare");
@@ -715,15 +725,17 @@ fn compare_writes_a_report_whose_numbers_are_the_run_records() {
         ok(c)
     };
     compare(&["simple:norm=simple"]);
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let summary = report_summary(&out);
     for name in ["pre", "simple"] {
         let records = metrics(&out.join(name));
         let last_loss = records.iter().rev().find_map(|r| r["loss"].as_f64()).unwrap();
         let last_val = records.iter().rev().find_map(|r| r["val_loss"].as_f64()).unwrap();
-        let row = report.lines().find(|l| l.starts_with(&format!("| {name} |"))).unwrap();
-        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-        assert_eq!(cells[3], format!("{last_loss:.4}"), "{row}");
-        assert_eq!(cells[5], format!("{last_val:.4}"), "{row}");
+        let run = summary_of(&summary["runs"], name);
+        assert_eq!(run["final_loss"].as_f64(), Some(last_loss), "{run}");
+        assert_eq!(run["final_val"].as_f64(), Some(last_val), "{run}");
+        // The markdown shows the same numbers.
+        let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(report.contains(&format!("| {name} | {} | {last_loss:.4} |", run["params"])), "{report}");
         for svg in [format!("grad_norms-{name}.svg"), format!("act_rms-{name}.svg")] {
             assert!(std::fs::read_to_string(out.join(&svg)).unwrap().starts_with("<svg"), "{svg}");
         }
@@ -745,10 +757,9 @@ fn compare_writes_a_report_whose_numbers_are_the_run_records() {
     let again = compare(&["simple:norm=simple,lr=3e-3", "--overwrite"]);
     let log = String::from_utf8_lossy(&again.stderr);
     assert!(log.contains("pre: already finished") && !log.contains("simple: already finished"), "{log}");
-    let row = |r: &str, name: &str| r.lines().find(|l| l.starts_with(&format!("| {name} |"))).unwrap().to_string();
-    let report2 = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert_eq!(row(&report2, "pre"), row(&report, "pre"));
-    assert_ne!(row(&report2, "simple"), row(&report, "simple"));
+    let summary2 = report_summary(&out);
+    assert_eq!(summary_of(&summary2["runs"], "pre"), summary_of(&summary["runs"], "pre"));
+    assert_ne!(summary_of(&summary2["runs"], "simple"), summary_of(&summary["runs"], "simple"));
 }
 
 #[test]
@@ -767,10 +778,16 @@ fn compare_with_seeds_reports_the_mean_and_spread_of_the_seeds_records() {
     let (a, b) = (best_val("seed-1337"), best_val("seed-1338"));
     assert!(a.is_finite() && b.is_finite() && a != b, "two seeds, two different runs: {a} {b}");
     let (mean, sd) = ((a + b) / 2.0, ((a - (a + b) / 2.0).powi(2) + (b - (a + b) / 2.0).powi(2)).sqrt());
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    let row = report.lines().find(|l| l.starts_with("| simple | 2 |")).expect(&report);
-    assert!(row.starts_with(&format!("| simple | 2 | {mean:.4} ± {sd:.4} |")), "{row}");
-    assert!(report.contains("| simple/seed-1338 |"), "each seed's own row: {report}");
+    let summary = report_summary(&out);
+    let simple = summary_of(&summary["variants"], "simple");
+    assert_eq!(simple["runs"], 2, "{simple}");
+    let close = |key: &str, want: f64| {
+        let got = simple[key].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0), "{key}: {got} vs {want}");
+    };
+    close("best_val", mean);
+    close("best_val_sd", sd);
+    summary_of(&summary["runs"], "simple/seed-1338");
 }
 
 #[test]
@@ -791,8 +808,8 @@ fn an_interleaved_compare_trains_the_same_runs_as_one_after_another() {
         assert_eq!(a.len(), 13, "{name}");
         assert_eq!(numbers(&a), numbers(&b), "{name}");
     }
-    let report = std::fs::read_to_string(interleaved.join("report.md")).unwrap();
-    assert!(report.starts_with("# Comparison\n"), "the final report is not marked in progress: {report}");
+    let summary = report_summary(&interleaved);
+    assert_eq!(summary["title"], "Comparison", "the final report is not marked in progress: {summary}");
 }
 
 #[test]
@@ -826,18 +843,27 @@ fn sweep_records_an_absurd_learning_rate_as_divergence() {
         ok(c)
     };
     sweep();
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    let none = report.lines().find(|l| l.starts_with("| none |") && l.contains("diverged@")).expect(&report);
-    // The cell at 1e-3 is that run's final validation loss from its own record.
+    let summary = report_summary(&out);
+    let cell = |variant: &str, lr: f64| {
+        let cells = summary["cells"].as_array().unwrap();
+        cells.iter().find(|c| c["name"] == variant && c["lr"].as_f64() == Some(lr)).expect(variant).clone()
+    };
+    // The cell at 1e-3 is that run's final validation loss from its own record; at 1e3 it diverged.
     let final_val = metrics(&out.join("none/lr-1.0e-3")).iter().rev().find_map(|r| r["val_loss"].as_f64()).unwrap();
-    assert!(none.starts_with(&format!("| none | {final_val:.4} | diverged@")), "{none}");
-    assert!(report.contains("| none | 1.0e-3 | 1.0e-3 |"), "lr 1e-3 is the largest that trained: {report}");
+    assert_eq!(cell("none", 1e-3)["final_val"].as_f64(), Some(final_val));
+    assert!(cell("none", 1e-3)["diverged_at"].is_null() && cell("none", 1e3)["diverged_at"].is_u64(), "{summary}");
+    let stability = &summary["stability"]["none"];
+    assert_eq!(stability["largest_trained"].as_f64(), Some(1e-3), "the largest that trained: {stability}");
+    assert_eq!(stability["largest_near_best"].as_f64(), Some(1e-3), "{stability}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains(&format!("| none | {final_val:.4} | diverged@")), "{report}");
     assert!(std::fs::read_to_string(out.join("final_loss_vs_lr.svg")).unwrap().starts_with("<svg"));
     // Run again: every run is reused (the configs read back from run.json equal the new ones
     // bit for bit, learning rates included), and the report is the same.
     let log = String::from_utf8_lossy(&sweep().stderr).to_string();
     assert_eq!(log.matches("already finished").count(), 4, "{log}");
     assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), report);
+    assert_eq!(report_summary(&out), summary);
 }
 
 #[test]
@@ -860,9 +886,7 @@ fn hessian_reports_the_librarys_eigenvalues_of_the_config() {
     for kv in QUICK.chunks(2) {
         config.set(kv[1]).unwrap();
     }
-    let data =
-        simplegpt::data::Dataset::from_text(&simplegpt::data::default_corpus(), "corpus", config.model.block_size)
-            .unwrap();
+    let data = simplegpt::data::Dataset::from_text(&simplegpt::data::default_corpus(), "corpus").unwrap();
     let trainer = simplegpt::train::Trainer::new(config, data, &burn::tensor::Device::flex()).unwrap();
     let batches = simplegpt::hessian::fixed_batches(&trainer.data, &trainer.config, 1, &trainer.device);
     let e = pollster::block_on(simplegpt::hessian::hessian_extremes(
