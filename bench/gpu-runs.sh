@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # On the GPU machine, after bench/gpu.sh has unpacked the binary (or with SIMPLEGPT=path):
-# the GPU results the issues ask for, each part with its command and wall time, into OUT.
-# Parts (each fits one 10-minute device call; run them one by one):
-#   train  the nanoGPT preset to the end on DEVICE (issue 2: best val <= 1.50; nanoGPT 1.466)
-#   repro  one config on the CPU and on DEVICE, compared step by step (issue 4: 100 steps)
-#   norms  pre-LN vs pre-RMS + QK-norm vs SimpleNorm at nanoGPT's size (issue 5), at
-#          nanoGPT's LR and at 10x it
+# the first GPU results (training, repro, the norms), each part with its command and wall
+# time, into OUT.
+# Parts (run one at a time; each takes minutes on a data-centre GPU):
+#   train  the nanoGPT preset to the end on DEVICE (nanoGPT's own run reaches val 1.466)
+#   repro  one config on the CPU and on DEVICE, compared step by step (100 steps)
+#   norms  pre-LN vs pre-RMS + QK-norm vs SimpleNorm at nanoGPT's size, at nanoGPT's LR
+#          and at 10x it
 # Settings: DEVICE (vulkan), DATA (bench/carry/input.txt), OUT (out-gpu), PRESET for repro
 # (tiny) and STEPS for repro (100); EXTRA: more arguments for every command (e.g. --set
 # max_steps=20 to try the script on a small machine).

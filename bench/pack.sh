@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs what the side-by-side benchmark needs on the GPU machine, which has no Rust, no
-# network and no Vulkan loader, into bench/carry/ (ignored by git; well under the 64 MiB a
-# `run` carries): the release simplegpt binary (stripped, gzipped), Debian's libvulkan1
+# network and no Vulkan loader, into bench/carry/ (ignored by git; small enough to copy
+# along: the binary is stripped and compressed): the release simplegpt binary (stripped, gzipped), Debian's libvulkan1
 # .deb, a nanoGPT export (NANOGPT_SRC: a git URL or a local clone) and tiny Shakespeare
 # (DATA: a path, or downloaded). Then, on the GPU machine: bash bench/gpu.sh
 set -euo pipefail

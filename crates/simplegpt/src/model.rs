@@ -243,14 +243,14 @@ impl Gpt {
 }
 
 /// Draws each weight tensor from its own seeded stream, numbered in creation order.
-struct Weights<'a> {
+struct Initializer<'a> {
     seed: u64,
     count: u64,
     bias: bool,
     device: &'a Device,
 }
 
-impl Weights<'_> {
+impl Initializer<'_> {
     fn normal(&mut self, shape: [usize; 2], std: f64, truncate: bool) -> Param<Tensor<2>> {
         self.count += 1;
         let data = Stream::new(self.seed, "init", self.count).normal_vec(shape[0] * shape[1], std, truncate);
@@ -285,7 +285,7 @@ impl ModelConfig {
         assert!(self.vocab_size > 0, "vocab_size is resolved from the data before init");
         let (c, v, hidden) = (self.n_embd, self.vocab_size, self.mlp_hidden());
         let simple = self.norm == NormKind::Simple;
-        let mut w = Weights { seed, count: 0, bias: self.bias, device };
+        let mut init = Initializer { seed, count: 0, bias: self.bias, device };
         // The variant's own norm (LayerNorm or RMSNorm) over the width, where `on`.
         let norm = |on: bool| on.then(|| Norm::new(c, !self.norm.layer_norm(), self.bias, device));
         // SimpleNorm's and QK-norm's RMSNorms have no bias, as the reference's.
@@ -300,8 +300,8 @@ impl ModelConfig {
         } else {
             1.0
         };
-        let wte = w.normal([v, c], wte_std, simple && self.tie_weights);
-        let wpe = (self.pos == PosKind::Learned).then(|| w.normal([self.block_size, c], 0.02, false));
+        let wte = init.normal([v, c], wte_std, simple && self.tie_weights);
+        let wpe = (self.pos == PosKind::Learned).then(|| init.normal([self.block_size, c], 0.02, false));
         let blocks = (0..self.n_layer)
             .map(|layer| {
                 let out_std = if simple {
@@ -313,10 +313,10 @@ impl ModelConfig {
                 Block {
                     ln_1: norm(self.norm.block_norms()),
                     attn: Attention {
-                        q: w.linear(c, c, 0.02),
-                        k: w.linear(c, c, 0.02),
-                        v: w.linear(c, c, 0.02),
-                        o: w.linear(c, c, out_std),
+                        q: init.linear(c, c, 0.02),
+                        k: init.linear(c, c, 0.02),
+                        v: init.linear(c, c, 0.02),
+                        o: init.linear(c, c, out_std),
                         q_norm: rms_norm(self.norm.qk_norm(), c),
                         k_norm: rms_norm(self.norm.qk_norm(), c),
                         v_norm: rms_norm(simple, c),
@@ -327,9 +327,9 @@ impl ModelConfig {
                     },
                     ln_2: norm(self.norm.block_norms()),
                     mlp: Mlp {
-                        fc: w.linear(c, hidden, 0.02),
-                        gate: swiglu.then(|| w.linear(c, hidden, 0.02)),
-                        proj: w.linear(hidden, c, out_std),
+                        fc: init.linear(c, hidden, 0.02),
+                        gate: swiglu.then(|| init.linear(c, hidden, 0.02)),
+                        proj: init.linear(hidden, c, out_std),
                         fc_norm: rms_norm(simple, hidden),
                         gate_norm: rms_norm(simple && swiglu, hidden),
                         proj_norm: rms_norm(simple, c),
@@ -343,7 +343,7 @@ impl ModelConfig {
         let ln_f = norm(self.norm.final_norm());
         let lm_head = (!self.tie_weights).then(|| {
             let std = if simple { (c as f64).powf(-0.5) } else { 0.02 };
-            w.normal([c, v], std, simple)
+            init.normal([c, v], std, simple)
         });
         let rope = (self.pos == PosKind::Rope)
             .then(|| RotaryEncodingConfig::new(self.block_size, c / self.n_head).init(device));

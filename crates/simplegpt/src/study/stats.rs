@@ -205,7 +205,7 @@ mod tests {
         let c = Config::preset("tiny").unwrap();
         let trained = Summary::of("a", &c, &[rec(0, 4.0), rec(1, 3.0)]);
         let stuck = Summary::of("a", &c, &[rec(0, 4.0), rec(1, 4.5)]);
-        assert!(trained.stable() && !stuck.stable());
+        assert!(trained.trained() && !stuck.trained());
         // A sweep: 1e-3 trains, 1e-2 trains best, 1e-1 stalls high without diverging, 1 stalls.
         let run = |lr: f64, last: f64| {
             let mut s = Summary::of("a", &c, &[rec(0, 4.0), rec(1, last)]);
@@ -236,10 +236,10 @@ mod tests {
         let s = Summary::over_seeds("a", &[a.clone(), b.clone()]);
         assert!((s.best_val.unwrap() - 2.2).abs() < 1e-12 && (s.final_loss.unwrap() - 2.1).abs() < 1e-12);
         assert!((s.best_val_sd.unwrap() - 0.02f64.sqrt()).abs() < 1e-12, "sample sd of 2.1 and 2.3");
-        assert!(s.stable() && s.diverged_at.is_none() && s.runs == 2);
+        assert!(s.trained() && s.diverged_at.is_none() && s.runs == 2);
         // A diverged seed makes the group diverged but does not enter the means.
         let s = Summary::over_seeds("a", &[a, b, diverged]);
         assert_eq!((s.diverged_at, s.diverged_runs, s.runs), (Some(5), 1, 3));
-        assert!((s.best_val.unwrap() - 2.2).abs() < 1e-12 && !s.stable());
+        assert!((s.best_val.unwrap() - 2.2).abs() < 1e-12 && !s.trained());
     }
 }
