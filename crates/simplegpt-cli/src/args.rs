@@ -52,11 +52,6 @@ fn preset_help() -> String {
     format!("A preset; tiny when none is given. {}", presets.join("; "))
 }
 
-/// The command line as typed, for the reports that quote it.
-pub fn command_line() -> String {
-    std::env::args().skip(1).fold("simplegpt".to_string(), |acc, a| format!("{acc} {a}"))
-}
-
 impl RunOptions {
     /// The files these options read, by the flag that names them.
     pub fn input_files(&self) -> Vec<(&'static str, &Path)> {

@@ -7,12 +7,12 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar};
 use simplegpt::data::Dataset;
 use simplegpt::record::StepRecord;
-use simplegpt::run::{DirLock, RunDir};
+use simplegpt::run::{DirLock, RunDir, command_line};
 use simplegpt::study::{self, Report, Summary, Variant};
 use simplegpt::train::Trainer;
 use simplegpt::{Config, Error, Result, device, record};
 
-use crate::args::{MAX_SEEDS, RunOptions, command_line, count};
+use crate::args::{MAX_SEEDS, RunOptions, count};
 use crate::outputs::refuse_overwriting_inputs;
 use crate::progress;
 

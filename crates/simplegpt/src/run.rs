@@ -61,12 +61,18 @@ impl DirLock {
                 return Err(Error::Io(format!("cannot lock {} (a file system without locks?)", path.display()), e));
             }
         }
-        let holder = std::env::args().fold(format!("pid {}:", std::process::id()), |acc, a| format!("{acc} {a}"));
+        let holder = format!("pid {}: {}", std::process::id(), command_line());
         file.set_len(0)
             .and_then(|()| file.write_all(format!("{holder}\n").as_bytes()))
             .map_err(io("cannot write", &path))?;
         Ok(DirLock { _file: file })
     }
+}
+
+/// The command line of this process as typed (`simplegpt train --out ...`), to say who
+/// holds a lock and what made a report.
+pub fn command_line() -> String {
+    std::env::args().skip(1).fold("simplegpt".to_string(), |acc, a| format!("{acc} {a}"))
 }
 
 /// A run directory, locked by this process for as long as the value lives.
