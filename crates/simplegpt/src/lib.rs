@@ -3,13 +3,15 @@
 //!
 //! Where things are: `model` (the GPT and every norm variant), `train` (the loop),
 //! `optim` (AdamW, clipping, schedule), `data` (tokenizer, batches, the embedded corpus),
-//! `config` (presets and overrides), `memory` (what a run needs, checked before it
-//! allocates), `checkpoint`, `record` and `run` (what a run writes
-//! and how two runs compare), `study` (compare and sweep reports), `hessian` (its top
-//! eigenvalues), `interop` (weights in PyTorch names), `sample`, `bench`, `device`; below
-//! them `rng` (the portable random streams), `params` (parameters by path, the read-back
-//! from the device, a run-to-run repeatable sum) and `error`. Our own kernels (the dropout
-//! mask) are a crate of their own, `simplegpt_shaders` (the repository's `shaders/`).
+//! `config` (the config, its presets and overrides), `memory` (what a run needs, checked
+//! before it allocates), `checkpoint`, `record` (a run's header and metrics, and how two
+//! runs compare), `run` (a run directory and its one writer), `study` (compare and sweep:
+//! their runs, statistics, reports and plots), `hessian` (its extreme eigenvalues),
+//! `interop` (weights in PyTorch names), `sample`, `bench`, `device`; below them `files`
+//! (files written whole or not at all), `params` (parameters by path, the read-back from
+//! the device, a run-to-run repeatable sum), `rng` (the portable random streams) and
+//! `error`. Our own kernels (the dropout mask) are a crate of their own,
+//! `simplegpt_shaders` (the repository's `shaders/`).
 
 #[cfg(not(target_family = "wasm"))]
 pub mod bench;

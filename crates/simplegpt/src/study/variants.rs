@@ -97,9 +97,9 @@ pub fn with_seeds(jobs: Vec<(String, Config)>, seeds: usize) -> Result<Vec<(Stri
 }
 
 /// A sweep's runs: each variant at `points` learning rates log-spaced from `lr_min` to
-/// `lr_max`, named `VARIANT/lr-X` (X to
-/// two significant digits), with min_lr a tenth of the lr (as nanoGPT's schedule). Every
-/// config is checked before the first run trains.
+/// `lr_max`, named `VARIANT/lr-X` (X to two significant digits), with min_lr a tenth of the
+/// lr (as nanoGPT's schedule; `refuse_swept_keys` refuses a user's own lr or min_lr, which
+/// this would overwrite). Every config is checked before the first run trains.
 pub fn sweep_jobs(
     variants: &[Variant],
     base: &Config,
@@ -120,8 +120,6 @@ pub fn sweep_jobs(
     let mut jobs = Vec::new();
     for v in variants {
         for (lr, dir) in grid.iter().zip(&names) {
-            // min_lr follows the lr: the grid sets both (`Config::gives_key` lets the CLI
-            // refuse either given by the user, which would be overwritten here).
             let mut c = v.apply(base)?;
             c.train.lr = *lr;
             c.train.min_lr = lr / 10.0;
@@ -136,8 +134,8 @@ pub fn sweep_jobs(
 /// `sets`, or a variant): the sweep sets both for each run, and would overwrite them.
 pub fn refuse_swept_keys(toml: Option<&str>, sets: &[String], variants: &[Variant]) -> Result<()> {
     for key in ["lr", "min_lr"] {
-        let given = |sets: &[String]| Config::gives_key(toml, sets, key);
-        if given(sets) || variants.iter().any(|v| Config::gives_key(None, &v.sets, key)) {
+        let in_a_variant = variants.iter().any(|v| Config::gives_key(None, &v.sets, key));
+        if Config::gives_key(toml, sets, key) || in_a_variant {
             return Err(Error::Input(
                 "sweep sets lr and min_lr itself; drop them from the --config file, --set and --variant, \
                  and give the range with --lr-min and --lr-max"
@@ -190,5 +188,37 @@ mod tests {
         for name in [".", "..", "report.md", "loss.svg"] {
             assert!(Variant::parse(&format!("{name}:norm=simple")).is_err(), "{name}");
         }
+    }
+
+    #[test]
+    fn a_sweep_sets_each_runs_lr_and_refuses_the_users_own() {
+        let base = Config::preset("tiny").unwrap();
+        let variants = Variant::parse_all(&["a:norm=simple".into(), "b:norm=pre_ln".into()]).unwrap();
+        let jobs = sweep_jobs(&variants, &base, 1e-3, 1.0, 4).unwrap();
+        let names: Vec<&str> = jobs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "a/lr-1.0e-3",
+                "a/lr-1.0e-2",
+                "a/lr-1.0e-1",
+                "a/lr-1.0e0",
+                "b/lr-1.0e-3",
+                "b/lr-1.0e-2",
+                "b/lr-1.0e-1",
+                "b/lr-1.0e0"
+            ]
+        );
+        let (_, c) = &jobs[2];
+        assert!((c.train.lr - 0.1).abs() < 1e-15 && (c.train.min_lr - 0.01).abs() < 1e-15, "{:?}", c.train);
+        assert!(
+            sweep_jobs(&variants, &base, 1e-3, 1.04e-3, 3).unwrap_err().to_string().contains("agree to two digits")
+        );
+        assert!(sweep_jobs(&variants, &base, 0.0, 1.0, 3).is_err());
+        let with_lr = Variant::parse_all(&["c:norm=simple,min_lr=1e-4".into()]).unwrap();
+        assert!(refuse_swept_keys(None, &[], &variants).is_ok());
+        assert!(refuse_swept_keys(None, &[], &with_lr).is_err());
+        assert!(refuse_swept_keys(None, &["lr=0.5".into()], &variants).is_err());
+        assert!(refuse_swept_keys(Some("[train]\nmin_lr = 0.5\n"), &[], &variants).is_err());
     }
 }
