@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use simplegpt::record::{self, RunRecord};
+use simplegpt::record::{self, LossTable, RunRecord};
 use simplegpt::train::Trainer;
 use simplegpt::{Error, Result, device};
 
@@ -46,7 +46,8 @@ pub fn run(args: ReproArgs) -> Result<()> {
         }
         (0, n) if n >= 2 => {
             let runs = run_on_each(&options, &backends, steps.unwrap_or(50))?;
-            print_loss_table(&runs);
+            let records: Vec<RunRecord> = runs.iter().map(|(_, r)| r.clone()).collect();
+            println!("{}", LossTable(&records));
             runs
         }
         _ => {
@@ -101,25 +102,4 @@ fn run_on_each(options: &RunOptions, backends: &[String], steps: usize) -> Resul
         runs.push((opened.description.clone(), RunRecord { header, steps }));
     }
     Ok(runs)
-}
-
-/// Loss per backend at a few steps, the first backend's column first.
-fn print_loss_table(runs: &[(String, RunRecord)]) {
-    let header: Vec<String> = runs.iter().map(|(_, r)| format!("{:>14}", r.header.backend)).collect();
-    println!("{:>6} {}", "step", header.join(" "));
-    let steps: Vec<usize> = runs[0].1.steps.iter().filter(|r| r.loss.is_some()).map(|r| r.step).collect();
-    let shown: Vec<usize> = steps.iter().copied().filter(|s| s % 10 == 0 || Some(s) == steps.last()).collect();
-    for step in shown {
-        let cells: Vec<String> = runs
-            .iter()
-            .map(|(_, r)| {
-                r.steps
-                    .iter()
-                    .find(|x| x.step == step)
-                    .and_then(|x| x.loss)
-                    .map_or(format!("{:>14}", "-"), |l| format!("{l:>14.8}"))
-            })
-            .collect();
-        println!("{step:>6} {}", cells.join(" "));
-    }
 }

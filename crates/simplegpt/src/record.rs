@@ -290,6 +290,34 @@ impl std::fmt::Display for Comparison {
     }
 }
 
+/// The losses of several runs side by side, at every tenth logged step and the last, the
+/// first run's column first: what `repro --backends` prints before comparing.
+pub struct LossTable<'a>(pub &'a [RunRecord]);
+
+impl std::fmt::Display for LossTable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let runs = self.0;
+        let header: Vec<String> = runs.iter().map(|r| format!("{:>14}", r.header.backend)).collect();
+        write!(f, "{:>6} {}", "step", header.join(" "))?;
+        let Some(first) = runs.first() else { return Ok(()) };
+        let steps: Vec<usize> = first.steps.iter().filter(|r| r.loss.is_some()).map(|r| r.step).collect();
+        for &step in steps.iter().filter(|&&s| s % 10 == 0 || Some(&s) == steps.last()) {
+            let cells: Vec<String> = runs
+                .iter()
+                .map(|r| {
+                    r.steps
+                        .iter()
+                        .find(|x| x.step == step)
+                        .and_then(|x| x.loss)
+                        .map_or(format!("{:>14}", "-"), |l| format!("{l:>14.8}"))
+                })
+                .collect();
+            write!(f, "\n{step:>6} {}", cells.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads a run record: a run directory (run.json + metrics.jsonl) or one JSON file (the
 /// browser's export).
 pub fn read(path: &Path) -> Result<RunRecord> {
@@ -401,5 +429,20 @@ mod tests {
         let off = record(&[Some(4.0), Some(3.5), Some(3.01)], None);
         let c = compare(&finite, &off, 1e-3);
         assert_eq!((c.first_past_tolerance, c.max_abs_step, c.steps_compared), (Some(2), Some(2), 3));
+    }
+
+    #[test]
+    fn a_loss_table_shows_every_tenth_step_and_the_last_for_each_run() {
+        let losses: Vec<Option<f64>> = (0..13).map(|i| Some(4.0 - i as f64 * 0.125)).collect();
+        let (mut a, mut b) = (record(&losses, None), record(&losses[..12], None));
+        a.header.backend = "cpu".into();
+        b.header.backend = "wgpu".into();
+        let table = LossTable(&[a, b]).to_string();
+        let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows[0], ["step", "cpu", "wgpu"]);
+        assert_eq!(rows[1], ["0", "4.00000000", "4.00000000"]);
+        assert_eq!(rows[2], ["10", "2.75000000", "2.75000000"]);
+        assert_eq!(rows[3], ["12", "2.50000000", "-"], "the first run's last step; the second has none");
+        assert_eq!(rows.len(), 4);
     }
 }
