@@ -9,8 +9,8 @@ use crate::config::{Config, NormKind};
 use crate::error::Result;
 use crate::files::write_atomic;
 use crate::record::StepRecord;
-use crate::study::plot::svg_plot;
-use crate::study::stats::{Summary, block_rms, grouped_grad_norms, lr_stability, mean_curve};
+use crate::study::plot::{Figure, Series, svg_plot};
+use crate::study::stats::{Summary, block_rms, grouped_grad_norms, lr_stability, mean_curve, spread_curve};
 use crate::study::variants::{group_by, variant_of};
 
 /// A study's report, written into the study's directory beside its runs.
@@ -83,24 +83,33 @@ pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Ve
         .iter()
         .map(|(v, idx)| Summary::of_group(v, &idx.iter().map(|&i| summaries[i].clone()).collect::<Vec<_>>()))
         .collect();
-    let curve = |pick: fn(&StepRecord) -> Option<f64>| -> Vec<(String, Vec<(f64, f64)>)> {
+    // Each variant's mean curve, with the seeds' spread around it where it has several.
+    let curve = |pick: fn(&StepRecord) -> Option<f64>| -> Vec<Series> {
         groups
             .iter()
             .map(|(v, idx)| {
-                (v.to_string(), mean_curve(&idx.iter().map(|&i| runs[i].2.as_slice()).collect::<Vec<_>>(), pick))
+                let records: Vec<&[StepRecord]> = idx.iter().map(|&i| runs[i].2.as_slice()).collect();
+                let band = if records.len() > 1 { spread_curve(&records, pick) } else { Vec::new() };
+                Series { name: v.to_string(), points: mean_curve(&records, pick), band }
             })
             .collect()
     };
     let over = if seeds > 1 { format!(" (mean over {seeds} seeds)") } else { String::new() };
+    let caption = format!("Lines: the mean over {seeds} seeds; shaded: from the lowest seed to the highest.");
+    let loss_plot = |title: &str, pick| {
+        let fig = Figure {
+            title,
+            x_label: "step",
+            y_label: "loss",
+            skip_start: true,
+            caption: (seeds > 1).then_some(caption.as_str()),
+            ..Default::default()
+        };
+        svg_plot(&fig, &curve(pick))
+    };
     let mut svgs = vec![
-        (
-            "loss.svg".to_string(),
-            svg_plot(&format!("training loss{over}"), "step", "loss", &curve(|r| r.loss), false, false),
-        ),
-        (
-            "val_loss.svg".to_string(),
-            svg_plot(&format!("validation loss{over}"), "step", "loss", &curve(|r| r.val_loss), false, false),
-        ),
+        ("loss.svg".to_string(), loss_plot(&format!("training loss{over}"), |r| r.loss)),
+        ("val_loss.svg".to_string(), loss_plot(&format!("validation loss{over}"), |r| r.val_loss)),
     ];
     let mut md = format!("# {title}\n\nCommand: `{command}`\n\n{}\n", comparison_table(&summaries));
     if seeds > 1 {
@@ -123,21 +132,15 @@ pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Ve
     for (name, _, records) in runs {
         let file = name.replace('/', "-");
         let (g, a) = (format!("grad_norms-{file}.svg"), format!("act_rms-{file}.svg"));
+        let log_y = |title: &str, y_label, curves: Vec<(String, Vec<(f64, f64)>)>| {
+            let fig = Figure { title, x_label: "step", y_label, log_y: true, ..Default::default() };
+            svg_plot(&fig, &curves.into_iter().map(|(n, p)| Series::line(n, p)).collect::<Vec<_>>())
+        };
         svgs.push((
             g.clone(),
-            svg_plot(
-                &format!("{name}: gradient norm per parameter group"),
-                "step",
-                "norm",
-                &grouped_grad_norms(records),
-                false,
-                true,
-            ),
+            log_y(&format!("{name}: gradient norm per parameter group"), "norm", grouped_grad_norms(records)),
         ));
-        svgs.push((
-            a.clone(),
-            svg_plot(&format!("{name}: activation RMS per block"), "step", "RMS", &block_rms(records), false, true),
-        ));
+        svgs.push((a.clone(), log_y(&format!("{name}: activation RMS per block"), "RMS", block_rms(records))));
         let _ =
             write!(md, "## {name}\n\n![gradient norms]({g})\n\n![activation RMS]({a})\n\nRun directory: `{name}/`\n\n");
     }
@@ -247,25 +250,28 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
         simple_over_pre_ln = Some(serde_json::json!({ "largest_trained": ratios.0, "largest_near_best": ratios.1 }));
     }
     md.push_str("\n![final validation loss vs learning rate](final_loss_vs_lr.svg)\n");
-    let series: Vec<(String, Vec<(f64, f64)>)> = variants
+    let series: Vec<Series> = variants
         .iter()
         .map(|v| {
-            let pts = summaries
+            let mut pts: Vec<(f64, f64)> = summaries
                 .iter()
                 .filter(|(n, _)| n == v)
                 .map(|(_, s)| (s.lr, if s.diverged_at.is_some() { f64::NAN } else { s.end_loss().unwrap_or(f64::NAN) }))
                 .collect();
-            (v.clone(), pts)
+            // In LR order, whatever order the runs came in: the line joins neighbours.
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series::line(v, pts)
         })
         .collect();
-    let plot = svg_plot(
-        "final validation loss vs learning rate (gaps: diverged)",
-        "learning rate",
-        "final val loss",
-        &series,
-        true,
-        false,
-    );
+    // Every finite point in range (no `skip_start`): a learning rate's loss is the result.
+    let fig = Figure {
+        title: "final validation loss vs learning rate (gaps: diverged)",
+        x_label: "learning rate",
+        y_label: "final val loss",
+        log_x: true,
+        ..Default::default()
+    };
+    let plot = svg_plot(&fig, &series);
     let summary = serde_json::json!({
         "command": command,
         "near": near,
@@ -313,6 +319,95 @@ mod tests {
             mean_curve(&[runs[0].2.as_slice(), runs[1].2.as_slice()], |r| r.loss),
             vec![(0.0, 4.0), (10.0, 2.1)]
         );
+    }
+
+    /// Synthetic loss curves like a short run's: from ln(65) ≈ 4.17 down to `end` over 1000
+    /// steps, with a little seed-dependent noise; validation every 100 steps.
+    fn synthetic(end: f64, seed: u64) -> Vec<StepRecord> {
+        (0..=1000)
+            .step_by(10)
+            .map(|step| {
+                let t = step as f64;
+                let noise = 0.03 * ((t * 0.37 + seed as f64 * 1.7).sin() + (t * 0.11 + seed as f64).cos());
+                let loss = end + (4.17 - end) * (-t / 120.0).exp() + noise * (1.0 - (-t / 50.0).exp());
+                let diagnostic = step % 100 == 0;
+                let val_loss = diagnostic.then_some(loss + 0.05 + 0.01 * seed as f64);
+                let grad = |path: &str, scale: f64| (path.to_string(), scale * (0.1 + 3.0 * (-t / 150.0).exp()));
+                let grad_norms =
+                    [grad("wte.weight", 1.0), grad("h.0.attn.c_attn.weight", 0.5), grad("h.0.mlp.c_fc.weight", 0.2)];
+                let act_rms = (0..4).map(|b| 1.0 + (b as f64 + 1.0) * t / 200.0).collect();
+                StepRecord {
+                    step,
+                    loss: Some(loss),
+                    val_loss,
+                    grad_norms: diagnostic.then(|| grad_norms.into_iter().collect()),
+                    act_rms: diagnostic.then_some(act_rms),
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_seeds_spread_is_a_band_only_when_there_are_several() {
+        let c = Config::preset("tiny").unwrap();
+        let named = |names: &[(&str, f64)], seeds: u64| -> Vec<(String, Config, Vec<StepRecord>)> {
+            let runs = names.iter().flat_map(|&(n, end)| (0..seeds).map(move |s| (n, end, s)));
+            let name = |n: &str, s| if seeds > 1 { format!("{n}/seed-{s}") } else { n.to_string() };
+            runs.map(|(n, end, s)| (name(n, s), c.clone(), synthetic(end, s))).collect()
+        };
+        let three = comparison_report("t", "cmd", &named(&[("pre_ln", 2.1), ("simple", 2.0)], 3));
+        let one = comparison_report("t", "cmd", &named(&[("pre_ln", 2.1), ("simple", 2.0)], 1));
+        let plot = |r: &Report, f: &str| r.plots.iter().find(|(n, _)| n == f).unwrap().1.clone();
+        for f in ["loss.svg", "val_loss.svg"] {
+            let (banded, plain) = (plot(&three, f), plot(&one, f));
+            assert_eq!(banded.matches("<polygon").count(), 2, "one band per variant: {banded}");
+            assert!(banded.contains("from the lowest seed to the highest"), "the caption says what the band is");
+            assert!(!plain.contains("<polygon") && !plain.contains("lowest seed"), "{plain}");
+            assert_eq!(banded.matches("<path").count(), 1 + 2, "axes + one line per variant");
+            // The untrained start (4.17) is cut off: the curves end near 2, and differ there.
+            assert!(banded.contains("y-axis cut at") && plain.contains("they reach 4."), "{plain}");
+        }
+    }
+
+    /// Not a check: writes example figures to look at (`cargo test -p simplegpt --lib
+    /// example_figures -- --ignored`, then open $TMPDIR/simplegpt-example-figures/).
+    #[test]
+    #[ignore]
+    fn example_figures() {
+        let dir = std::env::temp_dir().join("simplegpt-example-figures");
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = Config::preset("tiny").unwrap();
+        let variants = [("pre_ln", 2.12), ("simple_norm", 2.02), ("rms_norm", 2.07)];
+        let runs: Vec<_> = variants
+            .iter()
+            .flat_map(|&(n, end)| (0..3).map(move |s| (format!("{n}/seed-{s}"), end, s)))
+            .map(|(n, end, s)| (n, c.clone(), synthetic(end, s)))
+            .collect();
+        comparison_report("example", "cmd", &runs).write(&dir).unwrap();
+        // A sweep: each variant's final loss is a bowl in log LR around its best; the largest
+        // learning rates diverge at step 200.
+        let at = |name: &str, lr: f64, end: f64, blown: bool| {
+            let mut c = c.clone();
+            c.train.lr = lr;
+            let mut records = synthetic(end, 0);
+            if blown {
+                records.truncate(20);
+                let nan =
+                    StepRecord { step: 200, loss: Some(f64::NAN), diverged: Some("NaN".into()), ..Default::default() };
+                records.push(nan);
+            }
+            (name.to_string(), c, records)
+        };
+        let mut sweep = Vec::new();
+        for (i, lr) in crate::study::log_grid(1e-4, 3e-1, 8).into_iter().enumerate() {
+            let bowl = |best: f64| 2.0 + 0.25 * (lr.log10() - best).powi(2);
+            sweep.push(at("pre_ln", lr, bowl(-2.5), i >= 6));
+            sweep.push(at("simple_norm", lr, bowl(-2.0) - 0.03, i >= 7));
+        }
+        let sweep_dir = dir.join("sweep");
+        std::fs::create_dir_all(&sweep_dir).unwrap();
+        sweep_report("cmd", &sweep, 0.1, 3.3).write(&sweep_dir).unwrap();
     }
 
     #[test]

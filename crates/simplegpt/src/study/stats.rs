@@ -165,6 +165,29 @@ pub fn mean_curve(runs: &[&[StepRecord]], pick: fn(&StepRecord) -> Option<f64>) 
         .collect()
 }
 
+/// The spread of several runs of one metric, as (step, lowest, highest) over the runs, at
+/// the same steps as `mean_curve`. Where a run's value is not finite the spread is not
+/// either (NaN, NaN), so a band breaks there as the mean's line does.
+pub fn spread_curve(runs: &[&[StepRecord]], pick: fn(&StepRecord) -> Option<f64>) -> Vec<(f64, f64, f64)> {
+    let per_run: Vec<BTreeMap<usize, f64>> =
+        runs.iter().map(|r| r.iter().filter_map(|x| pick(x).map(|v| (x.step, v))).collect()).collect();
+    let Some(first) = per_run.first() else { return Vec::new() };
+    first
+        .keys()
+        .filter_map(|step| {
+            let values: Vec<f64> = per_run.iter().filter_map(|m| m.get(step).copied()).collect();
+            if values.len() < per_run.len() {
+                return None;
+            }
+            let x = *step as f64;
+            if values.iter().any(|v| !v.is_finite()) {
+                return Some((x, f64::NAN, f64::NAN));
+            }
+            Some((x, values.iter().copied().fold(f64::MAX, f64::min), values.iter().copied().fold(f64::MIN, f64::max)))
+        })
+        .collect()
+}
+
 /// Gradient norm per parameter group (the root of the summed squares) at each diagnostic step.
 pub fn grouped_grad_norms(records: &[StepRecord]) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut groups: BTreeMap<&'static str, Vec<(f64, f64)>> = BTreeMap::new();
@@ -216,6 +239,20 @@ mod tests {
         assert_eq!(s.largest_trained, Some(1e-1));
         assert_eq!(s.largest_near_best, Some(1e-2));
         assert_eq!(s.best, Some((1e-2, 2.0)));
+    }
+
+    #[test]
+    fn the_spread_of_a_curve_is_its_lowest_and_highest_run() {
+        let rec = |step, loss: f64| StepRecord { step, loss: Some(loss), ..Default::default() };
+        let a = [rec(0, 4.0), rec(10, 2.0), rec(20, 1.8), rec(30, 1.7)];
+        let b = [rec(0, 4.2), rec(10, 2.4), rec(20, f64::INFINITY)];
+        let c = [rec(0, 4.1), rec(10, 2.2), rec(20, 1.9)];
+        let spread = spread_curve(&[&a, &b, &c], |r| r.loss);
+        assert_eq!(spread[..2], [(0.0, 4.0, 4.2), (10.0, 2.0, 2.4)]);
+        // Step 20: one run is not finite, so neither is the spread; step 30: not every run has it.
+        assert!(spread.len() == 3 && spread[2].0 == 20.0 && spread[2].1.is_nan() && spread[2].2.is_nan());
+        assert_eq!(spread.iter().map(|p| p.0).collect::<Vec<_>>(), [0.0, 10.0, 20.0]);
+        assert_eq!(mean_curve(&[&a, &b, &c], |r| r.loss).len(), spread.len(), "the same steps as the mean");
     }
 
     #[test]
