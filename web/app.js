@@ -2,55 +2,48 @@
 // the core's trainer (compiled to wasm), and draws what happens. All training is in Rust;
 // this file is controls, charts and bookkeeping.
 
-import init, { open_device, default_corpus, resolve_config, param_group, Run } from './pkg/simplegpt_web.js';
+import init, {
+  open_device, default_corpus, presets, colors, resolve_config, sweep_jobs, summarize, grouped_grad_norms, Run,
+} from './pkg/simplegpt_web.js';
 
-// Each comparison: the variants (config overrides) and, for the stress test, its own LR.
+// Each comparison: its variants (`sets`: config overrides), and what it suggests: a preset,
+// and for the stress test its one constant LR.
 const COMPARISONS = {
   residual: {
     variants: [
-      { name: 'residual', set: ['residual=true'] },
-      { name: 'no residual', set: ['residual=false'] },
+      { name: 'residual', sets: ['residual=true'] },
+      { name: 'no residual', sets: ['residual=false'] },
     ],
   },
   norms: {
     variants: [
-      { name: 'pre-LN', set: ['norm=pre_ln'] },
-      { name: 'post-LN', set: ['norm=post_ln'] },
-      { name: 'pre-RMS + QK-norm', set: ['norm=pre_rms_qk'] },
-      { name: 'SimpleNorm', set: ['norm=simple'] },
+      { name: 'pre-LN', sets: ['norm=pre_ln'] },
+      { name: 'post-LN', sets: ['norm=post_ln'] },
+      { name: 'pre-RMS + QK-norm', sets: ['norm=pre_rms_qk'] },
+      { name: 'SimpleNorm', sets: ['norm=simple'] },
     ],
   },
   sweep: {
-    // The small version of `simplegpt sweep`: each variant at each LR, cosine to LR/10.
+    // The small version of `simplegpt sweep --variant ... --lr-min 1e-3 --lr-max 1
+    // --points 4`: the core makes its runs (each variant at each LR, cosine to LR/10).
     preset: 'small',
-    lrs: [1e-3, 1e-2, 1e-1, 1],
-    variants: [
-      { name: 'pre-LN', set: ['norm=pre_ln'] },
-      { name: 'SimpleNorm', set: ['norm=simple'] },
-    ],
+    sweep: { variants: ['pre-LN:norm=pre_ln', 'SimpleNorm:norm=simple'], lr_min: 1e-3, lr_max: 1, points: 4 },
   },
   lr: {
     // Constant and high: at 4 layers pre-LN fails at it, SimpleNorm trains (the README's pair).
     lr: 1.0,
     preset: 'small',
     variants: [
-      { name: 'pre-LN', set: ['norm=pre_ln'] },
-      { name: 'SimpleNorm', set: ['norm=simple'] },
+      { name: 'pre-LN', sets: ['norm=pre_ln'] },
+      { name: 'SimpleNorm', sets: ['norm=simple'] },
     ],
   },
 };
 
-// Small enough for a laptop GPU; `micro` is quick even on a software adapter.
-const PRESETS = {
-  micro: ['n_embd=32', 'block_size=32', 'batch_size=8'],
-  tiny: [],
-  small: ['n_layer=4'],
-};
-
-const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#17becf', '#8c564b', '#e377c2'];
-
 const $ = (id) => document.getElementById(id);
-const state = { device: null, text: null, stop: false, results: null, extraSet: [] };
+// `presets` and `colors`: the core's (`config::PRESETS`, `study::plot::COLORS`), once loaded.
+const state = { device: null, text: null, stop: false, results: null, extraSet: [], presets: [], colors: [] };
+const color = (i) => state.colors[i % state.colors.length];
 
 function setState(name, message) {
   document.body.dataset.state = name;
@@ -180,58 +173,63 @@ function redraw() {
     : `; dashed: ${reference.toFixed(3)}, the loss of a model that knows only how often each character occurs`;
   // Up to the divergence threshold (diverge_factor x the first loss): a run is stopped there,
   // so only its last step goes past, and that one is drawn at the top edge.
-  const firsts = variants.map((v) => v.loss[0]).filter(Number.isFinite);
+  const firsts = variants.map((v) => v.summary.first_loss).filter(Number.isFinite);
   const factor = Math.max(...variants.map((v) => v.config.train.diverge_factor));
   const yCap = firsts.length ? factor * Math.max(...firsts) : null;
-  drawChart($('loss-chart'), variants.map((v, i) => ({ name: v.name, color: COLORS[i % COLORS.length], xs: v.steps, ys: v.loss })), { reference, yCap });
+  drawChart($('loss-chart'), variants.map((v, i) => ({ name: v.name, color: color(i), xs: v.steps, ys: v.loss })), { reference, yCap });
   $('legend').innerHTML = variants
-    .map((v, i) => `<span style="--c:${COLORS[i % COLORS.length]}">${v.name}</span>`)
+    .map((v, i) => `<span style="--c:${color(i)}">${v.name}</span>`)
     .join('');
   // A sweep: the final validation loss of each variant against its LR, as `simplegpt sweep`
   // reports it (a diverged run leaves a gap).
   $('lr-figure').hidden = !state.results?.sweep;
   if (state.results?.sweep) {
-    const base = [...new Set(variants.map((v) => v.base))];
-    const series = base.map((b, i) => {
-      const runs = variants.filter((v) => v.base === b);
-      return { name: b, color: COLORS[i % COLORS.length], xs: runs.map((v) => v.lr),
-        ys: runs.map((v) => (v.diverged_at == null ? v.val_loss : NaN)) };
+    const names = [...new Set(variants.map((v) => v.variant))];
+    const series = names.map((name, i) => {
+      const runs = variants.filter((v) => v.variant === name).map((v) => v.summary);
+      return { name, color: color(i), xs: runs.map((s) => s.lr), ys: runs.map((s) => (s.diverged_at == null ? s.final_val : NaN)) };
     });
     drawChart($('lr-chart'), series, { logX: true, reference });
     $('lr-legend').innerHTML = series.map((s) => `<span style="--c:${s.color}">${s.name}</span>`).join('');
   }
   const chosen = variants.find((v) => v.name === $('grad-variant').value) ?? variants[variants.length - 1];
   if (!chosen) return;
-  const diag = chosen.records.filter((r) => r.grad_norms);
-  const names = diag.length ? Object.keys(diag[0].grad_norms) : [];
-  // Every parameter of a small model; groups (root of summed squares) of a bigger one, the
-  // CLI report's groups.
-  const grouped = names.length > 16;
-  const groupOf = new Map(names.map((n) => [n, grouped ? param_group(n) : n]));
-  const group = (n) => groupOf.get(n);
-  const keys = [...new Set(names.map(group))];
-  const norm = (r, k) => Math.sqrt(names.filter((n) => group(n) === k).reduce((a, n) => a + r.grad_norms[n] ** 2, 0));
-  $('grad-caption').textContent = grouped ? 'Gradient norm per parameter group,' : 'Gradient norm per parameter,';
-  const series = keys.map((k, i) => ({ name: k, color: COLORS[i % COLORS.length], xs: diag.map((r) => r.step), ys: diag.map((r) => norm(r, k)) }));
+  $('grad-caption').textContent = chosen.grad.grouped ? 'Gradient norm per parameter group,' : 'Gradient norm per parameter,';
+  const series = Object.entries(chosen.grad.series)
+    .map(([name, points], i) => ({ name, color: color(i), xs: points.map(([step]) => step), ys: points.map(([, norm]) => norm) }));
   drawChart($('grad-chart'), series, { logY: true });
   $('grad-legend').innerHTML = series.map((s) => `<span style="--c:${s.color}">${s.name}</span>`).join('');
+}
+
+// Adds a diagnostic record's gradient norms to its variant's curves: every parameter of a
+// small model; of a bigger one, the core's parameter groups (the root of their summed
+// squares), as the CLI's reports plot them. A norm that was not finite arrives as null.
+function addGradNorms(v, record) {
+  const names = Object.keys(record.grad_norms);
+  v.grad.grouped ??= names.length > 16;
+  const curves = v.grad.grouped
+    ? JSON.parse(grouped_grad_norms(JSON.stringify([record])))
+    : names.map((name) => [name, [[record.step, record.grad_norms[name]]]]);
+  for (const [name, points] of curves) (v.grad.series[name] ??= []).push(...points);
 }
 
 // The run is evaluated at step 0 and at its last step: a run that diverged or was stopped
 // before the end has only the untrained model's validation loss, so say which step it is.
 function staleVal(v) {
   const last = v.records[v.records.length - 1]?.step;
-  return v.val_loss != null && v.val_step !== last ? ` (step ${v.val_step})` : '';
+  return v.val_step != null && v.val_step !== last ? ` (step ${v.val_step})` : '';
 }
 
+// Each run's `study::Summary`, as the CLI's reports give it. A number that was not finite
+// arrives as null, as in summary.json: where the run measured it, it says so.
 function updateTable() {
-  const rows = (state.results?.variants ?? []).map((v, i) => {
-    const finite = v.loss.filter(Number.isFinite);
-    const fmt = (x) => (x == null ? '–' : !Number.isFinite(x) ? String(x) : Math.abs(x) >= 1e4 ? x.toExponential(3) : x.toFixed(4));
-    return `<tr><td>${v.name}</td><td>${fmt(v.loss[v.loss.length - 1])}</td>
-      <td>${fmt(finite.length ? Math.min(...finite) : null)}</td><td>${fmt(v.val_loss)}${staleVal(v)}</td>
-      <td>${v.diverged_at ?? '–'}</td><td>${v.tokens_per_sec ? Math.round(v.tokens_per_sec) : '–'}</td>
-      <td>${state.results.backend}: ${state.results.adapter}</td></tr>`;
+  const fmt = (x, measured = false) => (x == null ? (measured ? 'not finite' : '–')
+    : Math.abs(x) >= 1e4 ? x.toExponential(3) : x.toFixed(4));
+  const rows = (state.results?.variants ?? []).map((v) => {
+    const s = v.summary;
+    return `<tr><td>${v.name}</td><td>${fmt(s.final_loss, v.loss.length > 0)}</td><td>${fmt(s.best_loss)}</td>
+      <td>${fmt(s.final_val, v.val_step != null)}${staleVal(v)}</td><td>${s.diverged_at ?? '–'}</td>
+      <td>${s.tokens_per_sec ? Math.round(s.tokens_per_sec) : '–'}</td><td>${state.results.backend}: ${state.results.adapter}</td></tr>`;
   });
   $('results').querySelector('tbody').innerHTML = rows.join('');
 }
@@ -240,45 +238,53 @@ function updateTable() {
 
 const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
 
-function overridesFor(comparison, variant, form) {
+// The page's overrides for every run of a comparison (before the address's `?set=` ones).
+function pageSets(comparison, form) {
   const steps = form.steps;
-  const lr = form.lr ?? comparison.lr;
-  const set = [...PRESETS[form.preset], `seed=${form.seed}`, `max_steps=${steps}`, `lr_decay_steps=${steps}`,
+  const sets = [`seed=${form.seed}`, `max_steps=${steps}`, `lr_decay_steps=${steps}`,
     'log_interval=1', `eval_interval=${steps}`, 'eval_iters=4', 'diag_interval=5', 'checkpoint=false'];
-  if (lr != null) set.push(`lr=${lr}`, `min_lr=${comparison.lr ? lr : lr / 10}`);
+  // A sweep sets each run's LR itself: the form's is not used.
+  const lr = comparison.sweep ? null : form.lr ?? comparison.lr;
+  if (lr != null) sets.push(`lr=${lr}`, `min_lr=${comparison.lr ? lr : lr / 10}`);
   // Warm up over a tenth of a short run (nanoGPT's 100 steps would be all of it); the
   // stress test over a third, as in the README's pair (100 of 300 steps), so that its LR is
   // reached by a trained model rather than by the random init.
-  set.push(`warmup_steps=${Math.min(100, Math.floor(steps / (comparison.lr ? 3 : 10)))}`);
-  // The page's `?set=key=value` overrides apply to every variant; the variant's own come last.
-  return [...set, ...state.extraSet, ...variant.set];
+  sets.push(`warmup_steps=${Math.min(100, Math.floor(steps / (comparison.lr ? 3 : 10)))}`);
+  return sets;
+}
+
+// A comparison's runs, each `{name, variant, config}`, every config made by the core before
+// the first run trains. The page's `?set=key=value` overrides apply to every run; a
+// variant's own come last. A sweep's runs are the core's `sweep_jobs`, which refuses
+// overrides that give lr or min_lr.
+function comparisonJobs(comparison, form) {
+  const sets = [...pageSets(comparison, form), ...state.extraSet];
+  if (comparison.sweep) {
+    const { variants, lr_min, lr_max, points } = comparison.sweep;
+    return JSON.parse(sweep_jobs(form.preset, sets, variants, lr_min, lr_max, points));
+  }
+  return comparison.variants.map((v) => ({
+    name: v.name, variant: v.name, config: JSON.parse(resolve_config(form.preset, [...sets, ...v.sets])) }));
 }
 
 async function runComparison(form) {
   const comparison = COMPARISONS[form.compare];
   const text = form.customText ?? state.text;
-  if (comparison.lrs && state.extraSet.some((s) => /^\s*(train\.)?(min_)?lr\s*=/.test(s))) {
-    throw new Error('the sweep sets its own learning rates; drop set=lr and set=min_lr from the address');
-  }
-  state.results = { backend: state.device.backend, adapter: state.device.adapter, sweep: !!comparison.lrs, variants: [] };
+  state.results = { backend: state.device.backend, adapter: state.device.adapter, sweep: !!comparison.sweep, variants: [] };
   // Clear the last comparison's charts and table now, so that a failure below leaves none
   // of its results looking like this one's.
   redraw();
   updateTable();
-  // A sweep trains every variant at every LR of its grid (the form's LR is not used).
-  const runs = comparison.lrs
-    ? comparison.variants.flatMap((v) => comparison.lrs.map((lr) => ({
-      name: `${v.name} @ ${lr}`, base: v.name, lr, set: [...v.set, `lr=${lr}`, `min_lr=${lr / 10}`] })))
-    : comparison.variants.map((v) => ({ ...v, base: v.name, lr: null }));
-  $('grad-variant').innerHTML = runs.map((v) => `<option>${v.name}</option>`).join('');
+  const jobs = comparisonJobs(comparison, form);
+  $('grad-variant').innerHTML = jobs.map((job) => `<option>${job.name}</option>`).join('');
   $('samples').innerHTML = '';
-  for (const variant of runs) {
+  for (const job of jobs) {
     if (state.stop) break;
-    const configJson = resolve_config('tiny', overridesFor(comparison, variant, form));
-    setState('running', `${variant.name}: building the model`);
+    const configJson = JSON.stringify(job.config);
+    setState('running', `${job.name}: building the model`);
     const run = await Run.create(configJson, text);
     try {
-      await trainVariant(run, variant, configJson, form);
+      await trainRun(run, job, configJson, form);
     } finally {
       run.free(); // its GPU memory, also when a step failed
     }
@@ -286,35 +292,49 @@ async function runComparison(form) {
   window.simplegptResults = state.results;
 }
 
-// Trains one variant to its end (or divergence, or Stop), recording and drawing each step.
-async function trainVariant(run, variant, configJson, form) {
+// Trains one run to its end (or divergence, or Stop), recording and drawing each step.
+async function trainRun(run, job, configJson, form) {
   state.results.unigram ??= run.unigram_loss();
-  const v = { name: variant.name, base: variant.base, lr: variant.lr, config: JSON.parse(configJson), header: JSON.parse(run.header()),
-    steps: [], loss: [], val_loss: null, val_step: null, diverged_at: null, tokens_per_sec: null, records: [] };
+  const v = { name: job.name, variant: job.variant, config: job.config, header: JSON.parse(run.header()),
+    steps: [], loss: [], val_step: null, records: [], summary: null, grad: { grouped: null, series: {} } };
+  // The table's numbers: the core's summary of the records so far. Each call sends every
+  // record, so it is made at every logged step while that is cheap, and on a long run at
+  // about a twentieth of the time (and at an evaluation, a divergence and the end).
+  let [summarized, cost] = [-Infinity, 0];
+  const summarizeNow = () => {
+    const t0 = performance.now();
+    v.summary = JSON.parse(summarize(v.name, configJson, JSON.stringify(v.records)));
+    summarized = performance.now();
+    cost = summarized - t0;
+  };
+  summarizeNow();
   state.results.variants.push(v);
-  $('grad-variant').value = variant.name;
-  setState('running', `${variant.name}: compiling shaders (the first step)`);
+  $('grad-variant').value = job.name;
+  setState('running', `${job.name}: compiling shaders (the first step)`);
   while (!run.finished() && !state.stop) {
     const json = await run.step();
     if (json) {
       const r = JSON.parse(json);
       v.records.push(r);
-      if (r.loss !== undefined) { v.steps.push(r.step); v.loss.push(r.loss ?? NaN); }
-      if (r.val_loss !== undefined) { v.val_loss = r.val_loss; v.val_step = r.step; }
-      if (r.tokens_per_sec) v.tokens_per_sec = r.tokens_per_sec;
-      if (r.diverged) v.diverged_at = r.step;
       // A non-finite loss arrives as null (JSON has no NaN).
+      if (r.loss !== undefined) { v.steps.push(r.step); v.loss.push(r.loss ?? NaN); }
+      if (r.val_loss !== undefined) v.val_step = r.step;
+      if (r.grad_norms) addGradNorms(v, r);
+      if (r.diverged || r.val_loss !== undefined || performance.now() - summarized >= 20 * cost) summarizeNow();
       const loss = r.loss === undefined ? '' : r.loss === null ? ', loss not finite' : `, loss ${r.loss.toFixed(4)}`;
-      setState('running', `${variant.name}: step ${r.step} of ${form.steps}${loss}${r.diverged ? ' (diverged)' : ''}`);
+      setState('running', `${job.name}: step ${r.step} of ${form.steps}${loss}${r.diverged ? ' (diverged)' : ''}`);
       redraw();
       updateTable();
     }
     await nextTask(); // let the page paint and take clicks between steps
   }
+  summarizeNow();
+  redraw();
+  updateTable();
   const sample = await run.sample('', 200, BigInt(form.seed));
   const heading = document.createElement('h3');
-  heading.textContent = v.diverged_at == null ? variant.name
-    : `${variant.name}: diverged at step ${v.diverged_at}; what the broken model writes`;
+  heading.textContent = v.summary.diverged_at == null ? job.name
+    : `${job.name}: diverged at step ${v.summary.diverged_at}; what the broken model writes`;
   const pre = document.createElement('pre');
   pre.textContent = sample;
   $('samples').append(heading, pre);
@@ -357,21 +377,24 @@ function readForm() {
   if (customText === '') throw new Error('paste or drop some text first');
   const form = { compare: value('compare'), preset: value('preset'), steps: count('steps', 'steps', 1, 100000),
     seed: count('seed', 'seed', 0, Number.MAX_SAFE_INTEGER), lr, customText };
-  for (const [key, table] of [['compare', COMPARISONS], ['preset', PRESETS]]) {
-    if (!Object.hasOwn(table, form[key])) throw new Error(unknown(key, form[key]));
+  for (const key of ['compare', 'preset']) {
+    if (!choices(key).includes(form[key])) throw new Error(unknown(key, form[key]));
   }
   return form;
 }
 
+// What the comparison and preset fields (and address parameters) may be: the page's
+// comparisons, the core's presets.
+const choices = (key) => (key === 'compare' ? Object.keys(COMPARISONS) : state.presets.map((p) => p.name));
+
 function unknown(key, value) {
-  const table = key === 'compare' ? COMPARISONS : PRESETS;
-  return `unknown ${key === 'compare' ? 'comparison' : 'preset'} '${value}'; choose one of ${Object.keys(table).join(', ')}`;
+  return `unknown ${key === 'compare' ? 'comparison' : 'preset'} '${value}'; choose one of ${choices(key).join(', ')}`;
 }
 
 // Nothing in the form changes while a run uses it.
 function lockForm(locked) {
   for (const el of $('controls').querySelectorAll('select, input, textarea')) el.disabled = locked;
-  if (!locked) $('lr').disabled = !!COMPARISONS[$('compare').value]?.lrs;
+  if (!locked) $('lr').disabled = !!COMPARISONS[$('compare').value]?.sweep;
   $('start').disabled = locked;
   $('stop').disabled = !locked;
 }
@@ -424,27 +447,32 @@ function wireControls() {
 
 async function main() {
   const params = new URLSearchParams(location.search);
+  wireControls();
   // A bad parameter is reported once the page is ready, and the form keeps its default
   // for it, so that choosing a valid value and pressing Train still works.
   let paramError = null;
-  for (const [key, table] of [['compare', COMPARISONS], ['preset', PRESETS]]) {
-    const value = params.get(key);
-    if (value !== null && !Object.hasOwn(table, value)) paramError ??= unknown(key, value);
-    else if (value !== null) $(key).value = value;
-  }
-  for (const key of ['steps', 'seed', 'lr']) {
-    if (params.has(key)) $(key).value = params.get(key);
-  }
-  // Any config key, as the CLI's --set (e.g. ?set=dropout=0.1&set=n_layer=2).
-  state.extraSet = params.getAll('set');
-  if (!params.has('preset') && COMPARISONS[$('compare').value].preset) $('preset').value = COMPARISONS[$('compare').value].preset;
-  wireControls();
-  lockForm(false);
-  $('start').disabled = true; // until the device is open
   try {
     setState('loading', 'loading the WebAssembly module');
     await init();
     state.text = default_corpus();
+    state.colors = colors();
+    state.presets = JSON.parse(presets());
+    // The core's presets, as the CLI's --preset knows them; the first is its default.
+    $('preset').replaceChildren(...state.presets.map((p) => new Option(`${p.name}: ${p.about}`, p.name)));
+    for (const key of ['compare', 'preset']) {
+      const value = params.get(key);
+      if (value !== null && !choices(key).includes(value)) paramError ??= unknown(key, value);
+      else if (value !== null) $(key).value = value;
+    }
+    for (const key of ['steps', 'seed', 'lr']) {
+      if (params.has(key)) $(key).value = params.get(key);
+    }
+    // Any config key, as the CLI's --set (e.g. ?set=dropout=0.1&set=n_layer=2).
+    state.extraSet = params.getAll('set');
+    const suggested = COMPARISONS[$('compare').value].preset;
+    if (!params.has('preset') && suggested) $('preset').value = suggested;
+    lockForm(false);
+    $('start').disabled = true; // until the device is open
     setState('loading', 'opening the GPU');
     state.device = await openDevice(params.get('backend') !== 'cpu');
     const extra = state.extraSet.length ? ` (with ${state.extraSet.join(', ')})` : '';

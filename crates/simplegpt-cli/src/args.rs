@@ -101,7 +101,7 @@ impl RunOptions {
     pub fn run_header(&self, trainer: &Trainer, opened: &device::Opened) -> Result<RunHeader> {
         let t = trainer;
         let mut header =
-            pollster::block_on(RunHeader::new(&t.config, &t.model, &t.data, &opened.backend, &opened.description))?;
+            pollster::block_on(RunHeader::new(&t.config, &t.model, &t.data, &opened.backend, &opened.adapter))?;
         header.data_source = Some(self.data_source());
         Ok(header)
     }

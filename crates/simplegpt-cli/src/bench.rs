@@ -33,7 +33,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let config = options.config()?;
     let data = options.data()?;
     let opened = device::open(&options.device)?;
-    eprintln!("bench on {}: {warmup} warm-up + {steps} timed steps", opened.description);
+    eprintln!("bench on {}: {warmup} warm-up + {steps} timed steps", opened.adapter);
     let result = BenchResult { peak_tflops, ..bench(config, data, &opened, warmup, steps)? };
     println!("{result}");
     Ok(())

@@ -15,7 +15,7 @@ pub fn run() -> Result<()> {
         println!("  {a}");
     }
     match device::open("auto") {
-        Ok(d) => println!("--device auto picks: {}", d.description),
+        Ok(d) => println!("--device auto picks: {}", d.adapter),
         Err(e) => println!("--device auto: {e}"),
     }
     Ok(())

@@ -92,14 +92,14 @@ fn run_on_each(options: &RunOptions, backends: &[String], steps: usize) -> Resul
     let mut runs = Vec::new();
     for name in backends {
         let opened = device::open(name)?;
-        eprintln!("running {steps} steps on {}", opened.description);
+        eprintln!("running {steps} steps on {}", opened.adapter);
         let mut trainer = Trainer::new(config.clone(), data.clone(), &opened.device)?;
         let header = options.run_header(&trainer, &opened)?;
         let mut steps = Vec::new();
         while !trainer.finished() {
             steps.extend(pollster::block_on(trainer.step())?);
         }
-        runs.push((opened.description.clone(), RunRecord { header, steps }));
+        runs.push((opened.adapter.clone(), RunRecord { header, steps }));
     }
     Ok(runs)
 }

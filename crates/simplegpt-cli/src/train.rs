@@ -62,7 +62,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         m.n_head,
         m.norm,
         m.residual,
-        opened.description,
+        opened.adapter,
         dir.path.display()
     );
     let bar = progress::bar(trainer.config.train.max_steps as u64, "");

@@ -9,20 +9,18 @@ use std::rc::Rc;
 
 use burn::module::Module;
 use burn::tensor::Device;
+use burn::tensor::wgpu::wgpu::DeviceType;
 use js_sys::Promise;
 use simplegpt::Config;
+use simplegpt::config::PRESETS;
 use simplegpt::data::Dataset;
-use simplegpt::record::RunHeader;
+use simplegpt::device::Opened;
+use simplegpt::record::{RunHeader, StepRecord};
 use simplegpt::sample::{DEFAULT_TEMPERATURE, DEFAULT_TOP_K, SampleOptions, generate};
+use simplegpt::study::{self, Summary, Variant};
 use simplegpt::train::Trainer;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
-
-struct Opened {
-    device: Device,
-    backend: String,
-    adapter: String,
-}
 
 thread_local! {
     static DEVICE: RefCell<Option<Rc<Opened>>> = const { RefCell::new(None) };
@@ -30,6 +28,14 @@ thread_local! {
 
 fn js_err(e: impl std::fmt::Display) -> JsValue {
     JsValue::from_str(&e.to_string())
+}
+
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("serialisable")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, JsValue> {
+    serde_json::from_str(json).map_err(js_err)
 }
 
 /// The run's trainer, or an error while a step holds it (JavaScript may call in while a
@@ -50,19 +56,25 @@ pub fn start() {
 /// Opens WebGPU when `webgpu` is true (the page checks `navigator.gpu` and
 /// `requestAdapter()` first: asking for it where there is none panics), else the CPU
 /// backend. `adapter` is the page's name for the WebGPU adapter (browsers tell JavaScript
-/// more than wgpu). Resolves to JSON `{backend, adapter}`.
+/// more than wgpu). Resolves to the `device::Opened` as JSON: `{backend, adapter, software}`.
 #[wasm_bindgen]
 pub fn open_device(webgpu: bool, adapter: String) -> Promise {
     future_to_promise(async move {
         let opened = if webgpu {
             let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(js_err)?;
             let info = setup.adapter.get_info();
+            let software = info.device_type == DeviceType::Cpu;
             let adapter = if adapter.is_empty() { format!("{} ({:?})", info.name, info.device_type) } else { adapter };
-            Opened { device, backend: "webgpu".into(), adapter }
+            Opened { device, backend: "webgpu".into(), adapter, software }
         } else {
-            Opened { device: Device::flex(), backend: "cpu".into(), adapter: "burn flex (wasm)".into() }
+            Opened {
+                device: Device::flex(),
+                backend: "cpu".into(),
+                adapter: "burn flex (wasm)".into(),
+                software: false,
+            }
         };
-        let json = serde_json::json!({ "backend": opened.backend, "adapter": opened.adapter }).to_string();
+        let json = to_json(&opened);
         DEVICE.with(|d| *d.borrow_mut() = Some(Rc::new(opened)));
         Ok(JsValue::from_str(&json))
     })
@@ -74,17 +86,59 @@ pub fn default_corpus() -> String {
     simplegpt::data::default_corpus()
 }
 
-/// The group a parameter's gradient norm is summed into in the charts, as in the CLI's reports.
+/// The presets (`config::PRESETS`, as `--preset` knows them), as JSON `[{name, about}]`.
 #[wasm_bindgen]
-pub fn param_group(path: &str) -> String {
-    simplegpt::params::param_group(path).to_string()
+pub fn presets() -> String {
+    to_json(&PRESETS.iter().map(|p| serde_json::json!({ "name": p.name, "about": p.about })).collect::<Vec<_>>())
 }
 
 /// A preset plus `key=value` overrides, as config JSON; throws the CLI's message on bad input.
 #[wasm_bindgen]
 pub fn resolve_config(preset: &str, overrides: Vec<String>) -> Result<String, JsValue> {
-    let config = Config::resolve(preset, None, &overrides).map_err(js_err)?;
-    Ok(serde_json::to_string(&config).expect("serialisable"))
+    Ok(to_json(&Config::resolve(preset, None, &overrides).map_err(js_err)?))
+}
+
+/// `simplegpt sweep`'s runs: each variant (`[NAME:]key=value,...`, as `--variant`) at
+/// `points` learning rates log-spaced from `lr_min` to `lr_max`, min_lr a tenth of each,
+/// over the preset with `overrides` (which must not give lr or min_lr, as `--set` there).
+/// JSON `[{name, variant, config}]`, runs named `VARIANT/lr-X`.
+#[wasm_bindgen]
+pub fn sweep_jobs(
+    preset: &str,
+    overrides: Vec<String>,
+    variants: Vec<String>,
+    lr_min: f64,
+    lr_max: f64,
+    points: usize,
+) -> Result<String, JsValue> {
+    let variants = Variant::parse_all(&variants).map_err(js_err)?;
+    study::variants::refuse_swept_keys(None, &overrides, &variants).map_err(js_err)?;
+    let base = Config::resolve(preset, None, &overrides).map_err(js_err)?;
+    let jobs = study::sweep_jobs(&variants, &base, lr_min, lr_max, points).map_err(js_err)?;
+    let json = |(name, config): &(String, Config)| serde_json::json!({ "name": name, "variant": study::variant_of(name), "config": config });
+    Ok(to_json(&jobs.iter().map(json).collect::<Vec<_>>()))
+}
+
+/// A run's `study::Summary` (final and best losses, divergence, ...) from its config and
+/// records (JSON), as the CLI's reports give it.
+#[wasm_bindgen]
+pub fn summarize(name: &str, config_json: &str, records_json: &str) -> Result<String, JsValue> {
+    let records: Vec<StepRecord> = from_json(records_json)?;
+    Ok(to_json(&Summary::of(name, &from_json(config_json)?, &records)))
+}
+
+/// Gradient norm per parameter group (`params::param_group`) at each diagnostic step of
+/// the records (JSON), as the CLI's reports plot it: JSON `[[group, [[step, norm], ...]], ...]`.
+#[wasm_bindgen]
+pub fn grouped_grad_norms(records_json: &str) -> Result<String, JsValue> {
+    let records: Vec<StepRecord> = from_json(records_json)?;
+    Ok(to_json(&study::stats::grouped_grad_norms(&records)))
+}
+
+/// The colours of the CLI's plots (`study::plot::COLORS`), in order.
+#[wasm_bindgen]
+pub fn colors() -> Vec<String> {
+    study::plot::COLORS.iter().map(|c| c.to_string()).collect()
 }
 
 /// One training run on the opened device.
@@ -101,13 +155,13 @@ impl Run {
     pub fn create(config_json: String, text: String) -> Promise {
         future_to_promise(async move {
             let opened = device()?;
-            let config: Config = serde_json::from_str(&config_json).map_err(js_err)?;
+            let config: Config = from_json(&config_json)?;
             let data = Dataset::from_text(&text, "the text").map_err(js_err)?;
             let trainer = Trainer::new(config, data, &opened.device).map_err(js_err)?;
             let t = &trainer;
             let header =
                 RunHeader::new(&t.config, &t.model, &t.data, &opened.backend, &opened.adapter).await.map_err(js_err)?;
-            let header = serde_json::to_string(&header).expect("serialisable");
+            let header = to_json(&header);
             Ok(Run { trainer: Rc::new(RefCell::new(trainer)), header }.into())
         })
     }
@@ -135,7 +189,7 @@ impl Run {
         let trainer = self.trainer.clone();
         future_to_promise(async move {
             let record = lock(&trainer)?.step().await.map_err(js_err)?;
-            Ok(record.map_or(JsValue::NULL, |r| JsValue::from_str(&serde_json::to_string(&r).expect("serialisable"))))
+            Ok(record.map_or(JsValue::NULL, |r| JsValue::from_str(&to_json(&r))))
         })
     }
 

@@ -21,7 +21,7 @@ pub struct BenchResult {
     /// Bytes the device's allocator holds after the timed steps: its pools only grow, so
     /// this is the peak of the run. `None` where the backend does not report it (the CPU).
     pub device_memory: Option<u64>,
-    /// What was measured, as `device::Opened::description` says it.
+    /// What was measured, as `device::Opened::adapter` says it.
     pub device: String,
     /// The device's peak FLOP/s in TFLOP/s, when the user gives it: then MFU is reported.
     pub peak_tflops: Option<f64>,
@@ -101,7 +101,7 @@ pub fn bench(mut config: Config, data: Dataset, device: &Opened, warmup: usize, 
         flops_per_sec: flops_per_token(&trainer.config) * tokens / secs,
         params: trainer.config.model.num_params(),
         device_memory,
-        device: device.description.clone(),
+        device: device.adapter.clone(),
         peak_tflops: None,
     })
 }

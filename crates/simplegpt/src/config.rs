@@ -152,6 +152,16 @@ pub const PRESETS: &[Preset] = &[
         toml: include_str!("../../../presets/tiny.toml"),
     },
     Preset {
+        name: "micro",
+        about: "tiny at d 32, context 32, batch 8: the quickest, for a first look in the browser",
+        toml: include_str!("../../../presets/micro.toml"),
+    },
+    Preset {
+        name: "small",
+        about: "tiny with 4 layers, where the norms matter: pre-LN fails at a high LR, SimpleNorm trains",
+        toml: include_str!("../../../presets/small.toml"),
+    },
+    Preset {
         name: "nanogpt-shakespeare-char",
         about: "nanoGPT's config/train_shakespeare_char.py, exactly",
         toml: include_str!("../../../presets/nanogpt-shakespeare-char.toml"),
@@ -423,7 +433,8 @@ mod tests {
     use super::*;
 
     /// The preset files are whole configs that validate, and say what they claim: the
-    /// shakespeare_char pair differs only in the norm and the tied head, and tiny is the
+    /// shakespeare_char pair differs only in the norm and the tied head, micro and small
+    /// differ from tiny only in their size, and tiny is the
     /// blog's model.
     #[test]
     fn every_preset_file_is_a_whole_valid_config() {
@@ -444,6 +455,15 @@ mod tests {
         let tiny = Config::preset("tiny").unwrap();
         assert_eq!((tiny.model.n_layer, tiny.model.n_embd, tiny.model.n_head, tiny.model.block_size), (1, 64, 2, 64));
         assert_eq!(tiny.train.batch_size, 32);
+        // micro and small are tiny with a few keys changed, no more.
+        let mut micro = Config::preset("micro").unwrap();
+        assert_eq!((micro.model.n_embd, micro.model.block_size, micro.train.batch_size), (32, 32, 8));
+        (micro.model.n_embd, micro.model.block_size, micro.train.batch_size) = (64, 64, 32);
+        assert_eq!(micro, tiny);
+        let mut small = Config::preset("small").unwrap();
+        assert_eq!(small.model.n_layer, 4);
+        small.model.n_layer = 1;
+        assert_eq!(small, tiny);
     }
 
     #[test]

@@ -1,35 +1,46 @@
-//! Choosing a device by name, natively. (The browser gets its WebGPU device from
-//! `Device::wgpu_options().init_async()` in the wasm crate.)
+//! The device a run trains on: `Opened`, on every target. Opening one by name (`open`) and
+//! listing adapters are native; the browser's binding opens its WebGPU or CPU device itself
+//! (`Device::wgpu_options().init_with_setup_async()` in the wasm crate) into the same type.
 
+#[cfg(not(target_family = "wasm"))]
 use std::collections::HashMap;
+#[cfg(not(target_family = "wasm"))]
 use std::sync::{Mutex, OnceLock};
 
 use burn::tensor::Device;
+#[cfg(not(target_family = "wasm"))]
 use burn::tensor::wgpu::WgpuBackend;
+use serde::Serialize;
 
+#[cfg(not(target_family = "wasm"))]
 use crate::error::{Error, Result};
 
+#[cfg(not(target_family = "wasm"))]
 pub const NAMES: &[&str] = &["auto", "cpu", "wgpu", "vulkan", "metal", "dx12", "cuda"];
 
-/// An opened device and a line that says what it is.
-#[derive(Clone)]
+/// An opened device and what it is; serialised (without the device) for the browser page.
+#[derive(Clone, Serialize)]
 pub struct Opened {
+    #[serde(skip)]
     pub device: Device,
-    /// "cpu (flex)", "wgpu Vulkan: NVIDIA H100", ...
-    pub description: String,
+    /// "cpu", "wgpu", "vulkan", ..., "webgpu": the run header's `backend`.
     pub backend: String,
+    /// What the device is, the run header's `adapter`: "cpu (burn flex)",
+    /// "wgpu: NVIDIA H100 (Vulkan, DiscreteGpu)", in the browser what the browser tells.
+    pub adapter: String,
     /// A software rasteriser (lavapipe, SwiftShader): real GPU code, CPU speed.
     pub software: bool,
 }
 
 /// Opens a device by name. `auto` prefers CUDA (when built with it), then a wgpu GPU,
 /// then the CPU.
+#[cfg(not(target_family = "wasm"))]
 pub fn open(name: &str) -> Result<Opened> {
     match name {
         "cpu" => Ok(Opened {
             device: Device::flex(),
-            description: "cpu (burn flex)".into(),
             backend: "cpu".into(),
+            adapter: "cpu (burn flex)".into(),
             software: false,
         }),
         "wgpu" => open_wgpu(WgpuBackend::Auto, "wgpu"),
@@ -54,6 +65,7 @@ pub fn open(name: &str) -> Result<Opened> {
 }
 
 /// wgpu allows one runtime per (adapter, API) per process: open each once and reuse it.
+#[cfg(not(target_family = "wasm"))]
 fn open_wgpu(api: WgpuBackend, name: &str) -> Result<Opened> {
     static OPENED: OnceLock<Mutex<HashMap<String, Opened>>> = OnceLock::new();
     let mut opened = OPENED.get_or_init(Default::default).lock().expect("not poisoned");
@@ -67,14 +79,14 @@ fn open_wgpu(api: WgpuBackend, name: &str) -> Result<Opened> {
         ))
     })?;
     let info = setup.adapter.get_info();
-    let description = format!("{name}: {} ({:?}, {:?})", info.name, setup.backend, info.device_type);
+    let adapter = format!("{name}: {} ({:?}, {:?})", info.name, setup.backend, info.device_type);
     let software = info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu;
-    let d = Opened { device, description, backend: name.to_string(), software };
+    let d = Opened { device, backend: name.to_string(), adapter, software };
     opened.insert(name.to_string(), d.clone());
     Ok(d)
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(all(feature = "cuda", not(target_family = "wasm")))]
 fn open_cuda() -> Result<Opened> {
     // A missing driver or GPU panics inside the backend on first use: probe it once with a
     // silenced panic hook and turn the panic into an error.
@@ -89,14 +101,14 @@ fn open_cuda() -> Result<Opened> {
     let result = std::panic::catch_unwind(probe);
     std::panic::set_hook(hook);
     match result {
-        Ok(device) => Ok(Opened { device, description: "cuda: GPU 0".into(), backend: "cuda".into(), software: false }),
+        Ok(device) => Ok(Opened { device, backend: "cuda".into(), adapter: "cuda: GPU 0".into(), software: false }),
         Err(_) => Err(Error::Input(
             "no CUDA GPU is available (no NVIDIA driver or device found); use --device wgpu or cpu".into(),
         )),
     }
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(all(not(feature = "cuda"), not(target_family = "wasm")))]
 fn open_cuda() -> Result<Opened> {
     Err(Error::Input(
         "this build has no CUDA support; rebuild with `cargo build --release --features cuda`, \
@@ -106,6 +118,7 @@ fn open_cuda() -> Result<Opened> {
 }
 
 /// Every adapter wgpu can see, one line each, for `simplegpt devices`.
+#[cfg(not(target_family = "wasm"))]
 pub fn list_adapters() -> Vec<String> {
     use burn::tensor::wgpu::wgpu;
     let instance = wgpu::Instance::default();

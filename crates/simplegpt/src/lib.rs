@@ -18,7 +18,6 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
-#[cfg(not(target_family = "wasm"))]
 pub mod device;
 pub mod error;
 pub mod files;

@@ -55,33 +55,60 @@ pub struct RunHeader {
 }
 
 /// One line of `metrics.jsonl`: what happened at one logged step. Fields that were not
-/// measured at this step are absent.
+/// measured at this step are absent; a number that was measured and not finite (a loss
+/// gone NaN) is null, as JSON has no NaN, and reads back as NaN (`not_finite`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step: usize,
     pub lr: f64,
     /// Training loss of this step's batch (mean over its micro-batches).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::number")]
     pub loss: Option<f64>,
     /// Estimated over `eval_iters` batches of each split, at evaluation steps.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::number")]
     pub train_loss: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::number")]
     pub val_loss: Option<f64>,
     /// Global gradient norm before clipping.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::number")]
     pub grad_norm: Option<f64>,
     /// Gradient norm of each parameter, by path (diagnostic steps).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::by_path")]
     pub grad_norms: Option<BTreeMap<String, f64>>,
     /// RMS of the activations leaving each block (diagnostic steps).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::list")]
     pub act_rms: Option<Vec<f64>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::number")]
     pub tokens_per_sec: Option<f64>,
     /// Set on the record at which the run was found to diverge.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diverged: Option<String>,
+}
+
+/// Reading `StepRecord`'s numbers back from JSON, where serde_json wrote each non-finite one
+/// as null: a null that is there reads as NaN, so that a record read back (a resumed run's,
+/// the browser's) says what the one in memory said. An absent field stays None.
+mod not_finite {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer};
+
+    fn nan(v: Option<f64>) -> f64 {
+        v.unwrap_or(f64::NAN)
+    }
+
+    pub fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        Ok(Some(nan(Option::deserialize(d)?)))
+    }
+
+    pub fn by_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, f64>>, D::Error> {
+        let map = BTreeMap::<String, Option<f64>>::deserialize(d)?;
+        Ok(Some(map.into_iter().map(|(k, v)| (k, nan(v))).collect()))
+    }
+
+    pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f64>>, D::Error> {
+        Ok(Some(Vec::<Option<f64>>::deserialize(d)?.into_iter().map(nan).collect()))
+    }
 }
 
 /// A whole run: its header and its logged steps.
@@ -444,5 +471,25 @@ mod tests {
         assert_eq!(rows[2], ["10", "2.75000000", "2.75000000"]);
         assert_eq!(rows[3], ["12", "2.50000000", "-"], "the first run's last step; the second has none");
         assert_eq!(rows.len(), 4);
+    }
+
+    #[test]
+    fn a_not_finite_number_reads_back_as_nan_and_an_absent_one_as_none() {
+        let r = StepRecord {
+            step: 3,
+            loss: Some(f64::NAN),
+            grad_norms: Some([("a".to_string(), f64::INFINITY), ("b".to_string(), 1.5)].into()),
+            act_rms: Some(vec![f64::NAN, 2.0]),
+            diverged: Some("loss is NaN".into()),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""loss":null"#) && !json.contains("val_loss"), "{json}");
+        let back: StepRecord = serde_json::from_str(&json).unwrap();
+        assert!(back.loss.is_some_and(f64::is_nan) && back.val_loss.is_none() && back.tokens_per_sec.is_none());
+        let norms = back.grad_norms.unwrap();
+        assert!(norms["a"].is_nan() && norms["b"] == 1.5);
+        let rms = back.act_rms.unwrap();
+        assert!(rms[0].is_nan() && rms[1] == 2.0);
     }
 }
