@@ -61,6 +61,8 @@ impl Tokens {
 }
 
 impl PartialEq for Tokens {
+    // Irrefutable where shards do not exist (the browser build).
+    #[allow(irrefutable_let_patterns)]
     fn eq(&self, other: &Tokens) -> bool {
         if let (Tokens::Ids(a), Tokens::Ids(b)) = (self, other) {
             return a == b;
