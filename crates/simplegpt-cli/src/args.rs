@@ -28,8 +28,9 @@ pub struct RunOptions {
     /// auto, cpu, wgpu, vulkan, metal, dx12 or cuda.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// A UTF-8 text file, `tinyshakespeare` (downloaded once and cached), or `embedded` (the
-    /// corpus built in, as with no --data).
+    /// A UTF-8 text file (tokenised by the config's tokenizer), token shards (a directory or
+    /// a .bin file, as `prepare` writes them; tokenizer = "gpt2"), `tinyshakespeare`
+    /// (downloaded once and cached), or `embedded` (the corpus built in, as with no --data).
     #[arg(long)]
     pub data: Option<String>,
 }
@@ -82,8 +83,9 @@ impl RunOptions {
         )
     }
 
-    pub fn data(&self) -> Result<Dataset> {
-        data::load(self.data.as_deref())
+    /// The data, tokenised by `config`'s tokenizer.
+    pub fn data(&self, config: &Config) -> Result<Dataset> {
+        data::load(self.data.as_deref(), config.model.tokenizer)
     }
 
     /// `--data` as a run header records it: a path made absolute, so that `--resume` finds
@@ -117,7 +119,9 @@ impl RunOptions {
                 Ok(Inspected { broken: ckpt.broken(), config: ckpt.config, model, data })
             }
             None => {
-                let trainer = Trainer::new(self.config()?, self.data()?, device)?;
+                let config = self.config()?;
+                let data = self.data(&config)?;
+                let trainer = Trainer::new(config, data, device)?;
                 Ok(Inspected { config: trainer.config, model: trainer.model, data: trainer.data, broken: None })
             }
         }
@@ -162,9 +166,10 @@ fn checkpoint_and_data(from: &Path, options: &RunOptions) -> Result<(Checkpoint,
     }
     let ckpt = read_checkpoint(from)?;
     let recorded = if from.is_dir() { record::read_header(from).ok().and_then(|h| h.data_source) } else { None };
+    let tokenizer = ckpt.config.model.tokenizer;
     let data = match &options.data {
-        Some(given) => data::load(Some(given))?,
-        None => data::recorded(from, recorded.as_deref())?,
+        Some(given) => data::load(Some(given), tokenizer)?,
+        None => data::recorded(from, recorded.as_deref(), tokenizer)?,
     };
     ckpt.check_data(&data)?;
     Ok((ckpt, data))

@@ -31,7 +31,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     max_steps(warmup, steps)?;
     let config = options.config()?;
-    let data = options.data()?;
+    let data = options.data(&config)?;
     let opened = device::open(&options.device)?;
     eprintln!("bench on {}: {warmup} warm-up + {steps} timed steps", opened.adapter);
     let result = BenchResult { peak_tflops, ..bench(config, data, &opened, warmup, steps)? };

@@ -1,11 +1,12 @@
 //! The data a command trains on, by the name `--data` (or a run header's `data_source`)
-//! gives: a text file, `tinyshakespeare` (downloaded once and cached), or the embedded
-//! corpus.
+//! gives: a text file, token shards (a directory, or a `.bin` file), `tinyshakespeare`
+//! (downloaded once and cached), or the embedded corpus; text is tokenised by the config's
+//! tokenizer.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use simplegpt::data::Dataset;
+use simplegpt::data::{Dataset, TokenizerKind};
 use simplegpt::record::EMBEDDED_DATA;
 use simplegpt::{Error, Result};
 
@@ -20,20 +21,29 @@ const TINYSHAKESPEARE_URL: &str =
 /// The file's length in bytes: a download of any other length is not it.
 const TINYSHAKESPEARE_LEN: u64 = 1_115_394;
 
-/// The data `source` names: a file, `tinyshakespeare`, or the embedded corpus when none or
-/// `embedded`.
-pub fn load(source: Option<&str>) -> Result<Dataset> {
+/// The data `source` names: a text file, token shards, `tinyshakespeare`, or the embedded
+/// corpus when none or `embedded`; text tokenised by a `tokenizer`.
+pub fn load(source: Option<&str>, tokenizer: TokenizerKind) -> Result<Dataset> {
     match source {
-        None | Some(EMBEDDED_DATA) => Dataset::from_text(&simplegpt::data::default_corpus(), "the embedded corpus"),
-        Some(TINYSHAKESPEARE) => Dataset::from_file(&tinyshakespeare()?),
-        Some(path) => Dataset::from_file(Path::new(path)),
+        None | Some(EMBEDDED_DATA) => {
+            Dataset::from_text_with(&simplegpt::data::default_corpus(), "the embedded corpus", tokenizer)
+        }
+        Some(TINYSHAKESPEARE) => Dataset::from_file_with(&tinyshakespeare()?, tokenizer),
+        Some(path) if simplegpt::shards::is_shards(Path::new(path)) => {
+            let tokenizer = match tokenizer {
+                TokenizerKind::Char => simplegpt::data::Tokenizer::from_text(""),
+                TokenizerKind::Gpt2 => simplegpt::data::Tokenizer::gpt2(),
+            };
+            simplegpt::shards::open(Path::new(path), &tokenizer)
+        }
+        Some(path) => Dataset::from_file_with(Path::new(path), tokenizer),
     }
 }
 
 /// The data a run directory recorded (its header's `data_source`; the embedded corpus for a
 /// run that recorded none), for a command given no --data.
-pub fn recorded(dir: &Path, source: Option<&str>) -> Result<Dataset> {
-    load(source).map_err(|e| match source {
+pub fn recorded(dir: &Path, source: Option<&str>, tokenizer: TokenizerKind) -> Result<Dataset> {
+    load(source, tokenizer).map_err(|e| match source {
         Some(s) if s != EMBEDDED_DATA => Error::Input(format!(
             "{} was trained on --data {s}, which cannot be used now ({e}); pass --data with its new location",
             dir.display()

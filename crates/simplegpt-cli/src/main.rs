@@ -11,6 +11,7 @@ mod devices;
 mod export;
 mod hessian;
 mod outputs;
+mod prepare;
 mod progress;
 mod repro;
 mod sample;
@@ -35,6 +36,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Tokenise text files into GPT-2 token shards (llm.c's or nanoGPT's format) for train --data.
+    Prepare(prepare::PrepareArgs),
     /// Train a model (the embedded corpus and the tiny preset unless told otherwise). Exits
     /// with 0 when the run trained to its end, 3 when it diverged (recorded in its
     /// directory), 1 on an error.
@@ -108,6 +111,7 @@ fn one_line_usage_error(rendered: &str) -> String {
 fn dispatch(command: Command) -> Result<ExitCode> {
     let done = match command {
         Command::Train(args) => return train::run(args),
+        Command::Prepare(args) => prepare::run(args),
         Command::Export(args) => export::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Devices => devices::run(),

@@ -88,7 +88,7 @@ fn run_on_each(options: &RunOptions, backends: &[String], steps: usize) -> Resul
     config.train.log_interval = 1;
     config.train.eval_interval = steps;
     config.train.checkpoint = false;
-    let data = options.data()?;
+    let data = options.data(&config)?;
     let mut runs = Vec::new();
     for name in backends {
         let opened = device::open(name)?;

@@ -13,16 +13,17 @@ pub struct SampleArgs {
     /// A run directory or a checkpoint file.
     #[arg(long, default_value = "out")]
     from: PathBuf,
-    /// Text to continue (its characters must be in the checkpoint's vocabulary).
+    /// Text to continue (encoded by the checkpoint's tokenizer: with `char`, its characters
+    /// must be in the vocabulary).
     #[arg(long, default_value = "")]
     prompt: String,
-    /// Number of characters to generate.
+    /// Number of tokens to generate (characters with the `char` tokenizer).
     #[arg(long, default_value_t = 500, value_parser = count(0, 1_000_000))]
     tokens: usize,
     /// Divides the logits: below 1 sharper, above 1 flatter; near 0 the most likely.
     #[arg(long, default_value_t = simplegpt::sample::DEFAULT_TEMPERATURE)]
     temperature: f64,
-    /// Sample from the k most likely characters only (0: all).
+    /// Sample from the k most likely tokens only (0: all).
     #[arg(long, default_value_t = simplegpt::sample::DEFAULT_TOP_K, value_parser = count(0, 1 << 24))]
     top_k: usize,
     /// Seed of the draws: the same seed, the same text.

@@ -98,7 +98,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     let jobs = study::sweep_jobs(&variants, &base, lr_min, lr_max, points)?;
     let study = Study { options: &options, out: &out, overwrite };
     let runs = study.train(study::with_seeds(jobs, seeds)?, false)?;
-    let unigram = options.data()?.unigram_loss();
+    let unigram = options.data(&base)?.unigram_loss();
     print(&out, &study::report::sweep_report(&command_line(), &runs, near, unigram))
 }
 
@@ -140,8 +140,9 @@ impl Study<'_> {
         outputs.extend([Report::FILE, Report::SUMMARY_FILE].map(|f| out.join(f)));
         refuse_overwriting_inputs(&outputs, &self.options.input_files())?;
         let opened = device::open(&self.options.device)?;
-        // Every run trains on the same text: read and tokenised once.
-        let data = self.options.data()?;
+        // Every run trains on the same text: read and tokenised once (by the config's
+        // tokenizer; a variant of another tokenizer is refused when its trainer is built).
+        let data = self.options.data(&self.options.config()?)?;
         let _study_lock = DirLock::acquire(out)?;
         if !self.overwrite {
             self.refuse_replacing_runs(&jobs, &data, &opened)?;

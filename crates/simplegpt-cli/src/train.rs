@@ -114,7 +114,7 @@ fn start(args: &TrainArgs) -> Result<Started> {
     inputs.extend(args.init_from.as_deref().map(|p| ("--init-from", p)));
     refuse_overwriting_inputs(&RunDir::files(&args.out), &inputs)?;
     let config = options.config()?;
-    let data = options.data()?;
+    let data = options.data(&config)?;
     let opened = device::open(&options.device)?;
     let mut trainer = Trainer::new(config, data, &opened.device)?;
     if let Some(path) = &args.init_from {
@@ -158,9 +158,11 @@ fn resume(options: &RunOptions, path: &std::path::Path) -> Result<Resumed> {
     }
     let header = record::read_header(path)?;
     // Without --data, the data the run started with; then the same check either way.
+    // Text is tokenised as the run's was; shards of another tokenizer are refused.
+    let tokenizer = ckpt.config.model.tokenizer;
     let data = match &options.data {
-        Some(given) => data::load(Some(given))?,
-        None => data::recorded(path, header.data_source.as_deref())?,
+        Some(given) => data::load(Some(given), tokenizer)?,
+        None => data::recorded(path, header.data_source.as_deref(), tokenizer)?,
     };
     header.check_same_data(&data)?;
     // One run, one backend: its header (and so `repro`) names the device it ran on.

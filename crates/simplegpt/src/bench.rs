@@ -14,6 +14,10 @@ use crate::train::Trainer;
 pub struct BenchResult {
     pub steps: usize,
     pub ms_per_step: f64,
+    /// Of which drawing the step's batches from the data on the CPU (copying the rows out
+    /// of memory or memory-mapped shards), timed apart after the steps: the steps draw
+    /// their batches synchronously, so this is time the device may wait.
+    pub data_ms_per_step: f64,
     pub tokens_per_sec: f64,
     /// Model FLOPs per second (nanoGPT's `estimate_mfu` before it divides by a peak).
     pub flops_per_sec: f64,
@@ -39,10 +43,11 @@ impl std::fmt::Display for BenchResult {
             .map_or(String::new(), |peak| format!(" | MFU {:.2}% (of {peak} TFLOP/s)", tflops / peak * 100.0));
         write!(
             f,
-            "device {} | params {:.2}M | {:.2} ms/step | {:.0} tokens/s | {tflops:.3} TFLOP/s{mfu} | peak device memory {memory}",
+            "device {} | params {:.2}M | {:.2} ms/step | data {:.3} ms/step | {:.0} tokens/s | {tflops:.3} TFLOP/s{mfu} | peak device memory {memory}",
             self.device,
             self.params as f64 / 1e6,
             self.ms_per_step,
+            self.data_ms_per_step,
             self.tokens_per_sec,
         )
     }
@@ -92,11 +97,19 @@ pub fn bench(mut config: Config, data: Dataset, device: &Opened, warmup: usize, 
     }
     sync(&trainer)?;
     let secs = start.elapsed().as_secs_f64();
+    // The same batches again, alone: what drawing them costs.
+    let first = (1 + warmup) * trainer.config.train.grad_accum;
+    let drawn = Instant::now();
+    for i in first..first + steps * trainer.config.train.grad_accum {
+        std::hint::black_box(trainer.data.train_batch(&trainer.config, i as u64));
+    }
+    let data_secs = drawn.elapsed().as_secs_f64();
     let device_memory = trainer.device.memory_pool_usage().map(|u| u.bytes_reserved);
     let tokens = (steps * trainer.tokens_per_step()) as f64;
     Ok(BenchResult {
         steps,
         ms_per_step: secs * 1e3 / steps as f64,
+        data_ms_per_step: data_secs * 1e3 / steps as f64,
         tokens_per_sec: tokens / secs,
         flops_per_sec: flops_per_token(&trainer.config) * tokens / secs,
         params: trainer.config.model.num_params(),

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::tokenizer::TokenizerKind;
 
 /// Where the normalisation goes. Which norms each variant has is answered by the methods
 /// below; where they act is a few lines in `model::Block::forward`, `Attention` and `Mlp`.
@@ -82,8 +83,14 @@ display_as_in_config!(NormKind, MlpKind, PosKind);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// 0 means "take it from the data's tokenizer" (the resolved config records the number).
+    /// 0 means "take it from the data's tokenizer" (the resolved config records the number);
+    /// a larger number pads the vocabulary (nanoGPT pads GPT-2's 50257 to 50304).
     pub vocab_size: usize,
+    /// `char` (the characters of the training text) or `gpt2` (GPT-2's BPE). Absent from
+    /// the configs of earlier versions, which are `char`; left out of a `char` config's TOML,
+    /// so that its text (and hash) is what it was.
+    #[serde(default, skip_serializing_if = "TokenizerKind::is_char")]
+    pub tokenizer: TokenizerKind,
     pub block_size: usize,
     pub n_layer: usize,
     pub n_head: usize,
@@ -170,6 +177,16 @@ pub const PRESETS: &[Preset] = &[
         name: "simplegpt-shakespeare-char",
         about: "the same with SimpleNorm (untied head, reference init)",
         toml: include_str!("../../../presets/simplegpt-shakespeare-char.toml"),
+    },
+    Preset {
+        name: "gpt2-small",
+        about: "nanoGPT's config/train_gpt2.py: GPT-2 small (124M) on GPT-2 BPE tokens, ~0.5M tokens a step",
+        toml: include_str!("../../../presets/gpt2-small.toml"),
+    },
+    Preset {
+        name: "simplegpt-small",
+        about: "gpt2-small with SimpleNorm (untied head, reference init)",
+        toml: include_str!("../../../presets/simplegpt-small.toml"),
     },
 ];
 
@@ -265,6 +282,10 @@ impl Config {
         let key = key.trim();
         let raw = raw.trim();
         let mut table = toml::Table::try_from(&*self).expect("a Config always serialises");
+        // A `char` tokenizer is left out of the TOML; it is a key all the same.
+        if let Some(toml::Value::Table(model)) = table.get_mut("model") {
+            model.entry("tokenizer").or_insert_with(|| self.model.tokenizer.to_string().into());
+        }
         let (section, field) = match key.split_once('.') {
             Some((s, f)) => (s.to_string(), f.to_string()),
             None => {
@@ -464,6 +485,34 @@ mod tests {
         assert_eq!(small.model.n_layer, 4);
         small.model.n_layer = 1;
         assert_eq!(small, tiny);
+        assert_eq!(tiny.model.tokenizer, TokenizerKind::Char);
+        // The GPT-2 pair: nanoGPT's train_gpt2.py, and the same with SimpleNorm.
+        let gpt2 = Config::preset("gpt2-small").unwrap();
+        let simple = Config::preset("simplegpt-small").unwrap();
+        let (m, t) = (&gpt2.model, &gpt2.train);
+        assert_eq!((m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size), (12, 12, 768, 1024, 50304));
+        assert_eq!(m.tokenizer, TokenizerKind::Gpt2);
+        assert_eq!((t.batch_size * t.grad_accum * m.block_size, t.lr, t.min_lr), (491_520, 6e-4, 6e-5));
+        assert_eq!((t.beta1, t.beta2, t.weight_decay, t.warmup_steps), (0.9, 0.95, 0.1, 2000));
+        let mut only_norm_and_head = simple.clone();
+        only_norm_and_head.model.norm = NormKind::PreLn;
+        only_norm_and_head.model.tie_weights = true;
+        assert_eq!(only_norm_and_head, gpt2);
+        assert_eq!((simple.model.norm, simple.model.tie_weights), (NormKind::Simple, false));
+    }
+
+    #[test]
+    fn the_tokenizer_key_defaults_to_char_and_leaves_char_configs_as_they_were() {
+        let tiny = Config::preset("tiny").unwrap();
+        assert!(!tiny.to_toml().contains("tokenizer"));
+        let mut c = tiny.clone();
+        c.set("tokenizer=gpt2").unwrap();
+        assert_eq!(c.model.tokenizer, TokenizerKind::Gpt2);
+        assert!(c.to_toml().contains("tokenizer = \"gpt2\""));
+        c.set("model.tokenizer=char").unwrap();
+        assert_eq!(c, tiny);
+        let e = tiny.clone().set("tokenizer=bpe").unwrap_err().to_string();
+        assert!(e.contains("tokenizer"), "{e}");
     }
 
     #[test]

@@ -2,42 +2,103 @@
 //! seeded random batches, and the embedded default corpus.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::rng::Stream;
 
-/// Character-level tokenizer: the sorted set of characters in the corpus (as nanoGPT's
-/// shakespeare_char/prepare.py). Saved with every checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Tokenizer {
-    pub chars: Vec<char>,
+pub use crate::tokenizer::{Tokenizer, TokenizerKind};
+
+/// The token ids of one split: in memory, or (native only) in memory-mapped shards that
+/// are never loaded whole.
+#[derive(Clone)]
+pub enum Tokens {
+    Ids(Vec<u32>),
+    #[cfg(not(target_family = "wasm"))]
+    Mapped(crate::shards::Mapped),
 }
 
-impl Tokenizer {
-    pub fn from_text(text: &str) -> Self {
-        let mut chars: Vec<char> = text.chars().collect();
-        chars.sort_unstable();
-        chars.dedup();
-        Tokenizer { chars }
+impl Tokens {
+    pub fn len(&self) -> usize {
+        match self {
+            Tokens::Ids(v) => v.len(),
+            #[cfg(not(target_family = "wasm"))]
+            Tokens::Mapped(m) => m.len(),
+        }
     }
 
-    pub fn vocab_size(&self) -> usize {
-        self.chars.len()
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        text.chars()
-            .map(|ch| {
-                self.chars.binary_search(&ch).map(|i| i as u32).map_err(|_| {
-                    Error::Input(format!("character {ch:?} is not in the model's vocabulary (the characters of its training text); use only those"))
-                })
-            })
-            .collect()
+    /// Appends ids `start..start + n` to `out`.
+    pub fn copy(&self, start: usize, n: usize, out: &mut Vec<u32>) {
+        match self {
+            Tokens::Ids(v) => out.extend_from_slice(&v[start..start + n]),
+            #[cfg(not(target_family = "wasm"))]
+            Tokens::Mapped(m) => m.copy(start, n, out),
+        }
     }
 
-    pub fn decode(&self, ids: &[u32]) -> String {
-        ids.iter().map(|&i| self.chars.get(i as usize).copied().unwrap_or('\u{fffd}')).collect()
+    /// Calls `f` with every id, in order, a block at a time (no copy of the whole).
+    pub fn for_each_block(&self, mut f: impl FnMut(&[u32])) {
+        match self {
+            Tokens::Ids(v) => f(v),
+            #[cfg(not(target_family = "wasm"))]
+            Tokens::Mapped(_) => {
+                const BLOCK: usize = 1 << 16;
+                let mut buf = Vec::with_capacity(BLOCK);
+                let mut start = 0;
+                while start < self.len() {
+                    let n = BLOCK.min(self.len() - start);
+                    buf.clear();
+                    self.copy(start, n, &mut buf);
+                    f(&buf);
+                    start += n;
+                }
+            }
+        }
+    }
+}
+
+impl PartialEq for Tokens {
+    // Irrefutable where shards do not exist (the browser build).
+    #[allow(irrefutable_let_patterns)]
+    fn eq(&self, other: &Tokens) -> bool {
+        if let (Tokens::Ids(a), Tokens::Ids(b)) = (self, other) {
+            return a == b;
+        }
+        if self.len() != other.len() {
+            return false;
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut start = 0;
+        while start < self.len() {
+            let n = (1 << 16).min(self.len() - start);
+            (a.clear(), b.clear());
+            self.copy(start, n, &mut a);
+            other.copy(start, n, &mut b);
+            if a != b {
+                return false;
+            }
+            start += n;
+        }
+        true
+    }
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tokens::Ids(v) => v.fmt(f),
+            #[cfg(not(target_family = "wasm"))]
+            Tokens::Mapped(m) => write!(f, "Mapped({} tokens in {:?})", m.len(), m.files()),
+        }
+    }
+}
+
+impl From<Vec<u32>> for Tokens {
+    fn from(v: Vec<u32>) -> Tokens {
+        Tokens::Ids(v)
     }
 }
 
@@ -47,14 +108,14 @@ pub enum Split {
     Val,
 }
 
-/// A tokenized corpus split 90/10.
+/// A tokenized corpus: a text split 90/10, or token shards (see `shards`).
 #[derive(Debug, Clone)]
 pub struct Dataset {
     /// Where the text came from ("data file input.txt"), for messages.
     pub name: String,
     pub tokenizer: Tokenizer,
-    pub train: Vec<u32>,
-    pub val: Vec<u32>,
+    pub train: Tokens,
+    pub val: Tokens,
 }
 
 /// One batch as flat row-major token ids: `x[b*T + t]` predicts `y[b*T + t]`.
@@ -78,23 +139,43 @@ impl Batch {
 }
 
 impl Dataset {
-    /// `name` says where the text came from, for error messages.
+    /// `name` says where the text came from, for error messages. Character-level.
     pub fn from_text(text: &str, name: &str) -> Result<Dataset> {
+        Dataset::from_text_with(text, name, TokenizerKind::Char)
+    }
+
+    /// `text` tokenised by a tokenizer of `kind` (on every core where there are several).
+    pub fn from_text_with(text: &str, name: &str, kind: TokenizerKind) -> Result<Dataset> {
         // A byte-order mark (as some Windows editors write) marks the encoding; it is not text.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.is_empty() {
             return Err(Error::Input(format!("{name} is empty; give a UTF-8 text file with some text in it")));
         }
-        let tokenizer = Tokenizer::from_text(text);
+        let tokenizer = Tokenizer::for_text(kind, text);
+        #[cfg(not(target_family = "wasm"))]
+        let ids = crate::shards::encode_parallel(&tokenizer, text)?;
+        #[cfg(target_family = "wasm")]
         let ids = tokenizer.encode(text)?;
         let n = ids.len() * 9 / 10;
-        let (train, val) = (ids[..n].to_vec(), ids[n..].to_vec());
+        let (train, val) = (ids[..n].to_vec().into(), ids[n..].to_vec().into());
         Ok(Dataset { name: name.to_string(), tokenizer, train, val })
     }
 
     /// Checks that both splits hold a batch row: block_size + 1 consecutive tokens (inputs
     /// and shifted targets). The validation split, the last 10%, is the shorter.
     pub fn check_block_size(&self, block_size: usize) -> Result<()> {
+        #[cfg(not(target_family = "wasm"))]
+        for split in [&self.train, &self.val] {
+            if let Tokens::Mapped(m) = split
+                && let Some((label, n)) = m.segment_lengths().find(|&(_, n)| n <= block_size)
+            {
+                return Err(Error::Input(format!(
+                    "{label} has {n} tokens, fewer than block_size + 1 = {}: every shard must hold a \
+                     batch row; use a smaller block (--set block_size=...) or more tokens per shard",
+                    block_size + 1
+                )));
+            }
+        }
         if self.val.len() <= block_size {
             return Err(Error::Input(format!(
                 "{} is too short for block_size {block_size}: it has {} characters, and its \
@@ -108,8 +189,13 @@ impl Dataset {
         Ok(())
     }
 
-    /// Reads a UTF-8 text file.
+    /// Reads a UTF-8 text file, character-level.
     pub fn from_file(path: &std::path::Path) -> Result<Dataset> {
+        Dataset::from_file_with(path, TokenizerKind::Char)
+    }
+
+    /// Reads a UTF-8 text file, tokenised by a tokenizer of `kind`.
+    pub fn from_file_with(path: &std::path::Path, kind: TokenizerKind) -> Result<Dataset> {
         let bytes = std::fs::read(path).map_err(crate::error::io("cannot read data file", path))?;
         let text = String::from_utf8(bytes).map_err(|e| {
             Error::Input(format!(
@@ -119,7 +205,7 @@ impl Dataset {
                 e.utf8_error().valid_up_to()
             ))
         })?;
-        Dataset::from_text(&text, &format!("data file {}", path.display()))
+        Dataset::from_text_with(&text, &format!("data file {}", path.display()), kind)
     }
 
     /// Training batch number `index` (`step * grad_accum + micro_step`): the one rule that
@@ -148,10 +234,13 @@ impl Dataset {
         let mut rng = Stream::new(seed, purpose, index);
         let mut x = Vec::with_capacity(batch_size * block_size);
         let mut y = Vec::with_capacity(batch_size * block_size);
+        let mut row = Vec::with_capacity(block_size + 1);
         for _ in 0..batch_size {
             let start = rng.below(data.len() - block_size);
-            x.extend_from_slice(&data[start..start + block_size]);
-            y.extend_from_slice(&data[start + 1..start + 1 + block_size]);
+            row.clear();
+            data.copy(start, block_size + 1, &mut row);
+            x.extend_from_slice(&row[..block_size]);
+            y.extend_from_slice(&row[1..]);
         }
         Batch { x, y, batch_size, block_size }
     }
@@ -162,11 +251,15 @@ impl Dataset {
     /// something about the text; at it, only the alphabet.
     pub fn unigram_loss(&self) -> f64 {
         let mut counts = vec![1.0f64; self.tokenizer.vocab_size()];
-        for &t in &self.train {
-            counts[t as usize] += 1.0;
-        }
+        self.train.for_each_block(|ids| {
+            for &t in ids {
+                counts[t as usize] += 1.0;
+            }
+        });
         let total: f64 = counts.iter().sum();
-        self.val.iter().map(|&t| -(counts[t as usize] / total).ln()).sum::<f64>() / self.val.len() as f64
+        let mut sum = 0.0;
+        self.val.for_each_block(|ids| sum += ids.iter().map(|&t| -(counts[t as usize] / total).ln()).sum::<f64>());
+        sum / self.val.len() as f64
     }
 }
 

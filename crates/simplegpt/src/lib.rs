@@ -2,7 +2,8 @@
 //! every device (CPU, Vulkan/Metal/DX12 through wgpu, CUDA, WebGPU in the browser).
 //!
 //! Where things are: `model` (the GPT and every norm variant), `train` (the loop),
-//! `optim` (AdamW, clipping, schedule), `data` (tokenizer, batches, the embedded corpus),
+//! `optim` (AdamW, clipping, schedule), `data` (splits, batches, the embedded corpus),
+//! `tokenizer` (characters or GPT-2's BPE), `shards` (token files, memory-mapped; `prepare`),
 //! `config` (the config, its presets and overrides), `memory` (what a run needs, checked
 //! before it allocates), `checkpoint`, `record` (a run's header and metrics, and how two
 //! runs compare), `run` (a run directory and its one writer), `study` (compare and sweep:
@@ -32,7 +33,10 @@ pub mod rng;
 #[cfg(not(target_family = "wasm"))]
 pub mod run;
 pub mod sample;
+#[cfg(not(target_family = "wasm"))]
+pub mod shards;
 pub mod study;
+pub mod tokenizer;
 pub mod train;
 
 pub use config::Config;

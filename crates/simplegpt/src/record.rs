@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::Config;
-use crate::data::Dataset;
+use crate::data::{Dataset, TokenizerKind, Tokens};
 use crate::error::{Error, Result, io};
 use crate::model::Gpt;
 use crate::params::{self, f32_bytes, read_f32};
@@ -122,10 +122,28 @@ fn hash_ids(ids: &[u32]) -> u64 {
     fnv1a(&ids.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>())
 }
 
-/// The checksum of a dataset: its vocabulary and both splits' token ids.
+/// `hash_ids` of every id of `tokens`, a block at a time (shards are never copied whole).
+fn hash_tokens(tokens: &Tokens) -> u64 {
+    let mut h = 0xcbf29ce484222325u64;
+    tokens.for_each_block(|ids| {
+        for id in ids {
+            for b in id.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+            }
+        }
+    });
+    h
+}
+
+/// The checksum of a dataset: its vocabulary (a character tokenizer's characters, or
+/// `tokenizer=gpt2`) and both splits' token ids.
 pub fn data_checksum(data: &Dataset) -> String {
-    let vocab: String = data.tokenizer.chars.iter().collect();
-    hex(fnv1a(&[vocab.as_bytes(), &hash_ids(&data.train).to_le_bytes(), &hash_ids(&data.val).to_le_bytes()].concat()))
+    let vocab: String = match data.tokenizer.kind {
+        TokenizerKind::Char => data.tokenizer.chars.iter().collect(),
+        kind => format!("tokenizer={kind}"),
+    };
+    let (train, val) = (hash_tokens(&data.train), hash_tokens(&data.val));
+    hex(fnv1a(&[vocab.as_bytes(), &train.to_le_bytes(), &val.to_le_bytes()].concat()))
 }
 
 impl RunHeader {

@@ -44,13 +44,20 @@ impl Trainer {
     pub fn new(mut config: Config, data: Dataset, device: &Device) -> Result<Trainer> {
         data.check_block_size(config.model.block_size)?;
         let vocab = data.tokenizer.vocab_size();
+        if data.tokenizer.kind != config.model.tokenizer {
+            return Err(Error::Input(format!(
+                "{} is tokenised by {}, and the config's tokenizer is {}; set tokenizer = \"{}\" or give other data",
+                data.name, data.tokenizer.kind, config.model.tokenizer, data.tokenizer.kind
+            )));
+        }
         if config.model.vocab_size == 0 {
             config.model.vocab_size = vocab;
         } else if config.model.vocab_size < vocab {
             return Err(Error::Input(format!(
-                "vocab_size {} is smaller than the data's {vocab} distinct characters; \
+                "vocab_size {} is smaller than the data's {vocab} {}; \
                  leave vocab_size at 0 to take it from the data",
-                config.model.vocab_size
+                config.model.vocab_size,
+                if data.tokenizer.kind == crate::data::TokenizerKind::Char { "distinct characters" } else { "tokens" }
             )));
         }
         config.validate()?;
