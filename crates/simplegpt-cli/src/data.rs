@@ -34,7 +34,7 @@ pub fn load(source: Option<&str>, tokenizer: TokenizerKind) -> Result<Dataset> {
                 TokenizerKind::Char => simplegpt::data::Tokenizer::from_text(""),
                 TokenizerKind::Gpt2 => simplegpt::data::Tokenizer::gpt2(),
             };
-            simplegpt::shards::open(Path::new(path), &tokenizer)
+            Dataset::from_shards(Path::new(path), &tokenizer)
         }
         Some(path) => Dataset::from_file_with(Path::new(path), tokenizer),
     }

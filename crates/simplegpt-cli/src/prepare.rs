@@ -4,10 +4,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
-use simplegpt::shards::{self, Format, PrepareOptions};
+use simplegpt::prepare::{self, PrepareOptions};
+use simplegpt::shards::Format;
 use simplegpt::tokenizer::Tokenizer;
 use simplegpt::{Error, Result};
+
+use crate::progress;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum FormatArg {
@@ -61,7 +63,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
         }
         other => return Err(Error::Input(format!("unknown tokenizer '{other}'; prepare takes gpt2"))),
     };
-    let files = shards::input_files(&args.inputs)?;
+    let files = prepare::input_files(&args.inputs)?;
     if let Ok(entries) = std::fs::read_dir(&args.out) {
         let existing: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -82,13 +84,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
         }
     }
     let total: u64 = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} [{elapsed} < {eta}]",
-        )
-        .expect("valid template"),
-    );
+    let bar = progress::bytes_bar(total);
     let opts = PrepareOptions {
         format: match args.format {
             FormatArg::Nanogpt => Format::NanoGpt,
@@ -100,7 +96,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
         name: args.name,
     };
     let started = std::time::Instant::now();
-    let prepared = shards::prepare(&files, &args.out, &tokenizer, &opts, &|done| bar.set_position(done))?;
+    let prepared = prepare::prepare(&files, &args.out, &tokenizer, &opts, &|done| bar.set_position(done))?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     println!(

@@ -1,4 +1,4 @@
-//! The progress bars: one style for every command.
+//! The progress bars: one style for every command, in steps or (prepare) in bytes.
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -11,5 +11,17 @@ pub fn bar(len: u64, prefix: &str) -> ProgressBar {
     if !prefix.is_empty() {
         bar.set_prefix(format!("[{prefix}] "));
     }
+    bar
+}
+
+/// A bar of `total` bytes read: `[=====>    ] 12 MiB/40 MiB 5.3 MiB/s [elapsed < eta]`.
+pub fn bytes_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} [{elapsed} < {eta}]",
+        )
+        .expect("valid template"),
+    );
     bar
 }

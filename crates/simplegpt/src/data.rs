@@ -153,12 +153,24 @@ impl Dataset {
         }
         let tokenizer = Tokenizer::for_text(kind, text);
         #[cfg(not(target_family = "wasm"))]
-        let ids = crate::shards::encode_parallel(&tokenizer, text)?;
+        let ids = crate::prepare::encode_parallel(&tokenizer, text)?;
         #[cfg(target_family = "wasm")]
         let ids = tokenizer.encode(text)?;
         let n = ids.len() * 9 / 10;
         let (train, val) = (ids[..n].to_vec().into(), ids[n..].to_vec().into());
         Ok(Dataset { name: name.to_string(), tokenizer, train, val })
+    }
+
+    /// The token shards at `path` (see `shards`), memory-mapped, as `tokenizer`'s ids.
+    #[cfg(not(target_family = "wasm"))]
+    pub fn from_shards(path: &std::path::Path, tokenizer: &Tokenizer) -> Result<Dataset> {
+        let (train, val) = crate::shards::open(path, tokenizer)?;
+        Ok(Dataset {
+            name: format!("token shards {}", path.display()),
+            tokenizer: tokenizer.clone(),
+            train: Tokens::Mapped(train),
+            val: Tokens::Mapped(val),
+        })
     }
 
     /// Checks that both splits hold a batch row: block_size + 1 consecutive tokens (inputs

@@ -3,7 +3,8 @@
 //!
 //! Where things are: `model` (the GPT and every norm variant), `train` (the loop),
 //! `optim` (AdamW, clipping, schedule), `data` (splits, batches, the embedded corpus),
-//! `tokenizer` (characters or GPT-2's BPE), `shards` (token files, memory-mapped; `prepare`),
+//! `tokenizer` (characters or GPT-2's BPE), `shards` (token files, memory-mapped), `prepare` (text into
+//! shards),
 //! `config` (the config, its presets and overrides), `memory` (what a run needs, checked
 //! before it allocates), `checkpoint`, `record` (a run's header and metrics, and how two
 //! runs compare), `run` (a run directory and its one writer), `study` (compare and sweep:
@@ -28,6 +29,8 @@ pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod params;
+#[cfg(not(target_family = "wasm"))]
+pub mod prepare;
 pub mod record;
 pub mod rng;
 #[cfg(not(target_family = "wasm"))]
