@@ -1,14 +1,13 @@
 //! simplegpt: GPT training with SimpleNorm and its baselines, one model and one trainer for
 //! every device (CPU, Vulkan/Metal/DX12 through wgpu, CUDA, WebGPU in the browser).
 //!
-//! Where things are: `model` (the GPT and every norm variant), `train` (the loop),
-//! `optim` (AdamW, clipping, schedule), `data` (splits, batches, the embedded corpus),
-//! `tokenizer` (characters or GPT-2's BPE), `shards` (token files, memory-mapped), `prepare` (text into
-//! shards),
-//! `config` (the config, its presets and overrides), `memory` (what a run needs, checked
-//! before it allocates), `checkpoint`, `record` (a run's header and metrics, and how two
-//! runs compare), `run` (a run directory and its one writer), `study` (compare and sweep:
-//! their runs, statistics, reports and plots), `hessian` (its extreme eigenvalues),
+//! Where things are: `model` (the GPT and every norm variant), `train` (the loop), `optim`
+//! (AdamW, clipping, schedule), `data` (splits, batches, the embedded corpus), `tokenizer`
+//! (characters or GPT-2's BPE), `shards` (token files, memory-mapped), `prepare` (text into
+//! shards), `config` (the config, its presets and overrides), `memory` (what a run needs,
+//! checked before it allocates), `checkpoint`, `record` (a run's header and metrics, and
+//! how two runs compare), `run` (a run directory and its one writer), `study` (compare and
+//! sweep: their runs, statistics, reports and plots), `hessian` (its extreme eigenvalues),
 //! `interop` (weights in PyTorch names), `sample`, `bench`, `device`; below them `files`
 //! (files written whole or not at all), `params` (parameters by path, the read-back from
 //! the device, a run-to-run repeatable sum), `rng` (the portable random streams) and
