@@ -39,12 +39,12 @@ fn config(steps: usize) -> Config {
     c
 }
 
-fn data(c: &Config) -> Dataset {
+fn data() -> Dataset {
     Dataset::from_text(&TEXT.repeat(4), "test text").unwrap()
 }
 
 fn run(c: &Config, device: &Device) -> Vec<StepRecord> {
-    let mut t = Trainer::new(c.clone(), data(c), device).unwrap();
+    let mut t = Trainer::new(c.clone(), data(), device).unwrap();
     let mut records = Vec::new();
     while !t.finished() {
         if let Some(r) = pollster::block_on(t.step()).unwrap() {
@@ -104,7 +104,7 @@ fn a_resumed_run_equals_the_uninterrupted_run() {
     let device = Device::flex();
     let full = run(&c, &device);
 
-    let mut first = Trainer::new(c.clone(), data(&c), &device).unwrap();
+    let mut first = Trainer::new(c.clone(), data(), &device).unwrap();
     let mut records = Vec::new();
     while first.progress.step < 13 {
         records.extend(pollster::block_on(first.step()).unwrap());
@@ -117,7 +117,7 @@ fn a_resumed_run_equals_the_uninterrupted_run() {
     drop(first);
 
     let ckpt = Checkpoint::read(&path).unwrap();
-    let mut second = ckpt.resume(data(&c), &device).unwrap();
+    let mut second = ckpt.resume(data(), &device).unwrap();
     while !second.finished() {
         records.extend(pollster::block_on(second.step()).unwrap());
     }
@@ -168,7 +168,7 @@ fn cpu_and_wgpu_agree_within_tolerance() {
              there is no GPU: apt-get install mesa-vulkan-drivers"
         ),
     };
-    eprintln!("wgpu adapter: {}", device.description);
+    eprintln!("wgpu adapter: {}", device.adapter);
     let mut c = config(40);
     c.model.dropout = 0.1; // the masks are the same on both
     let cpu = losses(&run(&c, &Device::flex()));
@@ -245,7 +245,7 @@ fn with_metadata(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Map<String, se
 /// A trainer one step in, so that AdamW's moments exist.
 fn trained_one_step(device: &Device) -> Trainer {
     let c = config(2);
-    let mut t = Trainer::new(c.clone(), data(&c), device).unwrap();
+    let mut t = Trainer::new(c.clone(), data(), device).unwrap();
     pollster::block_on(t.step()).unwrap();
     t
 }
