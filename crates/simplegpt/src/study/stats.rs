@@ -150,9 +150,9 @@ pub fn lr_stability(runs: &[(String, Summary)], near: f64) -> BTreeMap<String, L
     out
 }
 
-/// The mean over several runs of one metric, at the steps where every run has it (so a
-/// curve ends where its first seed diverged).
-pub fn mean_curve(runs: &[&[StepRecord]], pick: fn(&StepRecord) -> Option<f64>) -> Vec<(f64, f64)> {
+/// One metric of several runs, at the steps where every run has it (so a curve ends where
+/// its first seed diverged): (step, each run's value).
+fn at_common_steps(runs: &[&[StepRecord]], pick: fn(&StepRecord) -> Option<f64>) -> Vec<(f64, Vec<f64>)> {
     let per_run: Vec<BTreeMap<usize, f64>> =
         runs.iter().map(|r| r.iter().filter_map(|x| pick(x).map(|v| (x.step, v))).collect()).collect();
     let Some(first) = per_run.first() else { return Vec::new() };
@@ -160,30 +160,27 @@ pub fn mean_curve(runs: &[&[StepRecord]], pick: fn(&StepRecord) -> Option<f64>) 
         .keys()
         .filter_map(|step| {
             let values: Vec<f64> = per_run.iter().filter_map(|m| m.get(step).copied()).collect();
-            if values.len() == per_run.len() { mean(&values).map(|m| (*step as f64, m)) } else { None }
+            (values.len() == per_run.len()).then_some((*step as f64, values))
         })
         .collect()
+}
+
+/// The mean over several runs of one metric, at the steps where every run has it.
+pub fn mean_curve(runs: &[&[StepRecord]], pick: fn(&StepRecord) -> Option<f64>) -> Vec<(f64, f64)> {
+    at_common_steps(runs, pick).into_iter().filter_map(|(x, values)| mean(&values).map(|m| (x, m))).collect()
 }
 
 /// The spread of several runs of one metric, as (step, lowest, highest) over the runs, at
 /// the same steps as `mean_curve`. Where a run's value is not finite the spread is not
 /// either (NaN, NaN), so a band breaks there as the mean's line does.
 pub fn spread_curve(runs: &[&[StepRecord]], pick: fn(&StepRecord) -> Option<f64>) -> Vec<(f64, f64, f64)> {
-    let per_run: Vec<BTreeMap<usize, f64>> =
-        runs.iter().map(|r| r.iter().filter_map(|x| pick(x).map(|v| (x.step, v))).collect()).collect();
-    let Some(first) = per_run.first() else { return Vec::new() };
-    first
-        .keys()
-        .filter_map(|step| {
-            let values: Vec<f64> = per_run.iter().filter_map(|m| m.get(step).copied()).collect();
-            if values.len() < per_run.len() {
-                return None;
-            }
-            let x = *step as f64;
+    at_common_steps(runs, pick)
+        .into_iter()
+        .map(|(x, values)| {
             if values.iter().any(|v| !v.is_finite()) {
-                return Some((x, f64::NAN, f64::NAN));
+                return (x, f64::NAN, f64::NAN);
             }
-            Some((x, values.iter().copied().fold(f64::MAX, f64::min), values.iter().copied().fold(f64::MIN, f64::max)))
+            (x, values.iter().copied().fold(f64::MAX, f64::min), values.iter().copied().fold(f64::MIN, f64::max))
         })
         .collect()
 }
