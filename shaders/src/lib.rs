@@ -1,4 +1,5 @@
-//! simplegpt's own kernels, for where one kernel beats a chain of tensor ops.
+//! simplegpt's own kernels, for where one kernel beats a chain of tensor ops (or, on the
+//! CPU, one loop on all cores beats burn's on one).
 //!
 //! The rule: each op is one file, holding a CubeCL `#[cube]` kernel for the GPU backends
 //! (compiled to WGSL for wgpu and WebGPU, and to CUDA) and its CPU twin (a loop on burn's
@@ -7,7 +8,11 @@
 //! it.
 //!
 //! - `dropout`: the dropout mask, a keyed hash of each element's index (`dropout::feistel30`).
+//! - `gelu`: GELU and its gradient, on all cores on the CPU (burn's run on one) with the
+//!   same bits as burn's; on the GPU no kernel of ours: burn's own, which its fusion fuses.
 
 pub mod dropout;
+pub mod gelu;
 
 pub use dropout::{DropoutMaskOps, dropout};
+pub use gelu::{GeluOps, gelu};

@@ -66,6 +66,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     // Vulkan and EGL loaders print errors to stderr when this is unset (headless servers).
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         // SAFETY: nothing else runs yet; no other thread can be reading the environment.
@@ -122,4 +123,30 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Bench(args) => bench::run(args),
     };
     done.map(|()| ExitCode::SUCCESS)
+}
+
+/// Tells glibc's malloc to keep the memory that is freed, for the next allocation, rather
+/// than give it back to the kernel. By default each allocation over a threshold (128 KiB,
+/// rising to 32 MiB at most) is a fresh `mmap`, unmapped when freed: the CPU backend's large
+/// activations and gradients (100 MB each at nanoGPT's size) have every page faulted in and
+/// zeroed by the kernel again at every step: 10.6 M page faults and a tenth of the CPU time
+/// of a 3-step nanoGPT-size bench (BENCHMARKS.md, "CPU step: memory and linears"). `M_MMAP_MAX` 0 serves them from the heap, and
+/// `M_TRIM_THRESHOLD` -1 never shrinks it, so the process keeps its peak footprint, which
+/// it reaches at every step anyway. Both are documented settings (mallopt(3)); other libcs
+/// are left as they are.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+        const M_MMAP_MAX: std::ffi::c_int = -4;
+        // SAFETY: mallopt only sets malloc's parameters; nothing has been allocated by
+        // another thread yet (there is none).
+        unsafe {
+            mallopt(M_MMAP_MAX, 0);
+            mallopt(M_TRIM_THRESHOLD, -1);
+        }
+    }
 }

@@ -109,19 +109,13 @@ pub fn estimate(config: &Config) -> MemoryEstimate {
 
     let params = m.num_params_u128();
     let largest_weight = (v * c).max(c * hidden_width).max(tt * c);
-    // burn 0.22's dispatch backend has no linear op of its own: a Linear on [B, T, C] is a
-    // matmul against the weight broadcast over the batch, whose gradient is made per batch
-    // element, [B, in, out], and then summed. burn folds the batch into the rows instead (a
-    // 2-D product, no such tensor) when T is not a multiple of its 32-row tile.
-    let weight_grad_per_sample = if m.block_size % 32 == 0 { b * c * hidden_width } else { 0 };
     // On top of what is kept, the backward pass works through one op at a time with a few
     // tensors the size of the largest activation alive (the incoming gradient, the one it
-    // makes, its temporaries), or the MLP's per-sample weight gradient with its incoming
-    // and outgoing gradients; AdamW's update of the largest weight matrix needs about four
-    // of its size. These never overlap, so the largest counts.
-    let working = (3 * scores.max(hidden).max(width).max(logits))
-        .max(weight_grad_per_sample + 2 * hidden)
-        .max(4 * largest_weight);
+    // makes, its temporaries); AdamW's update of the largest weight matrix needs about four
+    // of its size. These never overlap, so the largest counts. (Each Linear runs on
+    // [B*T, in] (`model::linear`), so its weight gradient is one [in, out] product, never
+    // one per batch element.)
+    let working = (3 * scores.max(hidden).max(width).max(logits)).max(4 * largest_weight);
 
     MemoryEstimate {
         weights: params * F32_BYTES,
@@ -300,9 +294,8 @@ mod tests {
         // 3 x 262144 = 786432; in all 3145728.
         // Around it: ln_f's two and the head's input 3 x 131072 = 393216, the logits twice
         // 266240: 659456.
-        // The working set: T = 64 is a multiple of 32, so fc's weight gradient per batch
-        // element, 32 x 64 x 256 = 524288, plus two [B, T, 256] gradients: 1572864 (as much as
-        // three [B, T, 256]; AdamW's four copies of fc's weight, 65536, are less).
+        // The working set: three [B, T, 256], 1572864 (AdamW's four copies of fc's weight,
+        // 65536, are less).
         // (3145728 + 659456 + 1572864) x 4 bytes = 21512192.
         let e = estimate(&preset("tiny"));
         assert_eq!(e.activations, 21_512_192);

@@ -62,6 +62,20 @@ fn norm_opt<const D: usize>(norm: &Option<Norm>, x: Tensor<D>) -> Tensor<D> {
     }
 }
 
+/// `layer` on [B, T, in] -> [B, T, out], as one 2-D product [B*T, in] x [in, out] (llm.c's
+/// `matmul_forward`). burn 0.22's Linear on a 3-D input is a matmul against the weight
+/// broadcast over the batch when T is a multiple of 32 (otherwise burn folds the batch into
+/// the rows itself), whose gradient is then one [in, out] matrix per batch element,
+/// [B, in, out], summed afterwards: a tensor B times the weight's size, each step. On
+/// [B*T, in] the weight's gradient is one product, [in, B*T] x [B*T, out]. The reshapes
+/// are views.
+fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let [b, t, d_in] = x.dims();
+    let y = layer.forward(x.reshape([b * t, d_in])); // [B*T, out]
+    let d_out = y.dims()[1];
+    y.reshape([b, t, d_out])
+}
+
 /// Dropout whose mask every backend draws identically: a hash of each element's index keyed
 /// by (seed, batch, site) (`rng::feistel30`, computed by `simplegpt_shaders::dropout`), instead of the
 /// backend's RNG. `forward` drops only when given the batch's key (`Some` while training,
@@ -110,9 +124,10 @@ impl Attention {
     pub fn forward(&self, x: Tensor<3>, rope: Option<&RotaryEncoding>, key: Option<DropoutKey>) -> Tensor<3> {
         let [b, t, c] = x.dims();
         let (nh, hs) = (self.n_head, c / self.n_head);
-        let q = norm_opt(&self.q_norm, self.q.forward(x.clone()));
-        let k = norm_opt(&self.k_norm, self.k.forward(x.clone()));
-        let v = norm_opt(&self.v_norm, self.v.forward(x));
+        // q, k, v: [B, T, C] -> [B, T, C], each through one [B*T, C] x [C, C] product.
+        let q = norm_opt(&self.q_norm, linear(&self.q, x.clone()));
+        let k = norm_opt(&self.k_norm, linear(&self.k, x.clone()));
+        let v = norm_opt(&self.v_norm, linear(&self.v, x));
         // [B, T, C] -> [B, nh, T, hs]
         let heads = |y: Tensor<3>| y.reshape([b, t, nh, hs]).swap_dims(1, 2);
         let (mut q, mut k, v) = (heads(q), heads(k), heads(v));
@@ -125,14 +140,16 @@ impl Attention {
         let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &att.device());
         let att = att.mask_fill(future.unsqueeze::<4>().expand([b, nh, t, t]), f32::NEG_INFINITY);
         let att = self.attn_dropout.forward(activation::softmax(att, 3), key);
+        // [B, nh, T, T] x [B, nh, T, hs] -> [B, nh, T, hs] -> [B, T, C]: the heads side by side.
         let y = att.matmul(v).swap_dims(1, 2).reshape([b, t, c]);
-        self.resid_dropout.forward(norm_opt(&self.o_norm, self.o.forward(y)), key)
+        self.resid_dropout.forward(norm_opt(&self.o_norm, linear(&self.o, y)), key)
     }
 }
 
 /// The feed-forward sublayer: GELU (`fc -> gelu -> proj`) or SwiGLU
 /// (`proj(silu(fc x) * gate x)`). Under SimpleNorm each linear's output is normalised,
-/// the norm sitting before the activation as in the reference.
+/// the norm sitting before the activation as in the reference. GELU is burn's, computed on
+/// all cores on the CPU (`simplegpt_shaders::gelu`).
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub fc: Linear,
@@ -146,12 +163,13 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>, key: Option<DropoutKey>) -> Tensor<3> {
-        let h = norm_opt(&self.fc_norm, self.fc.forward(x.clone()));
+        // [B, T, C] -> [B, T, hidden] -> [B, T, C]
+        let h = norm_opt(&self.fc_norm, linear(&self.fc, x.clone()));
         let h = match &self.gate {
-            None => activation::gelu(h),
-            Some(gate) => activation::silu(h) * norm_opt(&self.gate_norm, gate.forward(x)),
+            None => simplegpt_shaders::gelu(h),
+            Some(gate) => activation::silu(h) * norm_opt(&self.gate_norm, linear(gate, x)),
         };
-        self.dropout.forward(norm_opt(&self.proj_norm, self.proj.forward(h)), key)
+        self.dropout.forward(norm_opt(&self.proj_norm, linear(&self.proj, h)), key)
     }
 }
 
