@@ -771,6 +771,7 @@ fn compare_with_seeds_reports_the_mean_and_spread_of_the_seeds_records() {
     let mut c = bin();
     c.args(["compare", "--device", "cpu", "--out"]).arg(&out).args(QUICK);
     c.args(["--set", "max_steps=10", "--set", "lr_decay_steps=10", "--seeds", "2", "--variant", "simple:norm=simple"]);
+    c.args(["--variant", "pre:norm=pre_ln"]);
     ok(c);
     let best_val = |seed: &str| {
         metrics(&out.join("simple").join(seed))
@@ -791,6 +792,23 @@ fn compare_with_seeds_reports_the_mean_and_spread_of_the_seeds_records() {
     close("best_val", mean);
     close("best_val_sd", sd);
     summary_of(&summary["runs"], "simple/seed-1338");
+
+    // pre against simple, the first variant: Welch's t of the seeds' final val losses.
+    let final_val = |variant: &str, seed: &str| {
+        metrics(&out.join(variant).join(seed)).iter().filter_map(|r| r["val_loss"].as_f64()).last().unwrap()
+    };
+    let [p1, p2, s1, s2] =
+        [("pre", "seed-1337"), ("pre", "seed-1338"), ("simple", "seed-1337"), ("simple", "seed-1338")]
+            .map(|(v, s)| final_val(v, s));
+    // With two values each, the sample variance of the mean is (x1 - x2)² / 4.
+    let t = ((p1 + p2) - (s1 + s2)) / 2.0 / (((p1 - p2).powi(2) + (s1 - s2).powi(2)) / 4.0).sqrt();
+    let test = &summary["welch_tests"][0];
+    assert_eq!((&test["variant"], &test["against"]), (&"pre".into(), &"simple".into()), "{test}");
+    let got = test["test"]["t"].as_f64().unwrap();
+    assert!((got - t).abs() <= 1e-9 * t.abs(), "t: {got} vs {t}");
+    assert_eq!(test["significant"], test["test"]["p"].as_f64().unwrap() < 0.01);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("Is the difference real?") && report.contains("- pre ends "), "{report}");
 }
 
 #[test]

@@ -10,7 +10,9 @@ use crate::error::Result;
 use crate::files::write_atomic;
 use crate::record::StepRecord;
 use crate::study::plot::{Figure, Series, svg_plot};
-use crate::study::stats::{Summary, block_rms, grouped_grad_norms, lr_stability, mean_curve, spread_curve};
+use crate::study::stats::{
+    Summary, WelchTest, block_rms, grouped_grad_norms, lr_sensitivity, lr_stability, mean_curve, spread_curve,
+};
 use crate::study::variants::{group_by, variant_of};
 
 /// A study's report, written into the study's directory beside its runs.
@@ -72,6 +74,78 @@ fn mean_sd(mean: Option<f64>, sd: Option<f64>) -> String {
     }
 }
 
+/// The p-value below which a difference counts as real: modded-nanogpt's bar for a record.
+pub const SIGNIFICANCE: f64 = 0.01;
+
+/// Each variant after the first against the first: Welch's t-test of their seeds' final
+/// losses (`Summary::end_loss`: validation where there is one), diverged seeds left out.
+fn welch_against_first<'a>(
+    summaries: &[Summary],
+    groups: &'a [(&str, Vec<usize>)],
+) -> Vec<(&'a str, Option<WelchTest>)> {
+    let ends = |idx: &[usize]| -> Vec<f64> {
+        idx.iter().map(|&i| &summaries[i]).filter(|s| s.diverged_at.is_none()).filter_map(|s| s.end_loss()).collect()
+    };
+    let Some((_, first)) = groups.first() else { return Vec::new() };
+    groups[1..].iter().map(|(v, idx)| (*v, WelchTest::of(&ends(idx), &ends(first)))).collect()
+}
+
+/// The markdown that says, for each variant against the first, whether the difference in
+/// final loss is larger than the seeds' spread explains.
+fn significance_section(
+    summaries: &[Summary],
+    groups: &[(&str, Vec<usize>)],
+    tests: &[(&str, Option<WelchTest>)],
+) -> String {
+    let Some((baseline, _)) = groups.first() else { return String::new() };
+    let metric = if summaries.iter().any(|s| s.final_val.is_some()) { "final val loss" } else { "final loss" };
+    let mut md = format!(
+        "Is the difference real? Each variant's {metric} against {baseline}'s, by Welch's t-test over the seeds that did not diverge (two-sided; significant when p < {SIGNIFICANCE}).\n\n| variant | difference | t | df | p | p < {SIGNIFICANCE} |\n|---|---:|---:|---:|---:|---|\n"
+    );
+    let mut sentences = String::new();
+    for (v, test) in tests {
+        match test {
+            Some(w) => {
+                let significant = w.p < SIGNIFICANCE;
+                let _ = writeln!(
+                    md,
+                    "| {v} | {:+.4} | {:.2} | {:.1} | {} | {} |",
+                    w.difference,
+                    w.t,
+                    w.df,
+                    p_value(w.p),
+                    if significant { "yes" } else { "no" }
+                );
+                let direction = if w.difference < 0.0 { "lower" } else { "higher" };
+                let _ = writeln!(
+                    sentences,
+                    "- {v} ends {:.4} {direction} than {baseline}: {} (p = {}).",
+                    w.difference.abs(),
+                    if significant {
+                        format!("significant at p < {SIGNIFICANCE}")
+                    } else {
+                        "not significant; the seeds' spread explains a difference this large".to_string()
+                    },
+                    p_value(w.p)
+                );
+            }
+            None => {
+                let _ = writeln!(md, "| {v} | – | – | – | – | – |");
+                let _ = writeln!(
+                    sentences,
+                    "- {v}: no test; it needs two seeds or more on each side that did not diverge, and some spread."
+                );
+            }
+        }
+    }
+    format!("{md}\n{sentences}\n")
+}
+
+/// A p-value to two significant digits, however small.
+fn p_value(p: f64) -> String {
+    if p >= 0.01 { format!("{p:.2}") } else { format!("{p:.1e}") }
+}
+
 /// A comparison's report, from each run's records. Runs named `variant/seed-S` are several
 /// seeds of one variant: the report then adds their means and spread, and plots the mean
 /// curves.
@@ -94,6 +168,7 @@ pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Ve
             })
             .collect()
     };
+    let welch_tests = welch_against_first(&summaries, &groups);
     let over = if seeds > 1 { format!(" (mean over {seeds} seeds)") } else { String::new() };
     let caption = format!("Lines: the mean over {seeds} seeds; shaded: from the lowest seed to the highest.");
     let loss_plot = |title: &str, pick| {
@@ -127,6 +202,7 @@ pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Ve
             );
         }
         md.push('\n');
+        md.push_str(&significance_section(&summaries, &groups, &welch_tests));
     }
     md.push_str("![training loss](loss.svg)\n\n![validation loss](val_loss.svg)\n\n");
     for (name, _, records) in runs {
@@ -149,6 +225,12 @@ pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Ve
         "command": command,
         "runs": summaries,
         "variants": variants,
+        "welch_tests": welch_tests.iter().map(|(v, w)| serde_json::json!({
+            "variant": v,
+            "against": groups[0].0,
+            "test": w,
+            "significant": w.map(|w| w.p < SIGNIFICANCE),
+        })).collect::<Vec<_>>(),
     });
     Report { markdown: md, plots: svgs, summary }
 }
@@ -203,22 +285,31 @@ pub fn sweep_report(command: &str, runs: &[(String, Config, Vec<StepRecord>)], n
         }
         md.push('\n');
     }
-    let stability = lr_stability(&summaries, near);
+    let mut stability = lr_stability(&summaries, near);
+    for (v, entry) in stability.iter_mut() {
+        let runs: Vec<(f64, &Summary)> = per_run.iter().filter(|s| &s.name == v).map(|s| (s.lr, s)).collect();
+        entry.sensitivity = lr_sensitivity(&runs);
+    }
     let _ = write!(
         md,
-        "\n| variant | largest LR that trained | largest LR within {near} of its best | best LR | its final val loss |\n|---|---:|---:|---:|---:|\n"
+        "\n| variant | largest LR that trained | largest LR within {near} of its best | best LR | its final val loss | LR sensitivity |\n|---|---:|---:|---:|---:|---:|\n"
     );
     let lr = |v: Option<f64>| v.map_or("none".to_string(), |lr| format!("{lr:.1e}"));
     for v in &variants {
         let s = &stability[v];
         let (best_lr, best_loss) =
             s.best.map_or(("none".into(), "–".into()), |(l, loss)| (format!("{l:.1e}"), format!("{loss:.4}")));
-        let _ =
-            writeln!(md, "| {v} | {} | {} | {best_lr} | {best_loss} |", lr(s.largest_trained), lr(s.largest_near_best));
+        let _ = writeln!(
+            md,
+            "| {v} | {} | {} | {best_lr} | {best_loss} | {} |",
+            lr(s.largest_trained),
+            lr(s.largest_near_best),
+            cell(s.sensitivity)
+        );
     }
     let _ = write!(
         md,
-        "\n\"Trained\": did not diverge and its training loss ended below its first{}. \"Within {near}\": its final validation loss is at most {near} nats above the variant's best in this sweep.\n",
+        "\n\"Trained\": did not diverge and its training loss ended below its first{}. \"Within {near}\": its final validation loss is at most {near} nats above the variant's best in this sweep. \"LR sensitivity\" (Wortsman et al., arXiv 2309.14322): the mean over the swept learning rates of min(final loss, initial loss), minus the variant's best final loss, with a diverged run counted at its initial loss; lower is more tolerant of the learning rate.\n",
         if seeds > 1 {
             " (over seeds: no seed diverged, and the mean final training loss is below the mean first)"
         } else {
@@ -319,6 +410,50 @@ mod tests {
             mean_curve(&[runs[0].2.as_slice(), runs[1].2.as_slice()], |r| r.loss),
             vec![(0.0, 4.0), (10.0, 2.1)]
         );
+    }
+
+    #[test]
+    fn a_comparison_with_seeds_says_which_differences_are_real() {
+        let c = Config::preset("tiny").unwrap();
+        let rec = |step, val: f64| StepRecord {
+            step,
+            loss: Some(4.0 - step as f64 / 10.0),
+            val_loss: Some(val),
+            ..Default::default()
+        };
+        // a and b differ by 0.1 with a spread of 0.01: real. c is 0.04 above a, its seeds
+        // spread over 0.1: not real at p < 0.01. d has two seeds that diverged, one left: no test.
+        let ends = [
+            ("a", [2.00, 2.01, 2.02]),
+            ("b", [2.10, 2.11, 2.12]),
+            ("c", [2.00, 2.05, 2.10]),
+            ("d", [2.0, f64::NAN, f64::NAN]),
+        ];
+        let runs: Vec<_> = ends
+            .iter()
+            .flat_map(|(v, vals)| vals.iter().enumerate().map(move |(s, &end)| (v, s, end)))
+            .map(|(v, s, end)| {
+                let mut last = rec(10, end);
+                if end.is_nan() {
+                    last.diverged = Some("NaN".into());
+                }
+                (format!("{v}/seed-{s}"), c.clone(), vec![rec(0, 4.2), last])
+            })
+            .collect();
+        let report = comparison_report("t", "cmd", &runs);
+        let tests = report.summary["welch_tests"].as_array().unwrap();
+        let of = |v: &str| tests.iter().find(|t| t["variant"] == v).unwrap();
+        assert_eq!(tests.len(), 3);
+        assert!(tests.iter().all(|t| t["against"] == "a"));
+        assert_eq!(of("b")["significant"], true);
+        assert!((of("b")["test"]["difference"].as_f64().unwrap() - 0.1).abs() < 1e-9);
+        assert_eq!(of("c")["significant"], false);
+        assert!(of("c")["test"]["p"].as_f64().unwrap() > 0.01);
+        assert!(of("d")["test"].is_null() && of("d")["significant"].is_null());
+        let md = &report.markdown;
+        assert!(md.contains("- b ends 0.1000 higher than a: significant at p < 0.01"), "{md}");
+        assert!(md.contains("- c ends 0.0400 higher than a: not significant"), "{md}");
+        assert!(md.contains("- d: no test"), "{md}");
     }
 
     /// Synthetic loss curves like a short run's: from ln(65) ≈ 4.17 down to `end` over 1000
@@ -426,8 +561,12 @@ mod tests {
             at(1.0, vec![rec(0, 4.0), rec(10, 3.0)]),
             at(1.0, vec![rec(0, 4.0), blown]),
         ];
-        let md = sweep_report("cmd", &runs, 0.1, 3.3).markdown;
+        let report = sweep_report("cmd", &runs, 0.1, 3.3);
+        let md = &report.markdown;
         assert!(md.contains("| v | 2.1000 ± 0.1414 | diverged@5 (1 of 2 seeds) |"), "{md}");
-        assert!(md.contains("| v | 1.0e-3 | 1.0e-3 | 1.0e-3 | 2.1000 |"), "{md}");
+        // LR sensitivity: 1e-3's seeds give 2.0 and 2.2 (mean 2.1), 1.0's give 3.0 and the
+        // diverged seed's initial 4.0 (mean 3.5); the mean 2.8 minus the best 2.1 is 0.7.
+        assert!(md.contains("| v | 1.0e-3 | 1.0e-3 | 1.0e-3 | 2.1000 | 0.7000 |"), "{md}");
+        assert!((report.summary["stability"]["v"]["sensitivity"].as_f64().unwrap() - 0.7).abs() < 1e-12);
     }
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::params::param_group;
 use crate::record::StepRecord;
+use crate::study::variants::group_by;
 
 /// What a report says about one run, read off its records; or about several runs that
 /// differ only in their seed (`Summary::over_seeds`), as means with their spread.
@@ -124,6 +125,8 @@ pub struct LrStability {
     pub largest_near_best: Option<f64>,
     /// The LR with the lowest `end_loss`, and that loss.
     pub best: Option<(f64, f64)>,
+    /// Wortsman et al.'s `lr_sensitivity` over the whole sweep.
+    pub sensitivity: Option<f64>,
 }
 
 /// Per variant (by name): its `LrStability`, with `near` in nats.
@@ -148,6 +151,128 @@ pub fn lr_stability(runs: &[(String, Summary)], near: f64) -> BTreeMap<String, L
         }
     }
     out
+}
+
+/// Wortsman et al.'s learning-rate sensitivity (arXiv 2309.14322) of one variant's sweep:
+/// the mean over the swept LRs of min(final loss, initial loss), minus the best of those.
+/// A run that diverged or ended above where it began counts as its initial loss, so a
+/// variant that trains well over the whole range scores near 0 and one that fails at most
+/// LRs scores near its initial loss minus its best. Lower is more tolerant.
+///
+/// `runs`: (learning rate, the run's summary), any number of seeds per LR; each LR's value
+/// is the mean over its seeds. None without a run that has both losses.
+pub fn lr_sensitivity(runs: &[(f64, &Summary)]) -> Option<f64> {
+    let capped = |s: &Summary| -> Option<f64> {
+        let initial = s.first_loss?;
+        match s.end_loss() {
+            Some(end) if s.diverged_at.is_none() && end.is_finite() => Some(end.min(initial)),
+            _ => Some(initial),
+        }
+    };
+    let per_lr: Vec<f64> = group_by(runs.iter().map(|(lr, _)| lr.to_bits()))
+        .into_iter()
+        .filter_map(|(_, idx)| mean(&idx.iter().filter_map(|&i| capped(runs[i].1)).collect::<Vec<_>>()))
+        .collect();
+    let best = per_lr.iter().copied().reduce(f64::min)?;
+    Some(mean(&per_lr)? - best)
+}
+
+/// Welch's two-sample t-test (unequal variances) of `a` against `b`: is the difference of
+/// their means real, or within what their seeds' spread explains?
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct WelchTest {
+    /// mean(a) - mean(b).
+    pub difference: f64,
+    pub t: f64,
+    /// The Welch-Satterthwaite degrees of freedom.
+    pub df: f64,
+    /// Two-sided: the chance of a |t| at least this large if the means were equal.
+    pub p: f64,
+}
+
+impl WelchTest {
+    /// None unless each side has two values or more, and not every value is equal.
+    pub fn of(a: &[f64], b: &[f64]) -> Option<WelchTest> {
+        let (va, vb) = (sample_sd(a)?.powi(2) / a.len() as f64, sample_sd(b)?.powi(2) / b.len() as f64);
+        let se2 = va + vb;
+        let difference = mean(a)? - mean(b)?;
+        if se2 == 0.0 {
+            return None;
+        }
+        let t = difference / se2.sqrt();
+        let df = se2 * se2 / (va * va / (a.len() - 1) as f64 + vb * vb / (b.len() - 1) as f64);
+        Some(WelchTest { difference, t, df, p: student_t_two_sided_p(t, df) })
+    }
+}
+
+/// P(|T| >= |t|) for Student's t with `df` degrees of freedom (any real df > 0):
+/// I_x(df/2, 1/2) at x = df / (df + t^2), the regularised incomplete beta function.
+pub fn student_t_two_sided_p(t: f64, df: f64) -> f64 {
+    regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+}
+
+/// I_x(a, b), by the continued fraction of Numerical Recipes (`betai`/`betacf`, evaluated
+/// with the modified Lentz method), on the side of x where it converges fast.
+fn regularized_incomplete_beta(a: f64, b: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        ln_front.exp() * beta_continued_fraction(a, b, x) / a
+    } else {
+        1.0 - ln_front.exp() * beta_continued_fraction(b, a, 1.0 - x) / b
+    }
+}
+
+fn beta_continued_fraction(a: f64, b: f64, x: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let nonzero = |v: f64| if v.abs() < TINY { TINY } else { v };
+    let (mut c, mut d) = (1.0, 1.0 / nonzero(1.0 - (a + b) * x / (a + 1.0)));
+    let mut h = d;
+    for m in 1..300 {
+        let m = m as f64;
+        // The even step, then the odd one, of the fraction's terms.
+        let even = m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m));
+        d = 1.0 / nonzero(1.0 + even * d);
+        c = nonzero(1.0 + even / c);
+        h *= d * c;
+        let odd = -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0));
+        d = 1.0 / nonzero(1.0 + odd * d);
+        c = nonzero(1.0 + odd / c);
+        let step = d * c;
+        h *= step;
+        if (step - 1.0).abs() < 1e-15 {
+            break;
+        }
+    }
+    h
+}
+
+/// ln Γ(x) for x > 0, Lanczos's approximation (g = 7, nine terms; relative error ~1e-15).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // The reflection formula: Γ(x) Γ(1 - x) = π / sin(π x).
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let sum = G[1..].iter().enumerate().fold(G[0], |s, (i, g)| s + g / (x + i as f64 + 1.0));
+    let t = x + 7.5;
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
 }
 
 /// One metric of several runs, at the steps where every run has it (so a curve ends where
@@ -236,6 +361,62 @@ mod tests {
         assert_eq!(s.largest_trained, Some(1e-1));
         assert_eq!(s.largest_near_best, Some(1e-2));
         assert_eq!(s.best, Some((1e-2, 2.0)));
+    }
+
+    #[test]
+    fn student_t_tail_matches_closed_forms_and_tables() {
+        for t in [0.0, 0.3, 1.0, 2.5, 12.706, 100.0] {
+            // df = 1 (Cauchy): P(|T| >= t) = 1 - (2/π) atan t; df = 2: 1 - t / sqrt(2 + t²).
+            let cauchy = 1.0 - 2.0 / std::f64::consts::PI * f64::atan(t);
+            assert!((student_t_two_sided_p(t, 1.0) - cauchy).abs() < 1e-12, "df 1, t {t}");
+            let two = 1.0 - t / (2.0 + t * t).sqrt();
+            assert!((student_t_two_sided_p(-t, 2.0) - two).abs() < 1e-12, "df 2, t -{t}");
+        }
+        // Printed critical values: two-sided 5% at df 4 is 2.7764, 1% at df 10 is 3.1693.
+        assert!((student_t_two_sided_p(2.7764, 4.0) - 0.05).abs() < 1e-5);
+        assert!((student_t_two_sided_p(3.1693, 10.0) - 0.01).abs() < 1e-5);
+        // ln Γ at integers and at 1/2: ln 4! and ln sqrt(π).
+        assert!(
+            (ln_gamma(5.0) - 24f64.ln()).abs() < 1e-13
+                && (ln_gamma(0.5) - 0.5 * std::f64::consts::PI.ln()).abs() < 1e-13
+        );
+    }
+
+    #[test]
+    fn welch_test_worked_by_hand() {
+        // a: mean 2, variance 1; b: mean 5.5, variance 5/3. se² = 1/3 + (5/3)/4 = 0.75,
+        // t = -3.5 / sqrt 0.75, df = 0.75² / ((1/3)²/2 + (5/12)²/3) = 0.5625 / (1/18 + 25/432).
+        let w = WelchTest::of(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0, 7.0]).unwrap();
+        assert!((w.difference + 3.5).abs() < 1e-12);
+        assert!((w.t + 3.5 / 0.75f64.sqrt()).abs() < 1e-12);
+        assert!((w.df - 0.5625 / (1.0 / 18.0 + 25.0 / 432.0)).abs() < 1e-12);
+        assert!((w.p - student_t_two_sided_p(w.t, w.df)).abs() == 0.0 && w.p > 0.005 && w.p < 0.02, "{w:?}");
+        // Swapping the sides flips the sign only.
+        let back = WelchTest::of(&[4.0, 5.0, 6.0, 7.0], &[1.0, 2.0, 3.0]).unwrap();
+        assert!(back.t == -w.t && back.p == w.p);
+        // One seed, or no spread at all, says nothing.
+        assert!(WelchTest::of(&[1.0], &[2.0, 3.0]).is_none() && WelchTest::of(&[1.0, 1.0], &[2.0, 2.0]).is_none());
+    }
+
+    #[test]
+    fn lr_sensitivity_worked_by_hand() {
+        let c = Config::preset("tiny").unwrap();
+        let run = |end: f64, diverged: bool| {
+            let rec =
+                |step, loss: f64| StepRecord { step, loss: Some(loss), val_loss: Some(loss), ..Default::default() };
+            let mut last = rec(10, end);
+            last.diverged = diverged.then(|| "NaN".to_string());
+            Summary::of("v", &c, &[StepRecord { val_loss: None, ..rec(0, 4.0) }, last])
+        };
+        // Four LRs: 2.0, 2.4, ended above its start (counts as 4.0), diverged (4.0). The best
+        // is 2.0, the mean of min(final, initial) is (2.0 + 2.4 + 4.0 + 4.0) / 4 = 3.1.
+        let (a, b, up, nan) = (run(2.0, false), run(2.4, false), run(4.5, false), run(f64::NAN, true));
+        let s = lr_sensitivity(&[(1e-3, &a), (1e-2, &b), (1e-1, &up), (1.0, &nan)]).unwrap();
+        assert!((s - 1.1).abs() < 1e-12, "{s}");
+        // Seeds are averaged at each LR first: 1e-3's seeds end at 2.0 and 2.4 (mean 2.2).
+        let s = lr_sensitivity(&[(1e-3, &a), (1e-3, &b), (1e-2, &b)]).unwrap();
+        assert!((s - 0.1).abs() < 1e-12, "{s}");
+        assert_eq!(lr_sensitivity(&[(1e-3, &a)]), Some(0.0), "one LR: nothing to be sensitive to");
     }
 
     #[test]
