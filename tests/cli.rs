@@ -100,7 +100,8 @@ fn train_writes_a_run_directory_and_sample_reads_it() {
     let records = metrics(&dir);
     assert_eq!(records.len(), 21, "steps 0..19 logged, plus the final evaluation at 20");
     let first = &records[0];
-    for key in ["step", "lr", "loss", "val_loss", "train_loss", "grad_norm", "grad_norms", "act_rms"] {
+    let diagnostics = ["grad_norm", "grad_norms", "act_rms", "attn_logit_max", "linear_rms"];
+    for key in ["step", "lr", "loss", "val_loss", "train_loss"].iter().chain(&diagnostics) {
         assert!(first.get(key).is_some(), "step 0 has {key}: {first}");
     }
     // The per-parameter norms make up the global one, and the activations are measured.
@@ -739,7 +740,8 @@ fn compare_writes_a_report_whose_numbers_are_the_run_records() {
         // The markdown shows the same numbers.
         let report = std::fs::read_to_string(out.join("report.md")).unwrap();
         assert!(report.contains(&format!("| {name} | {} | {last_loss:.4} |", run["params"])), "{report}");
-        for svg in [format!("grad_norms-{name}.svg"), format!("act_rms-{name}.svg")] {
+        let plots = ["grad_norms", "act_rms", "attn_logit_max", "linear_rms"];
+        for svg in plots.map(|plot| format!("{plot}-{name}.svg")) {
             assert!(std::fs::read_to_string(out.join(&svg)).unwrap().starts_with("<svg"), "{svg}");
         }
     }

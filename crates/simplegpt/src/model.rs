@@ -76,6 +76,37 @@ fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     y.reshape([b, t, d_out])
 }
 
+/// What a diagnostic step measures inside the forward pass, each a detached scalar tensor,
+/// read back together with the step's loss: the instability signals the norms are about.
+#[derive(Default)]
+pub struct Probes {
+    /// RMS of the activations leaving each block.
+    pub block_rms: Vec<Tensor<1>>,
+    /// The largest attention logit (q.k / sqrt(hs), over the causal entries) of each layer:
+    /// what QK-norm was invented to bound.
+    pub attn_logit_max: Vec<Tensor<1>>,
+    /// RMS of each linear map's output, before any norm that follows it, by the linear's
+    /// path (`blocks.0.attn.q`, `lm_head`): the scale SimpleNorm takes away.
+    pub linear_rms: Vec<(String, Tensor<1>)>,
+    /// The block being run, for the paths.
+    layer: usize,
+}
+
+impl Probes {
+    /// `y` unchanged, its RMS noted under `name` (e.g. `attn.q`) of the current block.
+    fn linear<const D: usize>(probes: &mut Option<&mut Probes>, name: &str, y: Tensor<D>) -> Tensor<D> {
+        if let Some(p) = probes.as_deref_mut() {
+            p.linear_rms.push((format!("blocks.{}.{name}", p.layer), rms(y.clone())));
+        }
+        y
+    }
+}
+
+/// The root mean square of all of `x`'s elements, detached.
+fn rms<const D: usize>(x: Tensor<D>) -> Tensor<1> {
+    params::mean_all(x.detach().square()).sqrt()
+}
+
 /// Dropout whose mask every backend draws identically: a hash of each element's index keyed
 /// by (seed, batch, site) (`rng::feistel30`, computed by `simplegpt_shaders::dropout`), instead of the
 /// backend's RNG. `forward` drops only when given the batch's key (`Some` while training,
@@ -121,13 +152,20 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn forward(&self, x: Tensor<3>, rope: Option<&RotaryEncoding>, key: Option<DropoutKey>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: Option<&RotaryEncoding>,
+        key: Option<DropoutKey>,
+        mut probes: Option<&mut Probes>,
+    ) -> Tensor<3> {
         let [b, t, c] = x.dims();
         let (nh, hs) = (self.n_head, c / self.n_head);
+        let mut probe = |name, y| Probes::linear(&mut probes, name, y);
         // q, k, v: [B, T, C] -> [B, T, C], each through one [B*T, C] x [C, C] product.
-        let q = norm_opt(&self.q_norm, linear(&self.q, x.clone()));
-        let k = norm_opt(&self.k_norm, linear(&self.k, x.clone()));
-        let v = norm_opt(&self.v_norm, linear(&self.v, x));
+        let q = norm_opt(&self.q_norm, probe("attn.q", linear(&self.q, x.clone())));
+        let k = norm_opt(&self.k_norm, probe("attn.k", linear(&self.k, x.clone())));
+        let v = norm_opt(&self.v_norm, probe("attn.v", linear(&self.v, x)));
         // [B, T, C] -> [B, nh, T, hs]
         let heads = |y: Tensor<3>| y.reshape([b, t, nh, hs]).swap_dims(1, 2);
         let (mut q, mut k, v) = (heads(q), heads(k), heads(v));
@@ -139,10 +177,14 @@ impl Attention {
         let att = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hs as f64).sqrt());
         let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &att.device());
         let att = att.mask_fill(future.unsqueeze::<4>().expand([b, nh, t, t]), f32::NEG_INFINITY);
+        if let Some(p) = probes.as_deref_mut() {
+            p.attn_logit_max.push(att.clone().detach().max());
+        }
         let att = self.attn_dropout.forward(activation::softmax(att, 3), key);
         // [B, nh, T, T] x [B, nh, T, hs] -> [B, nh, T, hs] -> [B, T, C]: the heads side by side.
         let y = att.matmul(v).swap_dims(1, 2).reshape([b, t, c]);
-        self.resid_dropout.forward(norm_opt(&self.o_norm, linear(&self.o, y)), key)
+        let o = Probes::linear(&mut probes, "attn.o", linear(&self.o, y));
+        self.resid_dropout.forward(norm_opt(&self.o_norm, o), key)
     }
 }
 
@@ -162,14 +204,15 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn forward(&self, x: Tensor<3>, key: Option<DropoutKey>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, key: Option<DropoutKey>, mut probes: Option<&mut Probes>) -> Tensor<3> {
+        let mut probe = |name, y| Probes::linear(&mut probes, name, y);
         // [B, T, C] -> [B, T, hidden] -> [B, T, C]
-        let h = norm_opt(&self.fc_norm, linear(&self.fc, x.clone()));
+        let h = norm_opt(&self.fc_norm, probe("mlp.fc", linear(&self.fc, x.clone())));
         let h = match &self.gate {
             None => simplegpt_shaders::gelu(h),
-            Some(gate) => activation::silu(h) * norm_opt(&self.gate_norm, linear(gate, x)),
+            Some(gate) => activation::silu(h) * norm_opt(&self.gate_norm, probe("mlp.gate", linear(gate, x))),
         };
-        self.dropout.forward(norm_opt(&self.proj_norm, linear(&self.proj, h)), key)
+        self.dropout.forward(norm_opt(&self.proj_norm, probe("mlp.proj", linear(&self.proj, h))), key)
     }
 }
 
@@ -185,18 +228,24 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn forward(&self, x: Tensor<3>, rope: Option<&RotaryEncoding>, key: Option<DropoutKey>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: Option<&RotaryEncoding>,
+        key: Option<DropoutKey>,
+        mut probes: Option<&mut Probes>,
+    ) -> Tensor<3> {
         // Residual (`x + f(x)`) or not (`f(x)`), the blog's ablation.
         let add = |x: Tensor<3>, fx: Tensor<3>| if self.residual { x + fx } else { fx };
         if self.post_norm {
             // Post-LN (original Transformer): normalise after the residual add.
-            let h = norm_opt(&self.ln_1, add(x.clone(), self.attn.forward(x, rope, key)));
-            norm_opt(&self.ln_2, add(h.clone(), self.mlp.forward(h, key)))
+            let h = norm_opt(&self.ln_1, add(x.clone(), self.attn.forward(x, rope, key, probes.as_deref_mut())));
+            norm_opt(&self.ln_2, add(h.clone(), self.mlp.forward(h, key, probes)))
         } else {
             // Pre-norm (GPT-2, LLaMA): normalise each sublayer's input. SimpleNorm and `none`
             // have no ln_1/ln_2, so this is also their block: x + attn(x), h + mlp(h).
-            let h = add(x.clone(), self.attn.forward(norm_opt(&self.ln_1, x), rope, key));
-            add(h.clone(), self.mlp.forward(norm_opt(&self.ln_2, h), key))
+            let h = add(x.clone(), self.attn.forward(norm_opt(&self.ln_1, x), rope, key, probes.as_deref_mut()));
+            add(h.clone(), self.mlp.forward(norm_opt(&self.ln_2, h), key, probes))
         }
     }
 }
@@ -222,13 +271,13 @@ impl Gpt {
         self.forward_train(idx, None, None)
     }
 
-    /// As `forward`, with dropout keyed by `key` when given, and pushing the RMS of each
-    /// block's output into `block_rms` (detached, one scalar tensor per block) when given.
+    /// As `forward`, with dropout keyed by `key` when given, and the diagnostics noted in
+    /// `probes` when given.
     pub fn forward_train(
         &self,
         idx: Tensor<2, Int>,
         key: Option<DropoutKey>,
-        mut block_rms: Option<&mut Vec<Tensor<1>>>,
+        mut probes: Option<&mut Probes>,
     ) -> Tensor<3> {
         let [b, t] = idx.dims();
         let [v, c] = self.wte.val().dims();
@@ -238,10 +287,13 @@ impl Gpt {
             x = x + wpe.val().slice([0..t]).unsqueeze::<3>();
         }
         x = self.drop.forward(x, key);
-        for block in &self.blocks {
-            x = block.forward(x, self.rope.as_ref(), key);
-            if let Some(rms) = block_rms.as_deref_mut() {
-                rms.push(params::mean_all(x.clone().detach().square()).sqrt());
+        for (layer, block) in self.blocks.iter().enumerate() {
+            if let Some(p) = probes.as_deref_mut() {
+                p.layer = layer;
+            }
+            x = block.forward(x, self.rope.as_ref(), key, probes.as_deref_mut());
+            if let Some(p) = probes.as_deref_mut() {
+                p.block_rms.push(rms(x.clone()));
             }
         }
         let x = norm_opt(&self.ln_f, x);
@@ -249,7 +301,11 @@ impl Gpt {
             Some(w) => w.val(),
             None => self.wte.val().transpose(),
         };
-        x.reshape([b * t, c]).matmul(head).reshape([b, t, v])
+        let logits = x.reshape([b * t, c]).matmul(head).reshape([b, t, v]);
+        if let Some(p) = probes {
+            p.linear_rms.push(("lm_head".to_string(), rms(logits.clone())));
+        }
+        logits
     }
 
     /// Mean cross-entropy of logits [B, T, V] against targets [B, T].

@@ -78,6 +78,12 @@ pub struct StepRecord {
     /// RMS of the activations leaving each block (diagnostic steps).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::list")]
     pub act_rms: Option<Vec<f64>>,
+    /// The largest attention logit of each layer (diagnostic steps).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::list")]
+    pub attn_logit_max: Option<Vec<f64>>,
+    /// RMS of each linear map's output before any norm, by the linear's path (diagnostic steps).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::by_path")]
+    pub linear_rms: Option<BTreeMap<String, f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::number")]
     pub tokens_per_sec: Option<f64>,
     /// Set on the record at which the run was found to diverge.

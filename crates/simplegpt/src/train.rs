@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::memory;
-use crate::model::{DropoutKey, Gpt};
+use crate::model::{DropoutKey, Gpt, Probes};
 use crate::optim::{AdamW, GradSum, learning_rate};
 use crate::params::{mean_all, read_f32};
 use crate::record::StepRecord;
@@ -127,12 +127,12 @@ impl Trainer {
 
         let mut grads = GradSum::default();
         let mut losses = Vec::new();
-        let mut block_rms = Vec::new();
+        let mut probes = Probes::default();
         for micro in 0..cfg.grad_accum {
             let index = (step * cfg.grad_accum + micro) as u64;
             let (x, y) = self.data.train_batch(&self.config, index).tensors(&self.device);
             let key = DropoutKey { seed: cfg.seed, batch: index };
-            let logits = self.model.forward_train(x, Some(key), (diag && micro == 0).then_some(&mut block_rms));
+            let logits = self.model.forward_train(x, Some(key), (diag && micro == 0).then_some(&mut probes));
             let loss = Gpt::loss(logits, y);
             let g = loss.backward();
             grads.add(&self.model, &g);
@@ -156,12 +156,19 @@ impl Trainer {
             // One read-back for all of them, taken off in the order they were put in.
             let mut scalars = vec![loss, grad_norm];
             scalars.extend(norms.iter().flatten().map(|(_, n)| n.clone() * accum));
-            scalars.extend(block_rms.iter().map(|r| r.clone().inner()));
+            scalars.extend(probes.block_rms.iter().map(|r| r.clone().inner()));
+            scalars.extend(probes.attn_logit_max.iter().map(|m| m.clone().inner()));
+            scalars.extend(probes.linear_rms.iter().map(|(_, r)| r.clone().inner()));
             let mut values = read_scalars(scalars).await?.into_iter();
             record.loss = values.next();
             record.grad_norm = values.next();
             record.grad_norms = norms.map(|n| n.into_iter().map(|(path, _)| path).zip(values.by_ref()).collect());
-            record.act_rms = (!block_rms.is_empty()).then(|| values.collect());
+            let mut next = |n: usize| values.by_ref().take(n).collect::<Vec<f64>>();
+            let Probes { block_rms, attn_logit_max, linear_rms, .. } = probes;
+            record.act_rms = (!block_rms.is_empty()).then(|| next(block_rms.len()));
+            record.attn_logit_max = (!attn_logit_max.is_empty()).then(|| next(attn_logit_max.len()));
+            record.linear_rms = (!linear_rms.is_empty())
+                .then(|| linear_rms.into_iter().map(|(path, _)| path).zip(next(usize::MAX)).collect());
             if self.progress.first_loss.is_none() {
                 self.progress.first_loss = record.loss;
             }

@@ -5,7 +5,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use simplegpt::Config;
 use simplegpt::config::{MlpKind, NormKind, PosKind};
-use simplegpt::model::Gpt;
+use simplegpt::model::{Gpt, Probes};
 use simplegpt::optim::GradSum;
 use simplegpt::params::{self, PathMapper};
 use simplegpt::rng::Stream;
@@ -229,4 +229,55 @@ fn gradients_match_finite_differences() {
             }
         }
     }
+}
+
+/// Multiplies the one parameter at `path` by a factor.
+struct ScaleOne(&'static str, f64);
+impl PathMapper for ScaleOne {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if path == self.0 { param.map(|t| t * self.1) } else { param }
+    }
+}
+
+#[test]
+fn the_diagnostics_measure_each_linears_output_and_each_layers_largest_attention_logit() {
+    let device = Device::flex();
+    let scalar = |t: Tensor<1>| t.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()[0];
+    // (logits, max attention logit per layer, linear RMS by path).
+    let probe = |model: &Gpt| {
+        let mut probes = Probes::default();
+        let logits = model.forward_train(tokens(2, 8, 11, &device), None, Some(&mut probes));
+        assert_eq!(probes.block_rms.len(), 2);
+        let rms: Vec<(String, f64)> = probes.linear_rms.into_iter().map(|(p, r)| (p, scalar(r))).collect();
+        (values(logits), probes.attn_logit_max.into_iter().map(scalar).collect::<Vec<_>>(), rms)
+    };
+    let rms_of = |rms: &[(String, f64)], path: &str| rms.iter().find(|(p, _)| p == path).unwrap().1;
+    let close = |a: f64, b: f64, rel: f64| (a - b).abs() <= rel * b.abs();
+
+    let pre = small(NormKind::PreLn).model.init(1, &device);
+    let (logits, max_logit, rms) = probe(&pre);
+    let paths: Vec<&str> = rms.iter().map(|(p, _)| p.as_str()).collect();
+    let per_block = ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc", "mlp.proj"];
+    let want: Vec<String> =
+        (0..2).flat_map(|l| per_block.map(|n| format!("blocks.{l}.{n}"))).chain(["lm_head".to_string()]).collect();
+    assert_eq!(paths, want);
+    assert_eq!(max_logit.len(), 2);
+    // The head's output is the logits themselves.
+    let logits_rms = (logits.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / logits.len() as f64).sqrt();
+    assert!(close(rms_of(&rms, "lm_head"), logits_rms, 1e-5), "{} vs {logits_rms}", rms_of(&rms, "lm_head"));
+
+    // Three times layer 0's W_q: its output's RMS triples, and with it every attention logit
+    // of layer 0 (q.k), so their largest; k is untouched.
+    let (_, max3, rms3) = probe(&params::map(pre, &mut ScaleOne("blocks.0.attn.q.weight", 3.0)));
+    assert!(close(rms_of(&rms3, "blocks.0.attn.q"), 3.0 * rms_of(&rms, "blocks.0.attn.q"), 1e-5));
+    assert!(close(rms_of(&rms3, "blocks.0.attn.k"), rms_of(&rms, "blocks.0.attn.k"), 1e-6));
+    assert!(max_logit[0] > 0.0 && close(max3[0], 3.0 * max_logit[0], 1e-4), "{max3:?} vs {max_logit:?}");
+
+    // Under QK-norm q is normalised before the product: the logits barely move (RMSNorm's
+    // eps only), though q's own output triples as before.
+    let qk = small(NormKind::PreRmsQk).model.init(1, &device);
+    let (_, max_logit, rms) = probe(&qk);
+    let (_, max3, rms3) = probe(&params::map(qk, &mut ScaleOne("blocks.0.attn.q.weight", 3.0)));
+    assert!(close(rms_of(&rms3, "blocks.0.attn.q"), 3.0 * rms_of(&rms, "blocks.0.attn.q"), 1e-5));
+    assert!(close(max3[0], max_logit[0], 1e-2), "{max3:?} vs {max_logit:?}");
 }

@@ -80,6 +80,12 @@ fn a_tiny_model_learns_a_short_text() {
     let rms = diag.act_rms.as_ref().unwrap();
     assert_eq!(rms.len(), c.model.n_layer);
     assert!(rms.iter().all(|r| r.is_finite() && *r > 0.0), "{rms:?}");
+    // And each layer's largest attention logit, and the RMS of each linear's output.
+    let max_logit = diag.attn_logit_max.as_ref().unwrap();
+    assert!(max_logit.len() == c.model.n_layer && max_logit.iter().all(|m| m.is_finite()), "{max_logit:?}");
+    let linear = diag.linear_rms.as_ref().unwrap();
+    assert_eq!(linear.len(), 6 * c.model.n_layer + 1, "q, k, v, o, fc, proj per block and the head: {linear:?}");
+    assert!(linear.values().all(|r| r.is_finite() && *r > 0.0) && linear.contains_key("blocks.0.mlp.fc"));
     assert!(
         records.iter().filter(|r| r.grad_norms.is_some()).map(|r| r.step).eq((0..300).step_by(5)),
         "every 5th step"

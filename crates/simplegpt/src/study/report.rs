@@ -11,7 +11,8 @@ use crate::files::write_atomic;
 use crate::record::StepRecord;
 use crate::study::plot::{Figure, Series, svg_plot};
 use crate::study::stats::{
-    Summary, WelchTest, block_rms, grouped_grad_norms, lr_sensitivity, lr_stability, mean_curve, spread_curve,
+    Summary, WelchTest, attn_logit_max, block_rms, grouped_grad_norms, linear_rms_by_kind, lr_sensitivity,
+    lr_stability, mean_curve, spread_curve,
 };
 use crate::study::variants::{group_by, variant_of};
 
@@ -217,8 +218,27 @@ pub fn comparison_report(title: &str, command: &str, runs: &[(String, Config, Ve
             log_y(&format!("{name}: gradient norm per parameter group"), "norm", grouped_grad_norms(records)),
         ));
         svgs.push((a.clone(), log_y(&format!("{name}: activation RMS per block"), "RMS", block_rms(records))));
-        let _ =
-            write!(md, "## {name}\n\n![gradient norms]({g})\n\n![activation RMS]({a})\n\nRun directory: `{name}/`\n\n");
+        let (q, l) = (format!("attn_logit_max-{file}.svg"), format!("linear_rms-{file}.svg"));
+        let fig = Figure {
+            title: &format!("{name}: largest attention logit per layer"),
+            x_label: "step",
+            y_label: "logit",
+            ..Default::default()
+        };
+        let layers: Vec<Series> = attn_logit_max(records).into_iter().map(|(n, p)| Series::line(n, p)).collect();
+        svgs.push((q.clone(), svg_plot(&fig, &layers)));
+        svgs.push((
+            l.clone(),
+            log_y(
+                &format!("{name}: RMS of each linear's output (largest over layers)"),
+                "RMS",
+                linear_rms_by_kind(records),
+            ),
+        ));
+        let _ = write!(
+            md,
+            "## {name}\n\n![gradient norms]({g})\n\n![activation RMS]({a})\n\n![largest attention logit]({q})\n\n![linear output RMS]({l})\n\nRun directory: `{name}/`\n\n"
+        );
     }
     let summary = serde_json::json!({
         "title": title,

@@ -328,13 +328,47 @@ pub fn grouped_grad_norms(records: &[StepRecord]) -> Vec<(String, Vec<(f64, f64)
 
 /// Activation RMS of each block at each diagnostic step.
 pub fn block_rms(records: &[StepRecord]) -> Vec<(String, Vec<(f64, f64)>)> {
-    let mut blocks: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
+    per_layer(records, "block", |r| r.act_rms.as_deref())
+}
+
+/// The largest attention logit of each layer at each diagnostic step.
+pub fn attn_logit_max(records: &[StepRecord]) -> Vec<(String, Vec<(f64, f64)>)> {
+    per_layer(records, "layer", |r| r.attn_logit_max.as_deref())
+}
+
+/// One curve per layer ("{what} {i}") of a per-layer diagnostic.
+fn per_layer(
+    records: &[StepRecord],
+    what: &str,
+    pick: fn(&StepRecord) -> Option<&[f64]>,
+) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut layers: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
     for r in records {
-        for (i, v) in r.act_rms.iter().flatten().enumerate() {
-            blocks.entry(i).or_default().push((r.step as f64, *v));
+        for (i, v) in pick(r).into_iter().flatten().enumerate() {
+            layers.entry(i).or_default().push((r.step as f64, *v));
         }
     }
-    blocks.into_iter().map(|(i, p)| (format!("block {i}"), p)).collect()
+    layers.into_iter().map(|(i, p)| (format!("{what} {i}"), p)).collect()
+}
+
+/// The RMS of each kind of linear's output (`attn.q`, `mlp.fc`, ..., `lm_head`) at each
+/// diagnostic step: the largest over the layers, where growth shows first.
+pub fn linear_rms_by_kind(records: &[StepRecord]) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut kinds: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in records {
+        let Some(rms) = &r.linear_rms else { continue };
+        let mut largest: BTreeMap<&str, f64> = BTreeMap::new();
+        for (path, v) in rms {
+            // `blocks.3.attn.q` -> `attn.q`; a NaN stays NaN (f64::max would drop it).
+            let kind = path.strip_prefix("blocks.").and_then(|p| p.split_once('.')).map_or(path.as_str(), |(_, k)| k);
+            let m = largest.entry(kind).or_insert(f64::NEG_INFINITY);
+            *m = if v.is_nan() || m.is_nan() { f64::NAN } else { m.max(*v) };
+        }
+        for (kind, v) in largest {
+            kinds.entry(kind.to_string()).or_default().push((r.step as f64, v));
+        }
+    }
+    kinds.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -417,6 +451,27 @@ mod tests {
         let s = lr_sensitivity(&[(1e-3, &a), (1e-3, &b), (1e-2, &b)]).unwrap();
         assert!((s - 0.1).abs() < 1e-12, "{s}");
         assert_eq!(lr_sensitivity(&[(1e-3, &a)]), Some(0.0), "one LR: nothing to be sensitive to");
+    }
+
+    #[test]
+    fn linear_rms_is_the_largest_over_layers_for_each_kind() {
+        let rec = |step, rms: &[(&str, f64)]| StepRecord {
+            step,
+            linear_rms: Some(rms.iter().map(|(p, v)| (p.to_string(), *v)).collect()),
+            attn_logit_max: Some(vec![step as f64, 2.0 * step as f64]),
+            ..Default::default()
+        };
+        let records = [
+            rec(0, &[("blocks.0.attn.q", 1.0), ("blocks.1.attn.q", 3.0), ("blocks.10.attn.q", 2.0), ("lm_head", 5.0)]),
+            rec(10, &[("blocks.0.attn.q", f64::NAN), ("blocks.1.attn.q", 3.0), ("lm_head", 6.0)]),
+        ];
+        let kinds = linear_rms_by_kind(&records);
+        assert_eq!(kinds[0].0, "attn.q");
+        assert_eq!(kinds[0].1[0], (0.0, 3.0));
+        assert!(kinds[0].1[1].1.is_nan(), "a layer that blew up shows");
+        assert_eq!(kinds[1], ("lm_head".to_string(), vec![(0.0, 5.0), (10.0, 6.0)]));
+        let layers = attn_logit_max(&records);
+        assert_eq!(layers[1], ("layer 1".to_string(), vec![(0.0, 0.0), (10.0, 20.0)]));
     }
 
     #[test]
