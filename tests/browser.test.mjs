@@ -173,6 +173,44 @@ test('the LR sweep trains each variant at each LR and plots final loss against L
   }
 });
 
+test('the norms comparison trains the ticked placements and draws their diagnostics', async () => {
+  const { page, state, logs, browser } = await runPage(QUIET,
+    '?compare=norms&norms=pre_rms_qk,simple&preset=micro&steps=6&seed=5&backend=cpu&autostart=1');
+  try {
+    await page.screenshot({ path: join(OUT, 'norms.png'), fullPage: true });
+    assert.equal(state.state, 'done', `${state.error}\n${logs.join('\n')}`);
+    const runs = state.results.variants;
+    assert.deepEqual(runs.map((v) => v.config.model.norm), ['pre_rms_qk', 'simple']);
+    assert.deepEqual(await page.$$eval('#placements input:checked', (boxes) => boxes.map((b) => b.value)), ['pre_rms_qk', 'simple']);
+    const offered = await page.$$eval('#placements input', (boxes) => boxes.map((b) => b.value));
+    assert.ok(offered.includes('pre_ln') && offered.includes('post_ln') && offered.length >= 6, `placements ${offered}`);
+    // Diagnostic steps 0 and 5 record each layer's largest attention logit and each linear's RMS.
+    for (const v of runs) {
+      const diag = v.records.filter((r) => r.attn_logit_max);
+      assert.deepEqual(diag.map((r) => r.step), [0, 5], v.name);
+      assert.ok(diag.every((r) => r.attn_logit_max.length === v.config.model.n_layer && 'lm_head' in r.linear_rms), v.name);
+    }
+    // The chosen variant's (the last, SimpleNorm's) logits per layer are drawn: the first
+    // layer's colour, #1f77b4, in the plot area.
+    const inked = () => countPixels(page, 'diag-chart', { x: 60, y: 10, w: -70, h: -40 }, [0x1f, 0x77, 0xb4]);
+    assert.ok(await inked() > 50, `pixels of layer 0 in the diagnostics chart: ${await inked()}`);
+    await page.selectOption('#diag-kind', 'linear_rms');
+    assert.match(await page.textContent('#diag-legend'), /attn\.q.*lm_head/);
+    // q, k and v's curves may lie on top of each other; the head's output (the logits) has a
+    // scale of its own: its colour, as the legend gives it, is drawn.
+    const hex = await page.$eval('#diag-legend', (l) => [...l.children].find((s) => s.textContent === 'lm_head').style.getPropertyValue('--c'));
+    const rgb = [1, 3, 5].map((i) => parseInt(hex.trim().slice(i, i + 2), 16));
+    const head = await countPixels(page, 'diag-chart', { x: 60, y: 10, w: -70, h: -40 }, rgb);
+    assert.ok(head > 50, `pixels of lm_head's colour ${hex} in the linear RMS chart: ${head}`);
+    // With no placement ticked there is nothing to compare: an error, not an empty run.
+    for (const box of await page.$$('#placements input:checked')) await box.uncheck();
+    await page.click('#start');
+    assert.match(await page.evaluate(() => document.body.dataset.error), /tick at least one placement/);
+  } finally {
+    await browser.close();
+  }
+});
+
 test('a bad query parameter or form value is an error on the page, and the page still works', async () => {
   // `constructor` is a name every JavaScript object has: not a comparison all the same.
   const { page, state, browser } = await runPage(QUIET, '?compare=constructor&preset=micro&steps=2&backend=cpu&autostart=1');

@@ -3,7 +3,8 @@
 // this file is controls, charts and bookkeeping.
 
 import init, {
-  open_device, default_corpus, presets, colors, resolve_config, sweep_jobs, summarize, grouped_grad_norms, Run,
+  open_device, default_corpus, presets, norms, colors, resolve_config, sweep_jobs, summarize, grouped_grad_norms,
+  diagnostics, Run,
 } from './pkg/simplegpt_web.js';
 
 // Each comparison: its variants (`sets`: config overrides), and what it suggests: a preset,
@@ -15,14 +16,8 @@ const COMPARISONS = {
       { name: 'no residual', sets: ['residual=false'] },
     ],
   },
-  norms: {
-    variants: [
-      { name: 'pre-LN', sets: ['norm=pre_ln'] },
-      { name: 'post-LN', sets: ['norm=post_ln'] },
-      { name: 'pre-RMS + QK-norm', sets: ['norm=pre_rms_qk'] },
-      { name: 'SimpleNorm', sets: ['norm=simple'] },
-    ],
-  },
+  // The placements ticked on the page (`placementVariants`), the core's list.
+  norms: { placements: true },
   sweep: {
     // The small version of `simplegpt sweep --variant ... --lr-min 1e-3 --lr-max 1
     // --points 4`: the core makes its runs (each variant at each LR, cosine to LR/10).
@@ -41,8 +36,9 @@ const COMPARISONS = {
 };
 
 const $ = (id) => document.getElementById(id);
-// `presets` and `colors`: the core's (`config::PRESETS`, `study::plot::COLORS`), once loaded.
-const state = { device: null, text: null, stop: false, results: null, extraSet: [], presets: [], colors: [] };
+// `presets`, `norms` and `colors`: the core's (`config::PRESETS`, `config::NormKind::ALL`,
+// `study::plot::COLORS`), once loaded.
+const state = { device: null, text: null, stop: false, results: null, extraSet: [], presets: [], norms: [], colors: [] };
 const color = (i) => state.colors[i % state.colors.length];
 
 function setState(name, message) {
@@ -199,6 +195,21 @@ function redraw() {
     .map(([name, points], i) => ({ name, color: color(i), xs: points.map(([step]) => step), ys: points.map(([, norm]) => norm) }));
   drawChart($('grad-chart'), series, { logY: true });
   $('grad-legend').innerHTML = series.map((s) => `<span style="--c:${s.color}">${s.name}</span>`).join('');
+  // The attention logits cross zero at init: a linear axis for them, log for the RMS.
+  const kind = $('diag-kind').value;
+  const diag = Object.entries(chosen.diag[kind])
+    .map(([name, points], i) => ({ name, color: color(i), xs: points.map(([step]) => step), ys: points.map(([, v]) => v) }));
+  drawChart($('diag-chart'), diag, { logY: kind !== 'attn_logit_max' });
+  $('diag-legend').innerHTML = diag.map((s) => `<span style="--c:${s.color}">${s.name}</span>`).join('');
+}
+
+// Adds a diagnostic record's attention logits, linear output RMS and block RMS to its
+// variant's curves (the core's `diagnostics`, as the CLI's reports plot them).
+function addDiagnostics(v, record) {
+  const curves = JSON.parse(diagnostics(JSON.stringify([record])));
+  for (const [kind, series] of Object.entries(curves)) {
+    for (const [name, points] of series) (v.diag[kind][name] ??= []).push(...points);
+  }
 }
 
 // Adds a diagnostic record's gradient norms to its variant's curves: every parameter of a
@@ -263,7 +274,8 @@ function comparisonJobs(comparison, form) {
     const { variants, lr_min, lr_max, points } = comparison.sweep;
     return JSON.parse(sweep_jobs(form.preset, sets, variants, lr_min, lr_max, points));
   }
-  return comparison.variants.map((v) => ({
+  const variants = comparison.placements ? placementVariants(form.norms) : comparison.variants;
+  return variants.map((v) => ({
     name: v.name, variant: v.name, config: JSON.parse(resolve_config(form.preset, [...sets, ...v.sets])) }));
 }
 
@@ -296,7 +308,8 @@ async function runComparison(form) {
 async function trainRun(run, job, configJson, form) {
   state.results.unigram ??= run.unigram_loss();
   const v = { name: job.name, variant: job.variant, config: job.config, header: JSON.parse(run.header()),
-    steps: [], loss: [], val_step: null, records: [], summary: null, grad: { grouped: null, series: {} } };
+    steps: [], loss: [], val_step: null, records: [], summary: null, grad: { grouped: null, series: {} },
+    diag: { attn_logit_max: {}, linear_rms: {}, act_rms: {} } };
   // The table's numbers: the core's summary of the records so far. Each call sends every
   // record, so it is made at every logged step while that is cheap, and on a long run at
   // about a twentieth of the time (and at an evaluation, a divergence and the end).
@@ -320,6 +333,7 @@ async function trainRun(run, job, configJson, form) {
       if (r.loss !== undefined) { v.steps.push(r.step); v.loss.push(r.loss ?? NaN); }
       if (r.val_loss !== undefined) v.val_step = r.step;
       if (r.grad_norms) addGradNorms(v, r);
+      if (r.attn_logit_max) addDiagnostics(v, r);
       if (r.diverged || r.val_loss !== undefined || performance.now() - summarized >= 20 * cost) summarizeNow();
       const loss = r.loss === undefined ? '' : r.loss === null ? ', loss not finite' : `, loss ${r.loss.toFixed(4)}`;
       setState('running', `${job.name}: step ${r.step} of ${form.steps}${loss}${r.diverged ? ' (diverged)' : ''}`);
@@ -375,8 +389,10 @@ function readForm() {
   if (lr !== null && !(Number.isFinite(lr) && lr > 0)) throw new Error(`learning rate must be a positive number, got '${value('lr')}'`);
   const customText = custom ? $('custom-text').value : null;
   if (customText === '') throw new Error('paste or drop some text first');
+  const norms = [...$('placements').querySelectorAll('input:checked')].map((box) => box.value);
+  if (value('compare') === 'norms' && norms.length === 0) throw new Error('tick at least one placement to compare');
   const form = { compare: value('compare'), preset: value('preset'), steps: count('steps', 'steps', 1, 100000),
-    seed: count('seed', 'seed', 0, Number.MAX_SAFE_INTEGER), lr, customText };
+    seed: count('seed', 'seed', 0, Number.MAX_SAFE_INTEGER), lr, customText, norms };
   for (const key of ['compare', 'preset']) {
     if (!choices(key).includes(form[key])) throw new Error(unknown(key, form[key]));
   }
@@ -391,10 +407,37 @@ function unknown(key, value) {
   return `unknown ${key === 'compare' ? 'comparison' : 'preset'} '${value}'; choose one of ${choices(key).join(', ')}`;
 }
 
+// The norms comparison's variants: one per ticked placement, in the core's order.
+function placementVariants(names) {
+  return state.norms.filter((n) => names.includes(n.name)).map((n) => ({ name: n.label, sets: [`norm=${n.name}`] }));
+}
+
+// A checkbox per placement of the core, ticked as `ticked` (names) says.
+function fillPlacements(ticked) {
+  const boxes = state.norms.map((n) => {
+    const label = document.createElement('label');
+    label.title = n.about;
+    const box = Object.assign(document.createElement('input'), { type: 'checkbox', value: n.name, checked: ticked.includes(n.name) });
+    label.append(box, ` ${n.label}`);
+    return label;
+  });
+  $('placements').replaceChildren($('placements').querySelector('legend'), ...boxes);
+}
+
+// `?norms=pre_ln,simple`: the placements to tick, or an Error naming an unknown one.
+function parseNorms(param) {
+  const names = param.split(',').map((n) => n.trim()).filter((n) => n !== '');
+  const known = state.norms.map((n) => n.name);
+  const bad = names.find((n) => !known.includes(n));
+  if (bad !== undefined) throw new Error(`unknown placement '${bad}' in norms=; choose from ${known.join(', ')}`);
+  return names;
+}
+
 // Nothing in the form changes while a run uses it.
 function lockForm(locked) {
   for (const el of $('controls').querySelectorAll('select, input, textarea')) el.disabled = locked;
   if (!locked) $('lr').disabled = !!COMPARISONS[$('compare').value]?.sweep;
+  $('placements').hidden = !COMPARISONS[$('compare').value]?.placements;
   $('start').disabled = locked;
   $('stop').disabled = !locked;
 }
@@ -425,6 +468,7 @@ function wireControls() {
   $('stop').addEventListener('click', () => { state.stop = true; });
   $('export').addEventListener('click', exportRecords);
   $('grad-variant').addEventListener('change', redraw);
+  $('diag-kind').addEventListener('change', redraw);
   $('compare').addEventListener('change', () => {
     const suggested = COMPARISONS[$('compare').value].preset;
     if (suggested) $('preset').value = suggested;
@@ -459,6 +503,16 @@ async function main() {
     state.presets = JSON.parse(presets());
     // The core's presets, as the CLI's --preset knows them; the first is its default.
     $('preset').replaceChildren(...state.presets.map((p) => new Option(`${p.name}: ${p.about}`, p.name)));
+    state.norms = JSON.parse(norms());
+    let ticked = state.norms.filter((n) => n.default).map((n) => n.name);
+    if (params.has('norms')) {
+      try {
+        ticked = parseNorms(params.get('norms'));
+      } catch (e) {
+        paramError ??= e.message;
+      }
+    }
+    fillPlacements(ticked);
     for (const key of ['compare', 'preset']) {
       const value = params.get(key);
       if (value !== null && !choices(key).includes(value)) paramError ??= unknown(key, value);

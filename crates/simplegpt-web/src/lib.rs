@@ -12,7 +12,7 @@ use burn::tensor::Device;
 use burn::tensor::wgpu::wgpu::DeviceType;
 use js_sys::Promise;
 use simplegpt::Config;
-use simplegpt::config::PRESETS;
+use simplegpt::config::{NormKind, PRESETS};
 use simplegpt::data::Dataset;
 use simplegpt::device::Opened;
 use simplegpt::record::{RunHeader, StepRecord};
@@ -133,6 +133,34 @@ pub fn summarize(name: &str, config_json: &str, records_json: &str) -> Result<St
 pub fn grouped_grad_norms(records_json: &str) -> Result<String, JsValue> {
     let records: Vec<StepRecord> = from_json(records_json)?;
     Ok(to_json(&study::stats::grouped_grad_norms(&records)))
+}
+
+/// Every norm placement (`config::NormKind::ALL`): JSON `[{name, label, about, default}]`,
+/// `default` for those a norms comparison trains unless told otherwise.
+#[wasm_bindgen]
+pub fn norms() -> String {
+    let norm = |n: &NormKind| {
+        serde_json::json!({
+            "name": n.to_string(),
+            "label": n.label(),
+            "about": n.about(),
+            "default": NormKind::COMPARED_BY_DEFAULT.contains(n),
+        })
+    };
+    to_json(&NormKind::ALL.iter().map(norm).collect::<Vec<_>>())
+}
+
+/// The diagnostics of the records (JSON), as the CLI's reports plot them, each as JSON
+/// `[[curve, [[step, value], ...]], ...]`: the largest attention logit per layer, the RMS of
+/// each kind of linear's output (largest over layers), the activation RMS per block.
+#[wasm_bindgen]
+pub fn diagnostics(records_json: &str) -> Result<String, JsValue> {
+    let records: Vec<StepRecord> = from_json(records_json)?;
+    Ok(to_json(&serde_json::json!({
+        "attn_logit_max": study::stats::attn_logit_max(&records),
+        "linear_rms": study::stats::linear_rms_by_kind(&records),
+        "act_rms": study::stats::block_rms(&records),
+    })))
 }
 
 /// The colours of the CLI's plots (`study::plot::COLORS`), in order.

@@ -80,6 +80,42 @@ macro_rules! display_as_in_config {
 }
 display_as_in_config!(NormKind, MlpKind, PosKind);
 
+/// The placements as menus offer them: the page's norms comparison, and its labels.
+impl NormKind {
+    /// Every placement, in the order a menu lists them.
+    pub const ALL: [NormKind; 6] =
+        [NormKind::PreLn, NormKind::PostLn, NormKind::PreRms, NormKind::PreRmsQk, NormKind::Simple, NormKind::None];
+
+    /// Its name in legends (`pre-LN`, `SimpleNorm`).
+    pub fn label(self) -> &'static str {
+        match self {
+            NormKind::PreLn => "pre-LN",
+            NormKind::PreRms => "pre-RMS",
+            NormKind::PreRmsQk => "pre-RMS + QK-norm",
+            NormKind::PostLn => "post-LN",
+            NormKind::Simple => "SimpleNorm",
+            NormKind::None => "no norm",
+        }
+    }
+
+    /// What it is, in one line.
+    pub fn about(self) -> &'static str {
+        match self {
+            NormKind::PreLn => "GPT-2 / nanoGPT: LayerNorm on each sublayer's input",
+            NormKind::PreRms => "LLaMA: RMSNorm on each sublayer's input",
+            NormKind::PreRmsQk => "pre-RMS, and RMSNorm on q and k after their projections",
+            NormKind::PostLn => "the original Transformer: LayerNorm after each residual add",
+            NormKind::Simple => "SimpleGPT: RMSNorm right after every linear map, no pre-norm",
+            NormKind::None => "no normalisation at all",
+        }
+    }
+
+    /// The placements a norms comparison trains unless told otherwise: the paper's baselines
+    /// and SimpleNorm.
+    pub const COMPARED_BY_DEFAULT: [NormKind; 4] =
+        [NormKind::PreLn, NormKind::PostLn, NormKind::PreRmsQk, NormKind::Simple];
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -452,6 +488,19 @@ fn as_type_of(value: toml::Value, old: &toml::Value) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_norm_placement_is_in_the_menu_list_once() {
+        // serde lists every variant in its error for an unknown one: the list to compare with.
+        let err = serde_json::from_str::<NormKind>("\"nonsense\"").unwrap_err().to_string();
+        let mut named: Vec<&str> = err.split('`').skip(3).step_by(2).collect();
+        let mut listed: Vec<String> = NormKind::ALL.iter().map(|n| n.to_string()).collect();
+        assert!(named.len() >= 6, "{err}");
+        named.sort();
+        listed.sort();
+        assert_eq!(named, listed, "{err}");
+        assert!(NormKind::COMPARED_BY_DEFAULT.iter().all(|n| NormKind::ALL.contains(n)));
+    }
 
     /// The preset files are whole configs that validate, and say what they claim: the
     /// shakespeare_char pair differs only in the norm and the tied head, micro and small
