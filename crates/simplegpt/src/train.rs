@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
 use crate::config::Config;
-use crate::data::{Dataset, Split};
+use crate::data::{Batch, Dataset, Split};
 use crate::error::{Error, Result};
 use crate::memory;
 use crate::model::{DropoutKey, Gpt, Probes};
@@ -36,6 +36,8 @@ pub struct Trainer {
     pub optimizer: AdamW,
     pub progress: Progress,
     last_log: Option<(Instant, usize)>,
+    /// The next training batch (its index, the batch), drawn while the last one trained.
+    next_batch: Option<(u64, Batch)>,
 }
 
 impl Trainer {
@@ -74,6 +76,7 @@ impl Trainer {
             optimizer: AdamW::default(),
             progress: Progress::default(),
             last_log: None,
+            next_batch: None,
         })
     }
 
@@ -130,13 +133,25 @@ impl Trainer {
         let mut probes = Probes::default();
         for micro in 0..cfg.grad_accum {
             let index = (step * cfg.grad_accum + micro) as u64;
-            let (x, y) = self.data.train_batch(&self.config, index).tensors(&self.device);
+            let batch = match self.next_batch.take() {
+                Some((i, batch)) if i == index => batch,
+                _ => self.data.train_batch(&self.config, index),
+            };
+            let (x, y) = batch.tensors(&self.device);
             let key = DropoutKey { seed: cfg.seed, batch: index };
-            let logits = self.model.forward_train(x, Some(key), (diag && micro == 0).then_some(&mut probes));
-            let loss = Gpt::loss(logits, y);
-            let g = loss.backward();
-            grads.add(&self.model, &g);
-            losses.push(loss.detach().inner());
+            // The next batch is drawn from the data (from disk, for shards that are not in
+            // the page cache) while this one trains, so that a step never waits on it.
+            let (next, ()) = alongside(
+                || self.data.train_batch(&self.config, index + 1),
+                || {
+                    let logits = self.model.forward_train(x, Some(key), (diag && micro == 0).then_some(&mut probes));
+                    let loss = Gpt::loss(logits, y);
+                    let g = loss.backward();
+                    grads.add(&self.model, &g);
+                    losses.push(loss.detach().inner());
+                },
+            );
+            self.next_batch = Some((index + 1, next));
         }
         let loss = mean_all(Tensor::cat(losses, 0));
 
@@ -231,4 +246,21 @@ impl Trainer {
 /// Reads scalar tensors back with one transfer.
 pub async fn read_scalars(scalars: Vec<Tensor<1>>) -> Result<Vec<f64>> {
     Ok(read_f32(Tensor::cat(scalars, 0)).await?.into_iter().map(f64::from).collect())
+}
+
+/// `draw()` and `work()` at the same time: `draw` on a thread of its own (native), or first
+/// (in the browser, which has no threads here).
+fn alongside<A: Send, B>(draw: impl FnOnce() -> A + Send, work: impl FnOnce() -> B) -> (A, B) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::thread::scope(|s| {
+            let drawn = s.spawn(draw);
+            let done = work();
+            (drawn.join().expect("drawing a batch does not panic"), done)
+        })
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        (draw(), work())
+    }
 }
