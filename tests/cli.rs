@@ -1493,3 +1493,74 @@ fn gpt2_small_benches_trains_a_step_and_exports_on_the_cpu() {
     let out = ok(c);
     assert!(String::from_utf8_lossy(&out.stdout).contains("tok"), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// Runs `c` to its end; its peak resident memory in MiB (wait4's ru_maxrss, of that child
+/// alone).
+#[cfg(target_os = "linux")]
+fn peak_memory_mib(mut c: Command) -> f64 {
+    let child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: waits for our own child, whose pid this is; `usage` is a plain C struct.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{c:?} failed: status {status}");
+    usage.ru_maxrss as f64 / 1024.0 // KiB on Linux
+}
+
+/// Writes `n` GPT-2 token ids (a fixed pseudo-random sequence) as nanoGPT's headerless
+/// little-endian uint16 file.
+fn write_tokens(path: &Path, n: usize) {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut state = 12345u64;
+    for _ in 0..n {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        out.write_all(&(((state >> 33) % 50257) as u16).to_le_bytes()).unwrap();
+    }
+    out.flush().unwrap();
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn preparing_and_training_take_memory_that_does_not_grow_with_the_corpus() {
+    // The same work on a small corpus and on one 24-100x larger: a program that held the
+    // corpus would take at least the difference in size more memory; this one must stay
+    // within half of it. (`ulimit -v` cannot show this: it counts the mapped file too.)
+    let dir = tmp("memory-bound");
+    let corpus = |name: &str, mib: usize| {
+        let words = ["the ", "quick ", "brown ", "fox ", "jumps ", "over ", "a ", "lazy ", "dog.\n", "Héllo "];
+        let mut text = String::with_capacity(mib << 20);
+        let mut i = 0usize;
+        while text.len() < mib << 20 {
+            text.push_str(words[(i * 7 + i / 13) % words.len()]);
+            i += 1;
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let prepared = |text: &Path, out: &str| {
+        let mut c = bin();
+        c.arg("prepare").arg(text).arg("--out").arg(dir.join(out));
+        peak_memory_mib(c)
+    };
+    let (small, large) = (corpus("small.txt", 2), corpus("large.txt", 48));
+    let (a, b) = (prepared(&small, "small-shards"), prepared(&large, "large-shards"));
+    assert!(b - a < 23.0, "prepare: {a:.0} MiB for 2 MiB of text, {b:.0} MiB for 48 MiB");
+    std::fs::remove_file(&large).unwrap();
+
+    // Training on shards of 2 MiB and of 200 MiB (nanoGPT's format, written here).
+    let trained = |name: &str, tokens: usize| {
+        let shards = dir.join(name);
+        std::fs::create_dir_all(&shards).unwrap();
+        write_tokens(&shards.join("train.bin"), tokens);
+        write_tokens(&shards.join("val.bin"), 100_000);
+        let c =
+            train(&dir.join(format!("{name}-run")), 3, &[GPT2_QUICK, &["--data", shards.to_str().unwrap()]].concat());
+        let peak = peak_memory_mib(c);
+        std::fs::remove_dir_all(&shards).unwrap();
+        peak
+    };
+    let (a, b) = (trained("small-bin", 1 << 20), trained("large-bin", 100 << 20));
+    assert!(b - a < 100.0, "train: {a:.0} MiB on 2 MiB of tokens, {b:.0} MiB on 200 MiB");
+    println!("peak memory: prepare {a:.0}/{b:.0} MiB");
+}

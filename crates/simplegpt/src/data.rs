@@ -44,14 +44,15 @@ impl Tokens {
         match self {
             Tokens::Ids(v) => f(v),
             #[cfg(not(target_family = "wasm"))]
-            Tokens::Mapped(_) => {
+            Tokens::Mapped(m) => {
                 const BLOCK: usize = 1 << 16;
                 let mut buf = Vec::with_capacity(BLOCK);
                 let mut start = 0;
-                while start < self.len() {
-                    let n = BLOCK.min(self.len() - start);
+                while start < m.len() {
+                    let n = BLOCK.min(m.len() - start);
                     buf.clear();
-                    self.copy(start, n, &mut buf);
+                    m.copy(start, n, &mut buf);
+                    m.release(start, n);
                     f(&buf);
                     start += n;
                 }

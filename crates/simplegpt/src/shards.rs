@@ -50,6 +50,18 @@ impl Shard {
     fn bytes(&self, start: usize, n: usize) -> &[u8] {
         &self.map[self.offset + 2 * start..self.offset + 2 * (start + n)]
     }
+
+    /// Gives back this process's hold on the pages of tokens [start, start + n) once read:
+    /// they stay in the kernel's page cache, but no longer count in this process's memory,
+    /// so reading a shard end to end (`check_ids`) costs none however large it is.
+    fn release(&self, start: usize, n: usize) {
+        #[cfg(unix)]
+        // SAFETY: the map is read-only: once dropped, its pages are read again from the file,
+        // the same bytes, where they are touched next. No slice into them is held here.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.offset + 2 * start, 2 * n)
+        };
+    }
 }
 
 /// A run of tokens of one shard.
@@ -91,17 +103,34 @@ impl Mapped {
     }
 
     /// Appends tokens `start..start + n` of the concatenation to `out`.
-    pub fn copy(&self, mut start: usize, mut n: usize, out: &mut Vec<u32>) {
-        assert!(start + n <= self.len, "tokens {start}..{} of {}", start + n, self.len);
-        let mut i = self.starts.partition_point(|&s| s <= start) - 1;
-        while n > 0 {
-            let seg = &self.segments[i];
-            let within = start - self.starts[i];
-            let take = n.min(seg.len - within);
-            let bytes = seg.shard.bytes(seg.start + within, take);
+    pub fn copy(&self, start: usize, n: usize, out: &mut Vec<u32>) {
+        for (shard, from, take) in self.pieces(start, n) {
+            let bytes = shard.bytes(from, take);
             out.extend(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32));
-            (start, n, i) = (start + take, n - take, i + 1);
         }
+    }
+
+    /// Gives back this process's hold on tokens `start..start + n` once read
+    /// (`Shard::release`): for reading the whole concatenation a block at a time.
+    pub fn release(&self, start: usize, n: usize) {
+        for (shard, from, take) in self.pieces(start, n) {
+            shard.release(from, take);
+        }
+    }
+
+    /// Tokens `start..start + n` of the concatenation as (shard, its first token, count).
+    fn pieces(&self, mut start: usize, mut n: usize) -> impl Iterator<Item = (&Shard, usize, usize)> {
+        assert!(start + n <= self.len, "tokens {start}..{} of {}", start + n, self.len);
+        let mut i = self.starts.partition_point(|&s| s <= start).saturating_sub(1);
+        std::iter::from_fn(move || {
+            (n > 0).then(|| {
+                let seg = &self.segments[i];
+                let within = start - self.starts[i];
+                let take = n.min(seg.len - within);
+                (start, n, i) = (start + take, n - take, i + 1);
+                (&*seg.shard, seg.start + within, take)
+            })
+        })
     }
 
     /// The segments as (label, tokens), for messages.
@@ -318,7 +347,10 @@ fn check_ids(segments: &[&Segment], tokenizer: &Tokenizer) -> Result<()> {
         const BLOCK: usize = 1 << 20;
         let bad = (0..shard.len.div_ceil(BLOCK)).into_par_iter().find_first(|&b| {
             let n = BLOCK.min(shard.len - b * BLOCK);
-            shard.bytes(b * BLOCK, n).chunks_exact(2).any(|t| u16::from_le_bytes([t[0], t[1]]) as usize >= vocab)
+            let bad =
+                shard.bytes(b * BLOCK, n).chunks_exact(2).any(|t| u16::from_le_bytes([t[0], t[1]]) as usize >= vocab);
+            shard.release(b * BLOCK, n);
+            bad
         });
         if let Some(b) = bad {
             let n = BLOCK.min(shard.len - b * BLOCK);
