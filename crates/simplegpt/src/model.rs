@@ -1,7 +1,8 @@
 //! The GPT, in one file that reads in the order the data flows (as nanoGPT's model.py):
 //! `Norm`, `Attention`, `Mlp`, `Block`, `Gpt`. Every normalisation variant of the study is a
-//! few visible lines in `Block::forward` (pre/post norms) and in the `*_norm` fields of
-//! `Attention` and `Mlp` (SimpleNorm's norm after each linear, QK-norm).
+//! few visible lines in `Block::forward` (pre-, post-, peri- and output norms, DeepNorm's
+//! scaled residual) and in the `*_norm` fields of `Attention` and `Mlp` (SimpleNorm's norm
+//! after each linear, QK-norm).
 //!
 //! Shapes: B batch, T time (context), C channels (n_embd), nh heads, hs head size (C / nh),
 //! V vocabulary. Linear weights are stored [in, out] (burn's layout; torch's is [out, in]).
@@ -102,7 +103,8 @@ pub struct DropoutKey {
     pub batch: u64,
 }
 
-/// Causal multi-head self-attention. `q_norm`/`k_norm` are QK-norm (pre_rms_qk, simple) over
+/// Causal multi-head self-attention. `q_norm`/`k_norm` are QK-norm (`qk_norm`, and
+/// pre_rms_qk, simple and olmo2 by definition) over
 /// the whole width before RoPE; `v_norm`/`o_norm` complete SimpleNorm's "norm after every
 /// linear".
 #[derive(Module, Debug)]
@@ -173,30 +175,44 @@ impl Mlp {
     }
 }
 
-/// One transformer block. `ln_1`/`ln_2` exist for the pre- and post-norm variants only.
+/// One transformer block. `ln_1`/`ln_2` exist for the pre-, peri- and post-norm variants;
+/// `attn_out_norm`/`mlp_out_norm`, on the sublayers' outputs, for Peri-LN and OLMo 2.
 #[derive(Module, Debug)]
 pub struct Block {
     pub ln_1: Option<Norm>,
     pub attn: Attention,
+    pub attn_out_norm: Option<Norm>,
     pub ln_2: Option<Norm>,
     pub mlp: Mlp,
+    pub mlp_out_norm: Option<Norm>,
     pub post_norm: bool,
     pub residual: bool,
+    /// What the residual is multiplied by before the add: DeepNorm's alpha, else 1.
+    pub residual_scale: f64,
 }
 
 impl Block {
     pub fn forward(&self, x: Tensor<3>, rope: Option<&RotaryEncoding>, key: Option<DropoutKey>) -> Tensor<3> {
-        // Residual (`x + f(x)`) or not (`f(x)`), the blog's ablation.
-        let add = |x: Tensor<3>, fx: Tensor<3>| if self.residual { x + fx } else { fx };
+        // Residual (`x + f(x)`) or not (`f(x)`), the blog's ablation. DeepNorm scales the
+        // residual up (`alpha x + f(x)`), so that a sublayer's update moves the sum less.
+        let add = |x: Tensor<3>, fx: Tensor<3>| match self.residual {
+            false => fx,
+            true if self.residual_scale == 1.0 => x + fx,
+            true => x * self.residual_scale + fx,
+        };
         if self.post_norm {
-            // Post-LN (original Transformer): normalise after the residual add.
+            // Post-LN (original Transformer; DeepNorm; Mix-LN's first blocks): normalise
+            // after the residual add.
             let h = norm_opt(&self.ln_1, add(x.clone(), self.attn.forward(x, rope, key)));
             norm_opt(&self.ln_2, add(h.clone(), self.mlp.forward(h, key)))
         } else {
-            // Pre-norm (GPT-2, LLaMA): normalise each sublayer's input. SimpleNorm and `none`
-            // have no ln_1/ln_2, so this is also their block: x + attn(x), h + mlp(h).
-            let h = add(x.clone(), self.attn.forward(norm_opt(&self.ln_1, x), rope, key));
-            add(h.clone(), self.mlp.forward(norm_opt(&self.ln_2, h), key))
+            // Pre-norm (GPT-2, LLaMA): normalise each sublayer's input (ln_1, ln_2). Peri-LN
+            // normalises its output too, OLMo 2 its output only (`*_out_norm`, after the
+            // sublayer's dropout). SimpleNorm and `none` have neither: x + attn(x), h + mlp(h).
+            let attn = self.attn.forward(norm_opt(&self.ln_1, x.clone()), rope, key);
+            let h = add(x, norm_opt(&self.attn_out_norm, attn));
+            let mlp = self.mlp.forward(norm_opt(&self.ln_2, h.clone()), key);
+            add(h, norm_opt(&self.mlp_out_norm, mlp))
         }
     }
 }
@@ -214,6 +230,8 @@ pub struct Gpt {
     /// Untied LM head [C, V]; None when tied to `wte`.
     pub lm_head: Option<Param<Tensor<2>>>,
     pub rope: Option<RotaryEncoding>,
+    /// Gemma 2's soft cap c of the logits, `c tanh(logits / c)`; 0: none.
+    pub logit_softcap: f64,
 }
 
 impl Gpt {
@@ -249,7 +267,13 @@ impl Gpt {
             Some(w) => w.val(),
             None => self.wte.val().transpose(),
         };
-        x.reshape([b * t, c]).matmul(head).reshape([b, t, v])
+        let logits = x.reshape([b * t, c]).matmul(head).reshape([b, t, v]);
+        if self.logit_softcap > 0.0 {
+            // Smooth, so the logits stay within (-c, c) with their gradient kept.
+            (logits / self.logit_softcap).tanh() * self.logit_softcap
+        } else {
+            logits
+        }
     }
 
     /// Mean cross-entropy of logits [B, T, V] against targets [B, T].
@@ -257,6 +281,37 @@ impl Gpt {
         let [b, t, v] = logits.dims();
         let logp = activation::log_softmax(logits.reshape([b * t, v]), 1);
         params::mean_all(logp.gather(1, targets.reshape([b * t, 1]))).neg()
+    }
+
+    /// PaLM's z-loss: the mean over positions of log(Z)^2, Z = sum(exp(logits)) the softmax's
+    /// normaliser. A small multiple of it in the objective keeps log Z near 0, so that the
+    /// logits cannot drift up together (the cross-entropy does not see such a shift).
+    pub fn z_loss(logits: Tensor<3>) -> Tensor<1> {
+        let [b, t, v] = logits.dims();
+        let logits = logits.reshape([b * t, v]);
+        // log Z = max + log sum exp(logits - max), which cannot overflow; the max is a
+        // constant for the gradient, as it cancels out of log Z.
+        let max = logits.clone().max_dim(1).detach();
+        let log_z = (logits - max.clone()).exp().sum_dim(1).log() + max; // [B*T, 1]
+        params::mean_all(log_z.square())
+    }
+
+    /// What training minimises: the cross-entropy, and the z-loss term `z_loss` x `z_loss(..)`
+    /// when `z_loss` > 0. Reported apart; their sum is the objective.
+    pub fn loss_terms(logits: Tensor<3>, targets: Tensor<2, Int>, z_loss: f64) -> (Tensor<1>, Option<Tensor<1>>) {
+        if z_loss > 0.0 {
+            (Gpt::loss(logits.clone(), targets), Some(Gpt::z_loss(logits) * z_loss))
+        } else {
+            (Gpt::loss(logits, targets), None)
+        }
+    }
+
+    /// The sum of `loss_terms`: what the gradient of a training step is taken of.
+    pub fn objective(logits: Tensor<3>, targets: Tensor<2, Int>, z_loss: f64) -> Tensor<1> {
+        match Gpt::loss_terms(logits, targets, z_loss) {
+            (loss, Some(z)) => loss + z,
+            (loss, None) => loss,
+        }
     }
 }
 
@@ -296,13 +351,22 @@ impl ModelConfig {
     /// Builds the model with its initial weights drawn from `seed` on the CPU.
     ///
     /// Init: nanoGPT's (all weights N(0, 0.02), output projections N(0, 0.02/sqrt(2 n_layer)),
-    /// biases 0) for every variant but `simple`, which uses the SimpleGPT reference's
-    /// (embedding N(0, 1); q, k, v and the MLP's input linears 0.02; o and the MLP's output
-    /// 0.02/sqrt(2 (layer+1)); head truncated normal with std C^-0.5).
+    /// biases 0, norm gains 1) for every variant but these, which follow their papers:
+    /// - `simple`, the SimpleGPT reference's: embedding N(0, 1); q, k, v and the MLP's input
+    ///   linears 0.02; o and the MLP's output 0.02/sqrt(2 (layer+1)); head truncated normal
+    ///   with std C^-0.5.
+    /// - `olmo2`, OLMo 2's: every weight N(0, 0.02), output projections included.
+    /// - `deepnorm`, DeepNet's relative scales on our base: q and k 0.02; v, o and the MLP's
+    ///   linears 0.02 beta, beta = (8 n_layer)^(-1/4), in place of GPT-2's 1/sqrt(2 n_layer) on
+    ///   o and the MLP's output. DeepNet draws these from Xavier normal with gain beta (std
+    ///   beta sqrt(2 / (fan_in + fan_out)), C^-1/2 beta for a C x C matrix); the base std here
+    ///   stays 0.02 for every shape, as for the other variants, so only the factor beta and
+    ///   which matrices take it are DeepNet's.
     pub fn init(&self, seed: u64, device: &Device) -> Gpt {
         assert!(self.vocab_size > 0, "vocab_size is resolved from the data before init");
         let (c, v, hidden) = (self.n_embd, self.vocab_size, self.mlp_hidden());
         let simple = self.norm == NormKind::Simple;
+        let (deepnorm_alpha, deepnorm_beta) = self.deepnorm_scales();
         let mut init = Initializer { seed, count: 0, bias: self.bias, device };
         // The variant's own norm (LayerNorm or RMSNorm) over the width, where `on`.
         let norm = |on: bool| on.then(|| Norm::new(c, !self.norm.layer_norm(), self.bias, device));
@@ -322,10 +386,12 @@ impl ModelConfig {
         let wpe = (self.pos == PosKind::Learned).then(|| init.normal([self.block_size, c], 0.02, false));
         let blocks = (0..self.n_layer)
             .map(|layer| {
-                let out_std = if simple {
-                    0.02 / (2.0 * (layer + 1) as f64).sqrt()
-                } else {
-                    0.02 / (2.0 * self.n_layer as f64).sqrt()
+                // The std of v and the MLP's input linears, and of o and the MLP's output.
+                let (in_std, out_std) = match self.norm {
+                    NormKind::Simple => (0.02, 0.02 / (2.0 * (layer + 1) as f64).sqrt()),
+                    NormKind::Olmo2 => (0.02, 0.02),
+                    NormKind::DeepNorm => (0.02 * deepnorm_beta, 0.02 * deepnorm_beta),
+                    _ => (0.02, 0.02 / (2.0 * self.n_layer as f64).sqrt()),
                 };
                 let swiglu = self.mlp == MlpKind::Swiglu;
                 Block {
@@ -333,28 +399,31 @@ impl ModelConfig {
                     attn: Attention {
                         q: init.linear(c, c, 0.02),
                         k: init.linear(c, c, 0.02),
-                        v: init.linear(c, c, 0.02),
+                        v: init.linear(c, c, in_std),
                         o: init.linear(c, c, out_std),
-                        q_norm: rms_norm(self.norm.qk_norm(), c),
-                        k_norm: rms_norm(self.norm.qk_norm(), c),
+                        q_norm: rms_norm(self.has_qk_norm(), c),
+                        k_norm: rms_norm(self.has_qk_norm(), c),
                         v_norm: rms_norm(simple, c),
                         o_norm: rms_norm(simple, c),
                         attn_dropout: dropout(1 + 3 * layer),
                         resid_dropout: dropout(2 + 3 * layer),
                         n_head: self.n_head,
                     },
+                    attn_out_norm: norm(self.norm.out_norms()),
                     ln_2: norm(self.norm.block_norms()),
                     mlp: Mlp {
-                        fc: init.linear(c, hidden, 0.02),
-                        gate: swiglu.then(|| init.linear(c, hidden, 0.02)),
+                        fc: init.linear(c, hidden, in_std),
+                        gate: swiglu.then(|| init.linear(c, hidden, in_std)),
                         proj: init.linear(hidden, c, out_std),
                         fc_norm: rms_norm(simple, hidden),
                         gate_norm: rms_norm(simple && swiglu, hidden),
                         proj_norm: rms_norm(simple, c),
                         dropout: dropout(3 + 3 * layer),
                     },
-                    post_norm: self.norm == NormKind::PostLn,
+                    mlp_out_norm: norm(self.norm.out_norms()),
+                    post_norm: layer < self.post_norm_blocks(),
                     residual: self.residual,
+                    residual_scale: deepnorm_alpha,
                 }
             })
             .collect();
@@ -365,7 +434,17 @@ impl ModelConfig {
         });
         let rope = (self.pos == PosKind::Rope)
             .then(|| RotaryEncodingConfig::new(self.block_size, c / self.n_head).init(device));
-        Gpt { wte, wpe, drop: dropout(0), blocks, ln_f, lm_head, rope }
+        Gpt { wte, wpe, drop: dropout(0), blocks, ln_f, lm_head, rope, logit_softcap: self.logit_softcap }
+    }
+
+    /// DeepNet's (alpha, beta) for a decoder-only model of n_layer blocks, (2 n_layer)^(1/4)
+    /// and (8 n_layer)^(-1/4); (1, 1) for every other variant.
+    pub fn deepnorm_scales(&self) -> (f64, f64) {
+        if self.norm != NormKind::DeepNorm {
+            return (1.0, 1.0);
+        }
+        let layers = self.n_layer as f64;
+        ((2.0 * layers).powf(0.25), (8.0 * layers).powf(-0.25))
     }
 
     /// Parameter count (tied weights once), as nanoGPT's `get_num_params(non_embedding=False)`.
@@ -390,9 +469,9 @@ impl ModelConfig {
         };
         let n_fc = if self.mlp == MlpKind::Swiglu { 2 } else { 1 }; // fc, and the gate
         let simple = self.norm == NormKind::Simple;
-        let attention = 4 * lin(c, c) + if self.norm.qk_norm() { 2 * c } else { 0 } + if simple { 2 * c } else { 0 };
+        let attention = 4 * lin(c, c) + if self.has_qk_norm() { 2 * c } else { 0 } + if simple { 2 * c } else { 0 };
         let mlp = n_fc * lin(c, h) + lin(h, c) + if simple { n_fc * h + c } else { 0 };
-        let block = attention + mlp + 2 * norm(self.norm.block_norms());
+        let block = attention + mlp + 2 * norm(self.norm.block_norms()) + 2 * norm(self.norm.out_norms());
         v * c
             + if self.pos == PosKind::Learned { self.block_size as u128 * c } else { 0 }
             + self.n_layer as u128 * block

@@ -127,18 +127,26 @@ impl Trainer {
 
         let mut grads = GradSum::default();
         let mut losses = Vec::new();
+        let mut z_terms = Vec::new();
         let mut block_rms = Vec::new();
         for micro in 0..cfg.grad_accum {
             let index = (step * cfg.grad_accum + micro) as u64;
             let (x, y) = self.data.train_batch(&self.config, index).tensors(&self.device);
             let key = DropoutKey { seed: cfg.seed, batch: index };
             let logits = self.model.forward_train(x, Some(key), (diag && micro == 0).then_some(&mut block_rms));
-            let loss = Gpt::loss(logits, y);
-            let g = loss.backward();
+            let (loss, z_term) = Gpt::loss_terms(logits, y, cfg.z_loss);
+            let g = match z_term {
+                Some(z) => {
+                    z_terms.push(z.clone().detach().inner());
+                    (loss.clone() + z).backward()
+                }
+                None => loss.clone().backward(),
+            };
             grads.add(&self.model, &g);
             losses.push(loss.detach().inner());
         }
         let loss = mean_all(Tensor::cat(losses, 0));
+        let z_term = (!z_terms.is_empty()).then(|| mean_all(Tensor::cat(z_terms, 0)));
 
         // The mean gradient over micro-steps, then clipped to one global norm.
         let accum = 1.0 / cfg.grad_accum as f64;
@@ -155,11 +163,13 @@ impl Trainer {
         if log || diag {
             // One read-back for all of them, taken off in the order they were put in.
             let mut scalars = vec![loss, grad_norm];
+            scalars.extend(z_term.clone());
             scalars.extend(norms.iter().flatten().map(|(_, n)| n.clone() * accum));
             scalars.extend(block_rms.iter().map(|r| r.clone().inner()));
             let mut values = read_scalars(scalars).await?.into_iter();
             record.loss = values.next();
             record.grad_norm = values.next();
+            record.z_loss = z_term.and_then(|_| values.next());
             record.grad_norms = norms.map(|n| n.into_iter().map(|(path, _)| path).zip(values.by_ref()).collect());
             record.act_rms = (!block_rms.is_empty()).then(|| values.collect());
             if self.progress.first_loss.is_none() {
@@ -200,8 +210,9 @@ impl Trainer {
         }
     }
 
-    /// Mean loss over `eval_iters` batches of each split, with dropout off. The batches
-    /// depend on (seed, step) only.
+    /// Mean loss over `eval_iters` batches of each split, with dropout off: the
+    /// cross-entropy alone (without z_loss's term, so that it compares across runs). The
+    /// batches depend on (seed, step) only.
     async fn estimate_loss(&self, step: usize) -> Result<(f64, f64)> {
         let model = self.model.valid();
         let device = self.device.clone().inner();
