@@ -266,16 +266,26 @@ fn study<'a>(command: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> 
 #[test]
 fn every_norm_placement_trains_from_the_cli() {
     let dir = tmp("placements");
-    for norm in
-        ["pre_ln", "pre_rms", "pre_rms_qk", "post_ln", "simple", "peri_ln", "mix_ln", "olmo2", "deepnorm", "none"]
-    {
+    let help = String::from_utf8(
+        ok({
+            let mut c = bin();
+            c.args(["train", "--help"]);
+            c
+        })
+        .stdout,
+    )
+    .unwrap();
+    for norm in simplegpt::config::NormKind::ALL.map(|n| n.to_string()) {
+        assert!(
+            help.contains(&format!(" {norm},")) || help.contains(&format!(" {norm};")),
+            "--help lists {norm}: {help}"
+        );
         // Four layers, so that Mix-LN has a post-LN block; QK-norm on, the soft cap and the
         // z-loss too, each on every placement.
-        let run_dir = dir.join(norm);
-        let sets = ["norm=", "n_layer=4", "qk_norm=true", "logit_softcap=30", "z_loss=1e-4"];
-        let sets: Vec<String> =
-            sets.iter().map(|s| if *s == "norm=" { format!("norm={norm}") } else { s.to_string() }).collect();
-        let args: Vec<&str> = sets.iter().flat_map(|s| ["--set", s.as_str()]).collect();
+        let run_dir = dir.join(&norm);
+        let norm_set = format!("norm={norm}");
+        let sets = [norm_set.as_str(), "n_layer=4", "qk_norm=true", "logit_softcap=30", "z_loss=1e-4"];
+        let args: Vec<&str> = sets.iter().flat_map(|s| ["--set", *s]).collect();
         ok(train(&run_dir, 5, &args));
         let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
         assert!(config.contains(&format!("norm = \"{norm}\"")) && config.contains("qk_norm = true"), "{config}");

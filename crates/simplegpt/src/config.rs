@@ -44,6 +44,20 @@ pub enum NormKind {
 }
 
 impl NormKind {
+    /// Every variant, in the order `--help` and the docs list them.
+    pub const ALL: [NormKind; 10] = [
+        NormKind::PreLn,
+        NormKind::PreRms,
+        NormKind::PreRmsQk,
+        NormKind::PostLn,
+        NormKind::Simple,
+        NormKind::PeriLn,
+        NormKind::MixLn,
+        NormKind::Olmo2,
+        NormKind::DeepNorm,
+        NormKind::None,
+    ];
+
     /// A norm on each block's two sublayers (`ln_1`, `ln_2`): before them, or after the add.
     pub fn block_norms(self) -> bool {
         matches!(

@@ -11,19 +11,6 @@ use simplegpt::optim::GradSum;
 use simplegpt::params::{self, PathMapper};
 use simplegpt::rng::Stream;
 
-const NORMS: [NormKind; 10] = [
-    NormKind::PreLn,
-    NormKind::PreRms,
-    NormKind::PreRmsQk,
-    NormKind::PostLn,
-    NormKind::Simple,
-    NormKind::PeriLn,
-    NormKind::MixLn,
-    NormKind::Olmo2,
-    NormKind::DeepNorm,
-    NormKind::None,
-];
-
 fn small(norm: NormKind) -> Config {
     let mut c = Config::preset("tiny").unwrap();
     c.model.vocab_size = 11;
@@ -53,7 +40,7 @@ fn values(t: Tensor<3>) -> Vec<f32> {
 #[test]
 fn every_variant_gives_logits_of_the_right_shape_and_param_count() {
     let device = Device::flex();
-    for norm in NORMS {
+    for norm in NormKind::ALL {
         for residual in [true, false] {
             for mlp in [MlpKind::Gelu, MlpKind::Swiglu] {
                 for pos in [PosKind::Learned, PosKind::Rope] {
