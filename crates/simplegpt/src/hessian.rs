@@ -353,6 +353,39 @@ mod tests {
     }
 
     #[test]
+    fn the_gradient_is_of_the_objective_training_minimises_z_loss_included() {
+        use crate::Config;
+        use crate::data::{Dataset, Split};
+        let device = Device::flex().autodiff();
+        let mut c = Config::preset("tiny").unwrap();
+        (c.model.block_size, c.model.n_embd, c.model.n_head) = (8, 8, 2);
+        let data = Dataset::from_text(&"the cat sat on a mat; a bat ate the hat.\n".repeat(10), "test").unwrap();
+        c.model.vocab_size = data.tokenizer.vocab_size();
+        let model = c.model.init(1, &device);
+        let batches: Vec<_> =
+            (0..2).map(|i| data.batch(Split::Train, "hessian", 1, i, 4, 8).tensors(&device)).collect();
+        // The directional derivative g . v against a central difference of the objective along
+        // v, with the z-loss off and at a coefficient that makes its term matter.
+        let v = random_unit(&params::named(&model).into_iter().map(|(p, t, _)| (p, t.inner())).collect(), 3, "v");
+        let objective_along = |z_loss: f64, delta: f64| {
+            let moved = params::map(model.clone(), &mut Shift { v: &v, delta });
+            let sum: f64 =
+                batches.iter().map(|(x, y)| scalar(Gpt::objective(moved.forward(x.clone()), y.clone(), z_loss))).sum();
+            sum / batches.len() as f64
+        };
+        let mut slopes = Vec::new();
+        for z_loss in [0.0, 0.1] {
+            let g = gradient(&model, &batches, z_loss);
+            let analytic: f64 = g.iter().map(|(k, g)| scalar(params::sum_all(g.clone().inner() * v[k].clone()))).sum();
+            let h = 1e-2;
+            let numeric = (objective_along(z_loss, h) - objective_along(z_loss, -h)) / (2.0 * h);
+            assert!((analytic - numeric).abs() <= 0.01 * numeric.abs(), "z_loss {z_loss}: g.v {analytic}, {numeric}");
+            slopes.push(analytic);
+        }
+        assert!((slopes[1] - slopes[0]).abs() > 0.05 * slopes[0].abs(), "the z-loss's term is in it: {slopes:?}");
+    }
+
+    #[test]
     fn the_eigenvalues_of_a_tiny_model_are_the_curvature_of_its_loss_along_their_eigenvectors() {
         use crate::Config;
         use crate::data::{Dataset, Split};

@@ -283,7 +283,7 @@ impl Gpt {
         params::mean_all(logp.gather(1, targets.reshape([b * t, 1]))).neg()
     }
 
-    /// PaLM's z-loss: the mean over positions of log(Z)^2, Z = sum(exp(logits)) the softmax's
+    /// PaLM's z-loss: the mean over positions of (log Z)^2, Z = sum(exp(logits)) the softmax's
     /// normaliser. A small multiple of it in the objective keeps log Z near 0, so that the
     /// logits cannot drift up together (the cross-entropy does not see such a shift).
     pub fn z_loss(logits: Tensor<3>) -> Tensor<1> {

@@ -59,6 +59,26 @@ fn losses(records: &[StepRecord]) -> Vec<f64> {
 }
 
 #[test]
+fn the_z_loss_moves_training_and_every_loss_reported_stays_the_cross_entropy() {
+    let plain = config(3);
+    let mut with_z = plain.clone();
+    with_z.train.z_loss = 1e-2;
+    let (a, b) = (run(&plain, &Device::flex()), run(&with_z, &Device::flex()));
+    // Step 0: the same weights and batches, so the same cross-entropy, evaluated and trained;
+    // the z-loss's term is logged beside it, and only where it is on.
+    assert_eq!((a[0].loss, a[0].train_loss, a[0].val_loss), (b[0].loss, b[0].train_loss, b[0].val_loss));
+    assert!(a.iter().all(|r| r.z_loss.is_none()));
+    // The term is z_loss x mean((log Z)^2); at init the logits are near 0 (std ~0.2 here), so
+    // log Z is near ln(V), V the vocabulary: above it by about their variance / 2.
+    let v = data().tokenizer.vocab_size() as f64;
+    let z = b[0].z_loss.unwrap();
+    assert!((z / (1e-2 * v.ln().powi(2)) - 1.0).abs() < 0.03, "z-loss term {z}, vocabulary {v}");
+    assert!(b.iter().filter(|r| r.loss.is_some()).all(|r| r.z_loss.is_some_and(|z| z > 0.0)));
+    // The update took the term's gradient: step 1's cross-entropy differs.
+    assert_ne!(a[1].loss, b[1].loss, "the z-loss changes the update");
+}
+
+#[test]
 fn a_tiny_model_learns_a_short_text() {
     let c = config(300);
     let records = run(&c, &Device::flex());
