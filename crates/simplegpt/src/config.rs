@@ -146,9 +146,10 @@ pub struct ModelConfig {
     pub tie_weights: bool,
     pub norm: NormKind,
     /// RMSNorm on q and k over the full width, right after their projections, on any `norm`
-    /// (`pre_rms_qk`, `simple` and `olmo2` have it whatever this says). The keys below this one
-    /// are absent from the configs of earlier versions and left out of a config's TOML at
-    /// their default, so that those configs read, and hash, as they did.
+    /// (`pre_rms_qk`, `simple` and `olmo2` have it whatever this says). This key and the next
+    /// two (and `TrainConfig::z_loss`) are absent from the configs of earlier versions, and
+    /// left out of a config's TOML at their defaults, so that those configs read, and hash,
+    /// as they did.
     #[serde(default, skip_serializing_if = "is_false")]
     pub qk_norm: bool,
     /// Mix-LN's share of post-LN blocks, the first floor(mix_ln_fraction x n_layer); 0 to 1.

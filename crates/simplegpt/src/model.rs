@@ -103,10 +103,9 @@ pub struct DropoutKey {
     pub batch: u64,
 }
 
-/// Causal multi-head self-attention. `q_norm`/`k_norm` are QK-norm (`qk_norm`, and
-/// pre_rms_qk, simple and olmo2 by definition) over
-/// the whole width before RoPE; `v_norm`/`o_norm` complete SimpleNorm's "norm after every
-/// linear".
+/// Causal multi-head self-attention. `q_norm`/`k_norm` are QK-norm (the `qk_norm` key, and
+/// pre_rms_qk, simple and olmo2 by definition) over the whole width before RoPE;
+/// `v_norm`/`o_norm` complete SimpleNorm's "norm after every linear".
 #[derive(Module, Debug)]
 pub struct Attention {
     pub q: Linear,

@@ -134,14 +134,13 @@ impl Trainer {
             let (x, y) = self.data.train_batch(&self.config, index).tensors(&self.device);
             let key = DropoutKey { seed: cfg.seed, batch: index };
             let logits = self.model.forward_train(x, Some(key), (diag && micro == 0).then_some(&mut block_rms));
+            // The gradient of the objective; the z-loss's term is logged apart from the loss.
             let (loss, z_term) = Gpt::loss_terms(logits, y, cfg.z_loss);
-            let g = match z_term {
-                Some(z) => {
-                    z_terms.push(z.clone().detach().inner());
-                    (loss.clone() + z).backward()
-                }
-                None => loss.clone().backward(),
+            let g = match &z_term {
+                Some(z) => (loss.clone() + z.clone()).backward(),
+                None => loss.backward(),
             };
+            z_terms.extend(z_term.map(|z| z.detach().inner()));
             grads.add(&self.model, &g);
             losses.push(loss.detach().inner());
         }
