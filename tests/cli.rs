@@ -284,7 +284,10 @@ fn every_norm_placement_trains_from_the_cli() {
         // z-loss too, each on every placement.
         let run_dir = dir.join(&norm);
         let norm_set = format!("norm={norm}");
-        let sets = [norm_set.as_str(), "n_layer=4", "qk_norm=true", "logit_softcap=30", "z_loss=1e-4"];
+        let mut sets = vec![norm_set.as_str(), "n_layer=4", "qk_norm=true", "logit_softcap=30", "z_loss=1e-4"];
+        if norm == "ngpt" {
+            sets.extend(["mlp=swiglu", "pos=rope", "tie_weights=false"]);
+        }
         let args: Vec<&str> = sets.iter().flat_map(|s| ["--set", *s]).collect();
         ok(train(&run_dir, 5, &args));
         let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
@@ -322,7 +325,12 @@ fn train_refuses_bad_input() {
             "unknown norm, which lists the valid ones",
             &quick_train(&out, &["--set", "norm=layernorm"]),
             "unknown variant `layernorm`, expected one of `pre_ln`, `pre_rms`, `pre_rms_qk`, `post_ln`, `simple`, \
-             `peri_ln`, `mix_ln`, `olmo2`, `deepnorm`, `none`",
+             `peri_ln`, `mix_ln`, `olmo2`, `deepnorm`, `ngpt`, `none`",
+        ),
+        (
+            "ngpt without the parts it is defined with",
+            &quick_train(&out, &["--set", "norm=ngpt"]),
+            "ngpt is defined with SwiGLU, RoPE, an untied head, no biases and residuals",
         ),
         (
             "mix_ln_fraction above 1",
@@ -716,6 +724,24 @@ fn an_independent_numpy_model_gets_the_same_first_loss_from_the_exported_weights
         ("mix_ln", vec!["--set", "norm=mix_ln", "--set", "n_layer=4", "--set", "bias=true"]),
         ("olmo2", vec!["--set", "norm=olmo2", "--set", "n_layer=2", "--set", "mlp=swiglu", "--set", "pos=rope"]),
         ("deepnorm", vec!["--set", "norm=deepnorm", "--set", "n_layer=3"]),
+        // nGPT as it is defined (SwiGLU, RoPE, an untied head), with dropout.
+        (
+            "ngpt",
+            vec![
+                "--set",
+                "norm=ngpt",
+                "--set",
+                "n_layer=2",
+                "--set",
+                "mlp=swiglu",
+                "--set",
+                "pos=rope",
+                "--set",
+                "tie_weights=false",
+                "--set",
+                "dropout=0.1",
+            ],
+        ),
         // QK-norm as a switch on a LayerNorm placement.
         ("qk_norm", vec!["--set", "qk_norm=true", "--set", "bias=true"]),
         // The logit cap below the logits' size at init, so that it bends them; the z-loss's term.

@@ -3,7 +3,7 @@
 Reads a file written by `simplegpt export --batches N` (safetensors: PyTorch names and
 layout, the config and the batches in it), runs the model written out below from the
 definitions in the SimpleGPT paper, nanoGPT and the papers of the other norm placements
-(Peri-LN, Mix-LN, OLMo 2, DeepNet; not from simplegpt's code), and prints the mean
+(Peri-LN, Mix-LN, OLMo 2, DeepNet, nGPT; not from simplegpt's code), and prints the mean
 cross-entropy of each exported batch, one per line, in float64; with `z_loss > 0` in the
 config, each line also gives, after a space, the z-loss term (z_loss x the mean of
 log(Z)^2). With `dropout > 0` in the config, batch i is run as training step i runs it:
@@ -149,9 +149,32 @@ def expected_names(m):
                 norm(f"{p}.{n}", True)
             if m["mlp"] == "swiglu":
                 norm(f"{p}.mlp.gate_norm", True)
-    if kind not in ("post_ln", "deepnorm", "none"):
+        if kind == "ngpt":  # nGPT's learned vectors: alpha per sublayer, s_qk, s_u, s_nu
+            for n in ("attn_alpha", "mlp_alpha", "attn.qk_scale", "mlp.fc_scale", "mlp.gate_scale"):
+                names.add(f"{p}.{n}.weight")
+    if kind == "ngpt":
+        names.add("logit_scale.weight")  # s_z
+    if kind not in ("post_ln", "deepnorm", "ngpt", "none"):
         norm("ln_f")
     return names
+
+
+def unit(x):
+    """nGPT's normalisation onto the unit sphere, over the last axis."""
+    return x / np.sqrt((x * x).sum(-1, keepdims=True))
+
+
+def check_unit_vectors(W):
+    """nGPT keeps every matrix's vectors along the width at unit norm (torch layout [out, in]:
+    rows of the embeddings and of the matrices that read the width, columns of those that
+    write it)."""
+    for name, w in W.items():
+        if w.ndim != 2 or name.startswith("batches."):
+            continue
+        writes_width = name.endswith("attn.o.weight") or name.endswith("mlp.proj.weight")
+        lengths = np.sqrt((w.astype(np.float64) ** 2).sum(0 if writes_width else 1))
+        if np.abs(lengths - 1).max() > 1e-5:
+            raise SystemExit(f"nGPT: {name} has vectors of length {lengths.min()} to {lengths.max()}, not 1")
 
 
 def rope(t, theta=10000.0):
@@ -179,6 +202,12 @@ def forward_loss(W, m, x, y, seed, batch):
     simple = kind == "simple"
     # DeepNet (decoder-only): post-LN of alpha x + f(x), alpha = (2 N)^(1/4) for N layers.
     alpha = (2 * m["n_layer"]) ** 0.25 if kind == "deepnorm" else 1.0
+    ngpt = kind == "ngpt"
+    C = m["n_embd"]
+
+    def learned(name, init, scale):
+        """nGPT's parametrisation: a vector stored at `scale`, used as stored x init / scale."""
+        return get(name) * (init / scale)
 
     def dropout(h, site):
         p = m["dropout"]
@@ -227,28 +256,43 @@ def forward_loss(W, m, x, y, seed, batch):
             q, k, v = (t.reshape(B, T, nh, hs).transpose(0, 2, 1, 3) for t in (q, k, v))
             if m["pos"] == "rope":
                 q, k = rope(q), rope(k)
-            att = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)
+            if ngpt:  # q, k unit per head times s_qk; cosines taken at sqrt(hs)
+                s_qk = learned(p + ".attn.qk_scale.weight", 1.0, C**-0.5).reshape(nh, 1, hs)
+                q, k = unit(q) * s_qk, unit(k) * s_qk
+                att = q @ k.transpose(0, 1, 3, 2) * math.sqrt(hs)
+            else:
+                att = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)
             att = dropout(softmax(np.where(causal, -np.inf, att), -1), 1 + 3 * i)
             out = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, C)
             return dropout(normalize(p + ".attn.o_norm", linear(p + ".attn.o", out), simple, True), 2 + 3 * i)
 
         def mlp(u):
             a = normalize(p + ".mlp.fc_norm", linear(p + ".mlp.fc", u), simple, True)
-            if m["mlp"] == "swiglu":
+            if ngpt:  # nGPT's SwiGLU: u s_u gating silu(nu s_nu sqrt(d))
+                nu = a * learned(p + ".mlp.fc_scale.weight", 1.0, 1.0) * math.sqrt(C)
+                a = silu(nu) * linear(p + ".mlp.gate", u) * learned(p + ".mlp.gate_scale.weight", 1.0, 1.0)
+            elif m["mlp"] == "swiglu":
                 a = silu(a) * normalize(p + ".mlp.gate_norm", linear(p + ".mlp.gate", u), simple, True)
             else:
                 a = gelu(a)
             return dropout(normalize(p + ".mlp.proj_norm", linear(p + ".mlp.proj", a), simple, True), 3 + 3 * i)
 
-        if i < post_ln_blocks(m):  # post-LN, DeepNet, Mix-LN's first layers
+        if ngpt:  # h <- norm(h + alpha (norm(f(h)) - h)), alpha per channel, for each sublayer
+            alpha_a = learned(p + ".attn_alpha.weight", 0.05, C**-0.5)
+            h = unit(h + alpha_a * (unit(attn(h)) - h))
+            alpha_m = learned(p + ".mlp_alpha.weight", 0.05, C**-0.5)
+            h = unit(h + alpha_m * (unit(mlp(h)) - h))
+        elif i < post_ln_blocks(m):  # post-LN, DeepNet, Mix-LN's first layers
             h = normalize(p + ".ln_1", add(h, attn(h)))
             h = normalize(p + ".ln_2", add(h, mlp(h)))
         else:  # pre-LN; Peri-LN and OLMo 2 also normalise each sublayer's output
             h = add(h, normalize(p + ".attn_out_norm", attn(normalize(p + ".ln_1", h, pre_or_post)), out_norm, True))
             h = add(h, normalize(p + ".mlp_out_norm", mlp(normalize(p + ".ln_2", h, pre_or_post)), out_norm, True))
-    h = normalize("ln_f", h, kind not in ("post_ln", "deepnorm", "none"))
+    h = normalize("ln_f", h, kind not in ("post_ln", "deepnorm", "ngpt", "none"))
     head = get("wte.weight") if m["tie_weights"] else get("lm_head.weight")
     logits = h @ head.T
+    if ngpt:
+        logits = logits * learned("logit_scale.weight", 1.0, C**-0.5)  # s_z
     cap = m.get("logit_softcap", 0.0)
     if cap > 0:  # Gemma 2's soft cap
         logits = cap * np.tanh(logits / cap)
@@ -264,6 +308,8 @@ def main():
     names, expected = set(W) - {"batches.x", "batches.y"}, expected_names(config["model"])
     if names != expected:
         raise SystemExit(f"the export's tensors differ from the config's: missing {sorted(expected - names)}, unexpected {sorted(names - expected)}")
+    if config["model"]["norm"] == "ngpt":
+        check_unit_vectors(W)
     z_loss = config["train"].get("z_loss", 0.0)
     for i, (x, y) in enumerate(zip(W["batches.x"], W["batches.y"])):
         cross_entropy, mean_log_z_squared = forward_loss(W, config["model"], x, y, config["train"]["seed"], i)

@@ -39,13 +39,19 @@ pub enum NormKind {
     /// beta = (8 n_layer)^(-1/4) times smaller.
     #[serde(rename = "deepnorm")]
     DeepNorm,
+    /// nGPT, the normalised Transformer (arXiv 2410.01131): the hidden state, the embeddings
+    /// and every matrix's vectors along the width kept at unit norm, each sublayer moving
+    /// the state towards its normalised output by learned steps, `norm(h + alpha (norm(f(h))
+    /// - h))`; q and k unit per head (scaled by s_qk), the logits scaled by s_z, no norm
+    /// layers. Defined with SwiGLU, RoPE, an untied head, no biases and residuals on.
+    Ngpt,
     /// No normalisation at all.
     None,
 }
 
 impl NormKind {
     /// Every variant, in the order `--help` and the docs list them.
-    pub const ALL: [NormKind; 10] = [
+    pub const ALL: [NormKind; 11] = [
         NormKind::PreLn,
         NormKind::PreRms,
         NormKind::PreRmsQk,
@@ -55,6 +61,7 @@ impl NormKind {
         NormKind::MixLn,
         NormKind::Olmo2,
         NormKind::DeepNorm,
+        NormKind::Ngpt,
         NormKind::None,
     ];
 
@@ -88,10 +95,10 @@ impl NormKind {
         matches!(self, NormKind::PreRmsQk | NormKind::Simple | NormKind::Olmo2)
     }
 
-    /// A norm before the LM head: the post-LN variants' last block already ends in one,
-    /// `none` has none. (Mix-LN's last blocks are pre-LN, so it has one.)
+    /// A norm before the LM head: the post-LN variants' last block already ends in one, as
+    /// nGPT's (at unit norm), `none` has none. (Mix-LN's last blocks are pre-LN: it has one.)
     pub fn final_norm(self) -> bool {
-        !matches!(self, NormKind::PostLn | NormKind::DeepNorm | NormKind::None)
+        !matches!(self, NormKind::PostLn | NormKind::DeepNorm | NormKind::Ngpt | NormKind::None)
     }
 }
 
@@ -519,6 +526,13 @@ impl Config {
         if t.log_interval == 0 || t.eval_interval == 0 || t.eval_iters == 0 || t.diag_interval == 0 {
             return bad("log_interval, eval_interval, eval_iters and diag_interval must be at least 1".into());
         }
+        if m.norm == NormKind::Ngpt
+            && !(m.mlp == MlpKind::Swiglu && m.pos == PosKind::Rope && !m.tie_weights && !m.bias && m.residual)
+        {
+            return bad("ngpt is defined with SwiGLU, RoPE, an untied head, no biases and residuals: \
+                 set mlp=swiglu, pos=rope, tie_weights=false, bias=false, residual=true"
+                .into());
+        }
         if !(0.0..=1.0).contains(&m.mix_ln_fraction) {
             return bad(format!("mix_ln_fraction must be in [0, 1], got {}", m.mix_ln_fraction));
         }
@@ -742,7 +756,7 @@ mod tests {
         assert!(c.set("n_layers=3").unwrap_err().to_string().contains("unknown config key"));
         let unknown_norm = c.set("norm=layernorm").unwrap_err().to_string();
         assert!(unknown_norm.contains("bad value"), "{unknown_norm}");
-        for name in ["pre_ln", "pre_rms_qk", "simple", "peri_ln", "mix_ln", "olmo2", "deepnorm", "none"] {
+        for name in ["pre_ln", "pre_rms_qk", "simple", "peri_ln", "mix_ln", "olmo2", "deepnorm", "ngpt", "none"] {
             assert!(unknown_norm.contains(&format!("`{name}`")), "lists {name}: {unknown_norm}");
         }
         assert!(c.set("n_layer=-1").unwrap_err().to_string().contains("bad value"));
@@ -755,8 +769,8 @@ mod tests {
     #[test]
     fn kinds_print_as_users_type_them() {
         assert_eq!(format!("{} {}", NormKind::PreLn, NormKind::PreRmsQk), "pre_ln pre_rms_qk");
-        let new = [NormKind::PeriLn, NormKind::MixLn, NormKind::Olmo2, NormKind::DeepNorm].map(|n| n.to_string());
-        assert_eq!(new, ["peri_ln", "mix_ln", "olmo2", "deepnorm"]);
+        let new = [NormKind::PeriLn, NormKind::MixLn, NormKind::Olmo2, NormKind::DeepNorm, NormKind::Ngpt];
+        assert_eq!(new.map(|n| n.to_string()), ["peri_ln", "mix_ln", "olmo2", "deepnorm", "ngpt"]);
         assert_eq!(format!("{} {}", MlpKind::Swiglu, PosKind::Rope), "swiglu rope");
     }
 
@@ -814,6 +828,17 @@ mod tests {
         bad("diverge_factor=nan", "diverge_factor");
         bad("grad_clip=-1", "grad_clip");
         bad("weight_decay=-5", "weight_decay");
+        bad("norm=ngpt", "ngpt is defined with SwiGLU, RoPE, an untied head, no biases and residuals");
+        let mut ngpt = Config::preset("tiny").unwrap();
+        for set in ["norm=ngpt", "mlp=swiglu", "pos=rope", "tie_weights=false"] {
+            ngpt.set(set).unwrap();
+        }
+        assert!(ngpt.validate().is_ok());
+        for set in ["bias=true", "residual=false", "mlp=gelu"] {
+            let mut c = ngpt.clone();
+            c.set(set).unwrap();
+            assert!(c.validate().unwrap_err().to_string().contains("ngpt is defined with"), "{set}");
+        }
         bad("mix_ln_fraction=1.5", "mix_ln_fraction must be in [0, 1], got 1.5");
         bad("mix_ln_fraction=-0.1", "mix_ln_fraction must be in [0, 1]");
         bad("mix_ln_fraction=nan", "mix_ln_fraction");

@@ -1,8 +1,9 @@
 //! The GPT, in one file that reads in the order the data flows (as nanoGPT's model.py):
 //! `Norm`, `Attention`, `Mlp`, `Block`, `Gpt`. Every normalisation variant of the study is a
 //! few visible lines in `Block::forward` (pre-, post-, peri- and output norms, DeepNorm's
-//! scaled residual) and in the `*_norm` fields of `Attention` and `Mlp` (SimpleNorm's norm
-//! after each linear, QK-norm).
+//! scaled residual, nGPT's steps on the unit sphere) and in the `*_norm` and `*_scale`
+//! fields of `Attention` and `Mlp` (SimpleNorm's norm after each linear, QK-norm, nGPT's
+//! scales).
 //!
 //! Shapes: B batch, T time (context), C channels (n_embd), nh heads, hs head size (C / nh),
 //! V vocabulary. Linear weights are stored [in, out] (burn's layout; torch's is [out, in]).
@@ -15,7 +16,7 @@ use burn::nn::{Linear, RotaryEncoding, RotaryEncodingConfig};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 
 use crate::config::{MlpKind, ModelConfig, NormKind, PosKind};
-use crate::params;
+use crate::params::{self, PathMapper};
 use crate::rng::{self, Stream};
 
 const NORM_EPS: f64 = 1e-5;
@@ -52,6 +53,42 @@ impl Norm {
             Some(b) => x + b.val().unsqueeze(),
             None => x,
         }
+    }
+}
+
+/// nGPT's normalisation: `x / ||x||` over the last dimension, onto the unit sphere; no gain
+/// (nGPT's learned scales are `Scale`s of their own) and no eps, as the paper's.
+fn unit<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let length = x.clone().square().sum_dim(D - 1).sqrt();
+    x / length
+}
+
+/// A learned vector of nGPT's (alpha, s_qk, s_u, s_nu, s_z), in the paper's parametrisation:
+/// stored at its `scale` and used as stored x init / scale (x `factor`'s other constants),
+/// so that it starts at `init` and Adam moves it in steps relative to `scale`.
+#[derive(Module, Debug)]
+pub struct Scale {
+    pub weight: Param<Tensor<1>>,
+    /// What the stored values are multiplied by when used.
+    pub factor: f64,
+}
+
+impl Scale {
+    fn new(d: usize, init: f64, scale: f64, device: &Device) -> Self {
+        Scale { weight: Param::from_data(TensorData::new(vec![scale as f32; d], [d]), device), factor: init / scale }
+    }
+
+    /// `x` times the vector, over its last dimension.
+    fn times<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        x * (self.weight.val() * self.factor).unsqueeze()
+    }
+}
+
+/// `x` scaled where the variant has the scale (nGPT), else unchanged.
+fn scale_opt<const D: usize>(scale: &Option<Scale>, x: Tensor<D>) -> Tensor<D> {
+    match scale {
+        Some(s) => s.times(x),
+        None => x,
     }
 }
 
@@ -105,7 +142,8 @@ pub struct DropoutKey {
 
 /// Causal multi-head self-attention. `q_norm`/`k_norm` are QK-norm (the `qk_norm` key, and
 /// pre_rms_qk, simple and olmo2 by definition) over the whole width before RoPE;
-/// `v_norm`/`o_norm` complete SimpleNorm's "norm after every linear".
+/// `v_norm`/`o_norm` complete SimpleNorm's "norm after every linear"; `qk_scale` is nGPT's
+/// s_qk, on q and k made unit per head after RoPE.
 #[derive(Module, Debug)]
 pub struct Attention {
     pub q: Linear,
@@ -116,6 +154,7 @@ pub struct Attention {
     pub k_norm: Option<Norm>,
     pub v_norm: Option<Norm>,
     pub o_norm: Option<Norm>,
+    pub qk_scale: Option<Scale>,
     pub attn_dropout: Dropout,
     pub resid_dropout: Dropout,
     pub n_head: usize,
@@ -136,8 +175,18 @@ impl Attention {
             q = rope.forward(q);
             k = rope.forward(k);
         }
+        // nGPT: q and k unit per head, times s_qk, so that q.k is a cosine (times s_qk^2),
+        // which the softmax takes times sqrt(hs) rather than over it.
+        let temperature = match &self.qk_scale {
+            Some(s_qk) => {
+                let s_qk = (s_qk.weight.val() * s_qk.factor).reshape([1, nh, 1, hs]);
+                (q, k) = (unit(q) * s_qk.clone(), unit(k) * s_qk);
+                (hs as f64).sqrt()
+            }
+            None => 1.0 / (hs as f64).sqrt(),
+        };
         // [B, nh, T, T]: each position attends to itself and the past only.
-        let att = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hs as f64).sqrt());
+        let att = q.matmul(k.swap_dims(2, 3)) * temperature;
         let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &att.device());
         let att = att.mask_fill(future.unsqueeze::<4>().expand([b, nh, t, t]), f32::NEG_INFINITY);
         let att = self.attn_dropout.forward(activation::softmax(att, 3), key);
@@ -149,8 +198,9 @@ impl Attention {
 
 /// The feed-forward sublayer: GELU (`fc -> gelu -> proj`) or SwiGLU
 /// (`proj(silu(fc x) * gate x)`). Under SimpleNorm each linear's output is normalised,
-/// the norm sitting before the activation as in the reference. GELU is burn's, computed on
-/// all cores on the CPU (`simplegpt_shaders::gelu`).
+/// the norm sitting before the activation as in the reference. nGPT scales the SiLU's
+/// input by s_nu sqrt(C) (`fc_scale`) and the gate by s_u (`gate_scale`). GELU is burn's,
+/// computed on all cores on the CPU (`simplegpt_shaders::gelu`).
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub fc: Linear,
@@ -159,23 +209,26 @@ pub struct Mlp {
     pub fc_norm: Option<Norm>,
     pub gate_norm: Option<Norm>,
     pub proj_norm: Option<Norm>,
+    pub fc_scale: Option<Scale>,
+    pub gate_scale: Option<Scale>,
     pub dropout: Dropout,
 }
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>, key: Option<DropoutKey>) -> Tensor<3> {
         // [B, T, C] -> [B, T, hidden] -> [B, T, C]
-        let h = norm_opt(&self.fc_norm, linear(&self.fc, x.clone()));
+        let h = scale_opt(&self.fc_scale, norm_opt(&self.fc_norm, linear(&self.fc, x.clone())));
         let h = match &self.gate {
             None => simplegpt_shaders::gelu(h),
-            Some(gate) => activation::silu(h) * norm_opt(&self.gate_norm, linear(gate, x)),
+            Some(gate) => activation::silu(h) * scale_opt(&self.gate_scale, norm_opt(&self.gate_norm, linear(gate, x))),
         };
         self.dropout.forward(norm_opt(&self.proj_norm, linear(&self.proj, h)), key)
     }
 }
 
 /// One transformer block. `ln_1`/`ln_2` exist for the pre-, peri- and post-norm variants;
-/// `attn_out_norm`/`mlp_out_norm`, on the sublayers' outputs, for Peri-LN and OLMo 2.
+/// `attn_out_norm`/`mlp_out_norm`, on the sublayers' outputs, for Peri-LN and OLMo 2;
+/// `attn_alpha`/`mlp_alpha`, nGPT's steps towards each sublayer's output, for nGPT.
 #[derive(Module, Debug)]
 pub struct Block {
     pub ln_1: Option<Norm>,
@@ -184,6 +237,8 @@ pub struct Block {
     pub ln_2: Option<Norm>,
     pub mlp: Mlp,
     pub mlp_out_norm: Option<Norm>,
+    pub attn_alpha: Option<Scale>,
+    pub mlp_alpha: Option<Scale>,
     pub post_norm: bool,
     pub residual: bool,
     /// What the residual is multiplied by before the add: DeepNorm's alpha, else 1.
@@ -199,7 +254,13 @@ impl Block {
             true if self.residual_scale == 1.0 => x + fx,
             true => x * self.residual_scale + fx,
         };
-        if self.post_norm {
+        if let (Some(attn_alpha), Some(mlp_alpha)) = (&self.attn_alpha, &self.mlp_alpha) {
+            // nGPT: the state stays on the unit sphere, each sublayer moving it towards its
+            // own normalised output by a learned step per channel: h + alpha (norm(f(h)) - h).
+            let towards = |h: Tensor<3>, fh: Tensor<3>, alpha: &Scale| unit(h.clone() + alpha.times(unit(fh) - h));
+            let h = towards(x.clone(), self.attn.forward(x, rope, key), attn_alpha);
+            towards(h.clone(), self.mlp.forward(h, key), mlp_alpha)
+        } else if self.post_norm {
             // Post-LN (original Transformer; DeepNorm; Mix-LN's first blocks): normalise
             // after the residual add.
             let h = norm_opt(&self.ln_1, add(x.clone(), self.attn.forward(x, rope, key)));
@@ -229,6 +290,8 @@ pub struct Gpt {
     /// Untied LM head [C, V]; None when tied to `wte`.
     pub lm_head: Option<Param<Tensor<2>>>,
     pub rope: Option<RotaryEncoding>,
+    /// nGPT's s_z [V], which scales the logits (cosines, from unit vectors).
+    pub logit_scale: Option<Scale>,
     /// Gemma 2's soft cap c of the logits, `c tanh(logits / c)`; 0: none.
     pub logit_softcap: f64,
 }
@@ -266,13 +329,21 @@ impl Gpt {
             Some(w) => w.val(),
             None => self.wte.val().transpose(),
         };
-        let logits = x.reshape([b * t, c]).matmul(head).reshape([b, t, v]);
+        let logits = scale_opt(&self.logit_scale, x.reshape([b * t, c]).matmul(head).reshape([b, t, v]));
         if self.logit_softcap > 0.0 {
             // Smooth, so the logits stay within (-c, c) with their gradient kept.
             (logits / self.logit_softcap).tanh() * self.logit_softcap
         } else {
             logits
         }
+    }
+
+    /// nGPT's weights, every matrix's vectors along the width at unit norm: the embedding's
+    /// rows and the head's columns (each token's vector), q, k, v and the MLP's input linears
+    /// over their input, o and the MLP's output over their output. Applied at init and after
+    /// every optimizer step.
+    pub fn with_unit_vectors(self) -> Gpt {
+        params::map(self, &mut UnitVectors)
     }
 
     /// Mean cross-entropy of logits [B, T, V] against targets [B, T].
@@ -311,6 +382,25 @@ impl Gpt {
             (loss, Some(z)) => loss + z,
             (loss, None) => loss,
         }
+    }
+}
+
+/// Puts each matrix of `Gpt::with_unit_vectors` on the unit sphere along the width C.
+struct UnitVectors;
+
+impl PathMapper for UnitVectors {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if D != 2 {
+            return param;
+        }
+        // Stored [in, out] (the embedding [V, C]): C runs along dim 1 of the embedding and of
+        // the matrices that write into the width, along dim 0 of the others.
+        let writes_width = path == "wte" || path.ends_with("attn.o.weight") || path.ends_with("mlp.proj.weight");
+        let dim = if writes_width { 1 } else { 0 };
+        // On the values alone (as an optimizer step), outside any autodiff graph.
+        let w = param.val().inner();
+        let length = w.clone().square().sum_dim(dim).sqrt();
+        params::replaced(param, Tensor::from_inner(w / length))
     }
 }
 
@@ -361,10 +451,13 @@ impl ModelConfig {
     ///   beta sqrt(2 / (fan_in + fan_out)), C^-1/2 beta for a C x C matrix); the base std here
     ///   stays 0.02 for every shape, as for the other variants, so only the factor beta and
     ///   which matrices take it are DeepNet's.
+    /// - `ngpt`: drawn as nanoGPT's, then every matrix's vectors put at unit norm
+    ///   (`Gpt::with_unit_vectors`), which keeps only their directions, as nGPT's init does.
     pub fn init(&self, seed: u64, device: &Device) -> Gpt {
         assert!(self.vocab_size > 0, "vocab_size is resolved from the data before init");
         let (c, v, hidden) = (self.n_embd, self.vocab_size, self.mlp_hidden());
         let simple = self.norm == NormKind::Simple;
+        let ngpt = self.norm == NormKind::Ngpt;
         let (deepnorm_alpha, deepnorm_beta) = self.deepnorm_scales();
         let mut init = Initializer { seed, count: 0, bias: self.bias, device };
         // The variant's own norm (LayerNorm or RMSNorm) over the width, where `on`.
@@ -372,6 +465,10 @@ impl ModelConfig {
         // SimpleNorm's and QK-norm's RMSNorms have no bias, as the reference's.
         let rms_norm = |on: bool, d: usize| on.then(|| Norm::new(d, true, false, device));
         let dropout = |site: usize| Dropout { prob: self.dropout, site: site as u64 };
+        // nGPT's learned vectors, (init, scale) as the paper's: alpha (0.05, C^-1/2), s_qk and
+        // s_z (1, C^-1/2), s_u (1, 1), s_nu (1, 1) with the constant sqrt(C) folded in.
+        let root_c = (c as f64).sqrt();
+        let ngpt_scale = |d: usize, init: f64, scale: f64| ngpt.then(|| Scale::new(d, init, scale, device));
 
         let wte_std = if !simple {
             0.02
@@ -404,6 +501,7 @@ impl ModelConfig {
                         k_norm: rms_norm(self.has_qk_norm(), c),
                         v_norm: rms_norm(simple, c),
                         o_norm: rms_norm(simple, c),
+                        qk_scale: ngpt_scale(c, 1.0, 1.0 / root_c),
                         attn_dropout: dropout(1 + 3 * layer),
                         resid_dropout: dropout(2 + 3 * layer),
                         n_head: self.n_head,
@@ -417,9 +515,13 @@ impl ModelConfig {
                         fc_norm: rms_norm(simple, hidden),
                         gate_norm: rms_norm(simple && swiglu, hidden),
                         proj_norm: rms_norm(simple, c),
+                        fc_scale: ngpt_scale(hidden, root_c, 1.0),
+                        gate_scale: ngpt_scale(hidden, 1.0, 1.0),
                         dropout: dropout(3 + 3 * layer),
                     },
                     mlp_out_norm: norm(self.norm.out_norms()),
+                    attn_alpha: ngpt_scale(c, 0.05, 1.0 / root_c),
+                    mlp_alpha: ngpt_scale(c, 0.05, 1.0 / root_c),
                     post_norm: layer < self.post_norm_blocks(),
                     residual: self.residual,
                     residual_scale: deepnorm_alpha,
@@ -433,7 +535,19 @@ impl ModelConfig {
         });
         let rope = (self.pos == PosKind::Rope)
             .then(|| RotaryEncodingConfig::new(self.block_size, c / self.n_head).init(device));
-        Gpt { wte, wpe, drop: dropout(0), blocks, ln_f, lm_head, rope, logit_softcap: self.logit_softcap }
+        let logit_scale = ngpt_scale(v, 1.0, 1.0 / root_c);
+        let gpt = Gpt {
+            wte,
+            wpe,
+            drop: dropout(0),
+            blocks,
+            ln_f,
+            lm_head,
+            rope,
+            logit_scale,
+            logit_softcap: self.logit_softcap,
+        };
+        if ngpt { gpt.with_unit_vectors() } else { gpt }
     }
 
     /// DeepNet's (alpha, beta) for a decoder-only model of n_layer blocks, (2 n_layer)^(1/4)
@@ -471,7 +585,12 @@ impl ModelConfig {
         let attention = 4 * lin(c, c) + if self.has_qk_norm() { 2 * c } else { 0 } + if simple { 2 * c } else { 0 };
         let mlp = n_fc * lin(c, h) + lin(h, c) + if simple { n_fc * h + c } else { 0 };
         let block = attention + mlp + 2 * norm(self.norm.block_norms()) + 2 * norm(self.norm.out_norms());
-        v * c
+        // nGPT's learned vectors: alpha for each sublayer and s_qk (C each), s_u and s_nu
+        // (hidden each), per block; s_z (V).
+        let ngpt = self.norm == NormKind::Ngpt;
+        let (block, logit_scale) = if ngpt { (block + 3 * c + 2 * h, v) } else { (block, 0) };
+        logit_scale
+            + v * c
             + if self.pos == PosKind::Learned { self.block_size as u128 * c } else { 0 }
             + self.n_layer as u128 * block
             + norm(self.norm.final_norm())

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, NormKind};
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::memory;
@@ -157,6 +157,10 @@ impl Trainer {
         };
         let norms = diag.then(|| grads.norms());
         self.model = self.optimizer.update(self.model.clone(), grads, scale, lr, &cfg);
+        if self.config.model.norm == NormKind::Ngpt {
+            // nGPT's matrices live on the unit sphere: each update is projected back onto it.
+            self.model = self.model.clone().with_unit_vectors();
+        }
         self.progress.step += 1;
 
         if log || diag {

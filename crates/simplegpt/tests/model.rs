@@ -44,7 +44,7 @@ fn every_variant_gives_logits_of_the_right_shape_and_param_count() {
         for residual in [true, false] {
             for mlp in [MlpKind::Gelu, MlpKind::Swiglu] {
                 for pos in [PosKind::Learned, PosKind::Rope] {
-                    for (bias, tie, qk_norm) in [(false, true, false), (true, false, true)] {
+                    for (bias, tie, qk_norm) in [(false, true, false), (true, false, true), (false, false, false)] {
                         let mut c = small(norm);
                         c.model.residual = residual;
                         c.model.mlp = mlp;
@@ -52,6 +52,9 @@ fn every_variant_gives_logits_of_the_right_shape_and_param_count() {
                         c.model.bias = bias;
                         c.model.tie_weights = tie;
                         c.model.qk_norm = qk_norm;
+                        if c.validate().is_err() {
+                            continue; // nGPT is defined with SwiGLU, RoPE, an untied head, no biases only
+                        }
                         let model = c.model.init(1, &device);
                         let logits = model.forward(tokens(3, 5, 11, &device));
                         assert_eq!(logits.dims(), [3, 5, 11], "{:?}", c.model);
@@ -148,6 +151,69 @@ fn each_placement_has_its_norms_where_its_paper_puts_them() {
     let pre_qk = c.model.init(1, &device);
     assert_eq!(norms(&pre_qk.blocks[0]), (ln, ln, None, None, Some((true, true)), false));
     assert_eq!(small(NormKind::PreLn).model.init(1, &device).blocks[0].residual_scale, 1.0);
+}
+
+/// The length of each vector of the matrix `t` [rows, cols] along dimension `dim`.
+fn lengths(t: Tensor<1>, shape: &[usize], dim: usize) -> Vec<f64> {
+    let v: Vec<f32> = t.into_data().convert::<f32>().try_into_vec().unwrap();
+    let (rows, cols) = (shape[0], shape[1]);
+    let at = |r: usize, k: usize| v[r * cols + k] as f64;
+    match dim {
+        0 => (0..cols).map(|k| (0..rows).map(|r| at(r, k).powi(2)).sum::<f64>().sqrt()).collect(),
+        _ => (0..rows).map(|r| (0..cols).map(|k| at(r, k).powi(2)).sum::<f64>().sqrt()).collect(),
+    }
+}
+
+/// nGPT's config for these tests: the parts it is defined with.
+fn ngpt() -> Config {
+    let mut c = small(NormKind::Ngpt);
+    (c.model.mlp, c.model.pos, c.model.tie_weights) = (MlpKind::Swiglu, PosKind::Rope, false);
+    c
+}
+
+#[test]
+fn ngpt_has_no_norm_layers_its_learned_scales_and_unit_vectors_everywhere() {
+    let device = Device::flex();
+    let model = ngpt().model.init(1, &device);
+    let c = 16f64;
+    let value = |s: &Option<simplegpt::model::Scale>| {
+        let s = s.as_ref().expect("nGPT has this scale");
+        let v: Vec<f32> = (s.weight.val() * s.factor).into_data().convert::<f32>().try_into_vec().unwrap();
+        assert!(v.iter().all(|x| *x == v[0]), "one value at init");
+        v[0] as f64
+    };
+    assert!(model.ln_f.is_none());
+    assert!((value(&model.logit_scale) - 1.0).abs() < 1e-6, "s_z starts at 1");
+    for b in &model.blocks {
+        let no_norms = [&b.ln_1, &b.ln_2, &b.attn_out_norm, &b.mlp_out_norm, &b.attn.q_norm, &b.attn.v_norm];
+        assert!(no_norms.iter().all(|n| n.is_none()), "no norm layers");
+        assert!((value(&b.attn_alpha) - 0.05).abs() < 1e-6 && (value(&b.mlp_alpha) - 0.05).abs() < 1e-6);
+        assert!((value(&b.attn.qk_scale) - 1.0).abs() < 1e-6, "s_qk starts at 1");
+        assert!((value(&b.mlp.gate_scale) - 1.0).abs() < 1e-6, "s_u starts at 1");
+        assert!((value(&b.mlp.fc_scale) - c.sqrt()).abs() < 1e-5, "s_nu sqrt(C) starts at sqrt(C)");
+        // Stored at the paper's scales: alpha and s_qk at C^-1/2, s_u and s_nu at 1.
+        let stored = |s: &Option<simplegpt::model::Scale>| {
+            s.as_ref().unwrap().weight.val().into_data().convert::<f32>().try_into_vec::<f32>().unwrap()[0] as f64
+        };
+        assert!((stored(&b.attn_alpha) - c.powf(-0.5)).abs() < 1e-6 && (stored(&b.mlp.fc_scale) - 1.0).abs() < 1e-6);
+    }
+    // Every matrix's vectors along the width are unit (stored [in, out]; the embedding [V, C]).
+    for (path, t, shape) in params::named(&model) {
+        if shape.len() != 2 {
+            continue;
+        }
+        let writes_width = path == "wte" || path.ends_with("attn.o.weight") || path.ends_with("mlp.proj.weight");
+        let dim = if writes_width { 1 } else { 0 };
+        let l = lengths(t, &shape, dim);
+        assert!(l.iter().all(|l| (l - 1.0).abs() < 1e-5), "{path}: lengths {l:?}");
+    }
+    // And the state leaving every block is on the unit sphere: RMS C^-1/2.
+    let mut rms = Vec::new();
+    model.forward_train(tokens(2, 8, 11, &device), None, Some(&mut rms));
+    for r in rms {
+        let r = r.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()[0] as f64;
+        assert!((r - c.powf(-0.5)).abs() < 1e-5, "block output RMS {r}");
+    }
 }
 
 /// The mean and variance of each position's channels of `x` [B, T, C].
@@ -274,18 +340,21 @@ fn simplenorm_output_does_not_depend_on_the_scale_of_the_linear_weights() {
     assert!(diff(NormKind::PreLn) > 1e-2, "pre_ln: {}", diff(NormKind::PreLn));
 }
 
-/// Multiplies the output projections of both sublayers (`attn.o`, `mlp.proj`) by `factor`.
-struct ScaleOutputs(f32);
-impl PathMapper for ScaleOutputs {
+/// Multiplies the parameters whose paths end in one of `.0` by `.1`.
+struct ScaleParams(&'static [&'static str], f32);
+impl PathMapper for ScaleParams {
     fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if path.ends_with("attn.o.weight") || path.ends_with("mlp.proj.weight") {
-            let t = param.val();
-            params::replaced(param, t * self.0)
+        if self.0.iter().any(|end| path.ends_with(end)) {
+            let t = param.val().inner();
+            params::replaced(param, Tensor::from_inner(t * self.1))
         } else {
             param
         }
     }
 }
+
+/// The output projections of both sublayers.
+const OUTPUTS: &[&str] = &["attn.o.weight", "mlp.proj.weight"];
 
 #[test]
 fn a_norm_on_a_sublayers_output_makes_the_model_blind_to_the_scale_of_its_last_linear() {
@@ -297,8 +366,8 @@ fn a_norm_on_a_sublayers_output_makes_the_model_blind_to_the_scale_of_its_last_l
     let x = || tokens(2, 8, 11, &device);
     let diff = |norm| {
         let model: Gpt = params::map(small(norm).model.init(3, &device), &mut Randomize(0.3));
-        let a = values(params::map(model.clone(), &mut ScaleOutputs(10.0)).forward(x()));
-        let b = values(params::map(model, &mut ScaleOutputs(100.0)).forward(x()));
+        let a = values(params::map(model.clone(), &mut ScaleParams(OUTPUTS, 10.0)).forward(x()));
+        let b = values(params::map(model, &mut ScaleParams(OUTPUTS, 100.0)).forward(x()));
         let largest = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / largest
     };
@@ -347,19 +416,21 @@ fn the_soft_cap_bounds_the_logits_smoothly_and_the_z_loss_is_the_mean_square_of_
     assert_eq!(scalar(Gpt::objective(logits, y(), 0.0)), ce);
 }
 
-/// Replaces every weight with a random one: matrices N(0, std^2), norm gains 1 + N(0, std^2),
-/// biases N(0, std^2).
+/// Replaces every weight with a random one: matrices N(0, std^2), biases N(0, std^2), norm
+/// gains (and nGPT's scales) their init times 1 + N(0, std^2), so that each stays near its
+/// own size (1 for a gain, 0.05 for nGPT's alpha).
 struct Randomize(f64);
 impl PathMapper for Randomize {
     fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let t = param.val();
         let (shape, device) = (t.shape(), t.device());
-        let gain = if D == 1 && path.ends_with(".weight") { 1.0 } else { 0.0 };
-        let values: Vec<f32> = Stream::new(7, path, 0)
-            .normal_vec(shape.num_elements(), self.0, false)
-            .into_iter()
-            .map(|v| v + gain)
-            .collect();
+        let noise = Stream::new(7, path, 0).normal_vec(shape.num_elements(), self.0, false);
+        let values: Vec<f32> = if D == 1 && path.ends_with(".weight") {
+            let init: Vec<f32> = t.into_data().convert::<f32>().try_into_vec().unwrap();
+            init.iter().zip(noise).map(|(w, n)| w * (1.0 + n)).collect()
+        } else {
+            noise
+        };
         params::replaced(param, Tensor::from_data(TensorData::new(values, shape), &device))
     }
 }
@@ -407,6 +478,7 @@ fn gradients_match_finite_differences() {
         (c.model.mlp, c.model.pos, c.model.bias, c.model.tie_weights) = (mlp, pos, bias, tie);
         cases.push(c);
     }
+    cases.push(ngpt());
     let mut qk_capped = small(NormKind::PreRms);
     (qk_capped.model.qk_norm, qk_capped.model.logit_softcap, qk_capped.train.z_loss) = (true, 3.0, 0.05);
     cases.push(qk_capped);
@@ -427,6 +499,9 @@ fn gradients_match_finite_differences() {
         // gradients are ~1e-5, at the resolution of differences of an f32 loss (its ulp / 2h).
         // At random weights of std 0.3 every gradient is measurable.
         let model = params::map(c.model.init(5, &device), &mut Randomize(0.3));
+        // nGPT's steps alpha start at 0.05, which leaves its blocks' gradients ~1e-3: at 0.5
+        // each sublayer moves the state by half its way, and they are measurable.
+        let model = params::map(model, &mut ScaleParams(&["attn_alpha.weight", "mlp_alpha.weight"], 10.0));
         let (x, y) = (tokens(2, 8, 11, &device), pattern(2, 8, 11, 5, &device));
         let (x_plain, y_plain) = (tokens(2, 8, 11, &plain), pattern(2, 8, 11, 5, &plain));
         let mut grads = GradSum::default();
