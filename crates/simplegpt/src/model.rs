@@ -64,8 +64,8 @@ fn unit<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// A learned vector of nGPT's (alpha, s_qk, s_u, s_nu, s_z), in the paper's parametrisation:
-/// stored at its `scale` and used as stored x init / scale (x `factor`'s other constants),
-/// so that it starts at `init` and Adam moves it in steps relative to `scale`.
+/// stored at its `scale` and used times init / scale, so that it starts at `init` and Adam
+/// moves it in steps relative to `scale`. (s_nu's constant sqrt(C) is folded into `factor`.)
 #[derive(Module, Debug)]
 pub struct Scale {
     pub weight: Param<Tensor<1>>,
@@ -177,7 +177,7 @@ impl Attention {
         }
         // nGPT: q and k unit per head, times s_qk, so that q.k is a cosine (times s_qk^2),
         // which the softmax takes times sqrt(hs) rather than over it.
-        let temperature = match &self.qk_scale {
+        let score_scale = match &self.qk_scale {
             Some(s_qk) => {
                 let s_qk = (s_qk.weight.val() * s_qk.factor).reshape([1, nh, 1, hs]);
                 (q, k) = (unit(q) * s_qk.clone(), unit(k) * s_qk);
@@ -186,7 +186,7 @@ impl Attention {
             None => 1.0 / (hs as f64).sqrt(),
         };
         // [B, nh, T, T]: each position attends to itself and the past only.
-        let att = q.matmul(k.swap_dims(2, 3)) * temperature;
+        let att = q.matmul(k.swap_dims(2, 3)) * score_scale;
         let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &att.device());
         let att = att.mask_fill(future.unsqueeze::<4>().expand([b, nh, t, t]), f32::NEG_INFINITY);
         let att = self.attn_dropout.forward(activation::softmax(att, 3), key);
