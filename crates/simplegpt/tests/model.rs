@@ -216,6 +216,19 @@ fn ngpt_has_no_norm_layers_its_learned_scales_and_unit_vectors_everywhere() {
     }
 }
 
+#[test]
+fn pre_rms_qk_is_pre_rms_with_the_qk_norm_switch_on() {
+    let device = Device::flex();
+    let mut switched = small(NormKind::PreRms);
+    switched.model.qk_norm = true;
+    let named = small(NormKind::PreRmsQk).model.init(4, &device);
+    let switched = switched.model.init(4, &device);
+    let paths = |m: &Gpt| params::named(m).into_iter().map(|(p, _, _)| p).collect::<Vec<_>>();
+    assert_eq!(paths(&named), paths(&switched));
+    let x = || tokens(2, 8, 11, &device);
+    assert_eq!(values(named.forward(x())), values(switched.forward(x())), "the same weights and logits");
+}
+
 /// The mean and variance of each position's channels of `x` [B, T, C].
 fn position_moments(x: Tensor<3>) -> Vec<(f64, f64)> {
     let c = x.dims()[2];
