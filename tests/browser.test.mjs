@@ -175,22 +175,26 @@ test('the LR sweep trains each variant at each LR and plots final loss against L
 
 test('the norms comparison trains the ticked placements and draws their diagnostics', async () => {
   const { page, state, logs, browser } = await runPage(QUIET,
-    '?compare=norms&norms=pre_rms_qk,simple&preset=micro&steps=6&seed=5&backend=cpu&autostart=1');
+    '?compare=norms&norms=ngpt,simple&preset=micro&steps=6&seed=5&backend=cpu&autostart=1');
   try {
     await page.screenshot({ path: join(OUT, 'norms.png'), fullPage: true });
     assert.equal(state.state, 'done', `${state.error}\n${logs.join('\n')}`);
     const runs = state.results.variants;
-    assert.deepEqual(runs.map((v) => v.config.model.norm), ['pre_rms_qk', 'simple']);
-    assert.deepEqual(await page.$$eval('#placements input:checked', (boxes) => boxes.map((b) => b.value)), ['pre_rms_qk', 'simple']);
+    // In the core's order; nGPT with what it is defined with (micro has GELU, learned
+    // positions and tied weights).
+    assert.deepEqual(runs.map((v) => v.config.model.norm), ['simple', 'ngpt']);
+    const ngpt = runs[1].config.model;
+    assert.deepEqual([ngpt.mlp, ngpt.pos, ngpt.tie_weights, ngpt.bias], ['swiglu', 'rope', false, false]);
+    assert.deepEqual(await page.$$eval('#placements input:checked', (boxes) => boxes.map((b) => b.value)), ['simple', 'ngpt']);
     const offered = await page.$$eval('#placements input', (boxes) => boxes.map((b) => b.value));
-    assert.ok(offered.includes('pre_ln') && offered.includes('post_ln') && offered.length >= 6, `placements ${offered}`);
+    assert.ok(offered.includes('pre_ln') && offered.includes('deepnorm') && offered.length >= 11, `placements ${offered}`);
     // Diagnostic steps 0 and 5 record each layer's largest attention logit and each linear's RMS.
     for (const v of runs) {
       const diag = v.records.filter((r) => r.attn_logit_max);
       assert.deepEqual(diag.map((r) => r.step), [0, 5], v.name);
       assert.ok(diag.every((r) => r.attn_logit_max.length === v.config.model.n_layer && 'lm_head' in r.linear_rms), v.name);
     }
-    // The chosen variant's (the last, SimpleNorm's) logits per layer are drawn: the first
+    // The chosen variant's (the last, nGPT's) logits per layer are drawn: the first
     // layer's colour, #1f77b4, in the plot area.
     const inked = () => countPixels(page, 'diag-chart', { x: 60, y: 10, w: -70, h: -40 }, [0x1f, 0x77, 0xb4]);
     assert.ok(await inked() > 50, `pixels of layer 0 in the diagnostics chart: ${await inked()}`);

@@ -265,6 +265,45 @@ fn study<'a>(command: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> 
 }
 
 #[test]
+fn every_norm_placement_trains_from_the_cli() {
+    let dir = tmp("placements");
+    let help = String::from_utf8(
+        ok({
+            let mut c = bin();
+            c.args(["train", "--help"]);
+            c
+        })
+        .stdout,
+    )
+    .unwrap();
+    for norm in simplegpt::config::NormKind::ALL.map(|n| n.to_string()) {
+        assert!(
+            help.contains(&format!(" {norm},")) || help.contains(&format!(" {norm};")),
+            "--help lists {norm}: {help}"
+        );
+        // Four layers, so that Mix-LN has a post-LN block; QK-norm on, the soft cap and the
+        // z-loss too, each on every placement.
+        let run_dir = dir.join(&norm);
+        let norm_set = format!("norm={norm}");
+        let mut sets = vec![norm_set.as_str(), "n_layer=4", "qk_norm=true", "logit_softcap=30", "z_loss=1e-4"];
+        if norm == "ngpt" {
+            sets.extend(["mlp=swiglu", "pos=rope", "tie_weights=false"]);
+        }
+        let args: Vec<&str> = sets.iter().flat_map(|s| ["--set", *s]).collect();
+        ok(train(&run_dir, 5, &args));
+        let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+        assert!(config.contains(&format!("norm = \"{norm}\"")) && config.contains("qk_norm = true"), "{config}");
+        let records = metrics(&run_dir);
+        let losses: Vec<f64> = records.iter().filter_map(|r| r["loss"].as_f64()).collect();
+        let z_terms: Vec<f64> = records.iter().filter_map(|r| r["z_loss"].as_f64()).collect();
+        assert_eq!((losses.len(), z_terms.len()), (5, 5), "{norm}: steps 0..4 logged with their z-loss");
+        assert!(losses.iter().chain(&z_terms).all(|v| v.is_finite() && *v > 0.0), "{norm}: {losses:?} {z_terms:?}");
+        let last = records.last().unwrap();
+        assert!(last["val_loss"].as_f64().is_some_and(f64::is_finite), "{norm}: {last}");
+    }
+}
+
+#[test]
 fn train_refuses_bad_input() {
     let dir = tmp("bad-train");
     let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
@@ -283,7 +322,26 @@ fn train_refuses_bad_input() {
         ("data not in UTF-8", &quick_train(&out, &["--data", &p("latin1.txt")]), "is not UTF-8"),
         ("data shorter than a block", &quick_train(&out, &["--data", &p("short.txt")]), "too short for block_size 32"),
         ("unknown preset", &quick_train(&out, &["--preset", "gpt5"]), "unknown preset 'gpt5'"),
-        ("unknown norm", &quick_train(&out, &["--set", "norm=layernorm"]), "bad value"),
+        (
+            "unknown norm, which lists the valid ones",
+            &quick_train(&out, &["--set", "norm=layernorm"]),
+            "unknown variant `layernorm`, expected one of `pre_ln`, `pre_rms`, `pre_rms_qk`, `post_ln`, `simple`, \
+             `peri_ln`, `mix_ln`, `olmo2`, `deepnorm`, `ngpt`, `none`",
+        ),
+        (
+            "ngpt without the parts it is defined with",
+            &quick_train(&out, &["--set", "norm=ngpt"]),
+            "ngpt is defined with SwiGLU, RoPE, an untied head, no biases and residuals",
+        ),
+        (
+            "mix_ln_fraction above 1",
+            &quick_train(&out, &["--set", "norm=mix_ln", "--set", "mix_ln_fraction=1.5"]),
+            "mix_ln_fraction must be in [0, 1], got 1.5",
+        ),
+        ("mix_ln_fraction below 0", &quick_train(&out, &["--set", "mix_ln_fraction=-0.25"]), "mix_ln_fraction"),
+        ("negative z_loss", &quick_train(&out, &["--set", "z_loss=-1e-4"]), "z_loss must be >= 0"),
+        ("negative logit_softcap", &quick_train(&out, &["--set", "logit_softcap=-30"]), "logit_softcap must be >= 0"),
+        ("qk_norm that is not a bool", &quick_train(&out, &["--set", "qk_norm=yes"]), "bad value"),
         ("unknown device", &quick_train(&out, &["--device", "tpu"]), "unknown device 'tpu'"),
         ("config that is not TOML", &quick_train(&out, &["--config", &p("bad.toml")]), "bad TOML"),
         ("missing config file", &quick_train(&out, &["--config", &p("nothere.toml")]), "cannot read config file"),
@@ -626,12 +684,14 @@ fn repro_runs_one_config_on_the_cpu_and_on_wgpu() {
     assert!(text.lines().any(|l| l.trim_start().starts_with("10 ")), "the loss table: {text}");
 }
 
-/// Runs tests/reference_gpt.py (numpy) on an export; returns its loss per batch.
-fn reference_losses(export: &Path) -> Vec<f64> {
+/// Runs tests/reference_gpt.py (numpy) on an export; returns its numbers per batch: the
+/// cross-entropy, then the z-loss term where the config has one.
+fn reference_losses(export: &Path) -> Vec<Vec<f64>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference_gpt.py");
     let out = Command::new("python3").arg(script).arg(export).output().expect("python3 runs");
     assert!(out.status.success(), "reference failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect()
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines().map(|l| l.split_whitespace().map(|v| v.parse().unwrap()).collect()).collect()
 }
 
 /// A safetensors file with the tensor `from` renamed `to`: its header is an 8-byte length
@@ -659,6 +719,40 @@ fn an_independent_numpy_model_gets_the_same_first_loss_from_the_exported_weights
         ("rope", vec!["--set", "norm=pre_rms_qk", "--set", "pos=rope", "--set", "mlp=swiglu"]),
         // The reference draws the dropout masks from the same portable hash.
         ("dropout", vec!["--set", "dropout=0.2", "--set", "n_layer=2"]),
+        // The placements from their papers: Peri-LN; Mix-LN with its first block post-LN
+        // (of 4) and LayerNorm biases; OLMo 2 as it is (SwiGLU, RoPE); DeepNet's alpha.
+        ("peri_ln", vec!["--set", "norm=peri_ln", "--set", "n_layer=2"]),
+        ("mix_ln", vec!["--set", "norm=mix_ln", "--set", "n_layer=4", "--set", "bias=true"]),
+        ("olmo2", vec!["--set", "norm=olmo2", "--set", "n_layer=2", "--set", "mlp=swiglu", "--set", "pos=rope"]),
+        ("deepnorm", vec!["--set", "norm=deepnorm", "--set", "n_layer=3"]),
+        // nGPT as it is defined (SwiGLU, RoPE, an untied head), with dropout.
+        (
+            "ngpt",
+            vec![
+                "--set",
+                "norm=ngpt",
+                "--set",
+                "n_layer=2",
+                "--set",
+                "mlp=swiglu",
+                "--set",
+                "pos=rope",
+                "--set",
+                "tie_weights=false",
+                "--set",
+                "dropout=0.1",
+            ],
+        ),
+        // QK-norm as a switch on a LayerNorm placement.
+        ("qk_norm", vec!["--set", "qk_norm=true", "--set", "bias=true"]),
+        // The logit cap below the logits' size at init, so that it bends them; the z-loss's term.
+        ("softcap_z_loss", vec!["--set", "norm=peri_ln", "--set", "logit_softcap=0.2", "--set", "z_loss=1e-2"]),
+        // Dropout before an output norm, and in a post-LN block (Mix-LN's first of 2 at 0.5).
+        ("dropout_peri_ln", vec!["--set", "dropout=0.2", "--set", "norm=peri_ln", "--set", "n_layer=2"]),
+        (
+            "dropout_mix_ln",
+            vec!["--set", "dropout=0.2", "--set", "norm=mix_ln", "--set", "n_layer=2", "--set", "mix_ln_fraction=0.5"],
+        ),
     ] {
         let export = dir.join(format!("{name}.safetensors"));
         let mut c = bin();
@@ -666,10 +760,17 @@ fn an_independent_numpy_model_gets_the_same_first_loss_from_the_exported_weights
         ok(c);
         let run_dir = dir.join(name);
         ok(train(&run_dir, 1, &extra));
-        let ours = metrics(&run_dir)[0]["loss"].as_f64().unwrap();
-        let reference = reference_losses(&export)[0];
+        let first = &metrics(&run_dir)[0];
+        let reference = &reference_losses(&export)[0];
         // f32 against float64: seen up to 1.1e-7 relative, about one f32 ulp.
-        assert!((ours - reference).abs() < 1e-6 * reference, "{name}: simplegpt {ours}, numpy {reference}");
+        let ours = first["loss"].as_f64().unwrap();
+        assert!((ours - reference[0]).abs() < 1e-6 * reference[0], "{name}: simplegpt {ours}, numpy {reference:?}");
+        // The z-loss term, logged beside the cross-entropy where the config has one.
+        assert_eq!(first.get("z_loss").is_some(), reference.len() == 2, "{name}: {first}, numpy {reference:?}");
+        if let Some(z) = first.get("z_loss") {
+            let z = z.as_f64().unwrap();
+            assert!((z - reference[1]).abs() < 1e-6 * reference[1], "{name}: z-loss {z}, numpy {reference:?}");
+        }
 
         // And back: a run started from the exported weights has the same initial weights.
         let imported = dir.join(format!("{name}-imported"));
@@ -915,6 +1016,7 @@ fn hessian_reports_the_librarys_eigenvalues_of_the_config() {
     let e = pollster::block_on(simplegpt::hessian::hessian_extremes(
         &trainer.model,
         &batches,
+        trainer.config.train.z_loss,
         4,
         1e-3,
         trainer.config.train.seed,

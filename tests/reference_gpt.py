@@ -2,10 +2,13 @@
 
 Reads a file written by `simplegpt export --batches N` (safetensors: PyTorch names and
 layout, the config and the batches in it), runs the model written out below from the
-definitions in the SimpleGPT paper and nanoGPT (not from simplegpt's code), and prints the
-mean cross-entropy of each exported batch, one per line, in float64. With `dropout > 0` in
-the config, batch i is run as training step i runs it: with dropout masks drawn by the hash
-specified in simplegpt's rng.rs (re-implemented below), keyed by (seed, i, site).
+definitions in the SimpleGPT paper, nanoGPT and the papers of the other norm placements
+(Peri-LN, Mix-LN, OLMo 2, DeepNet, nGPT; not from simplegpt's code), and prints the mean
+cross-entropy of each exported batch, one per line, in float64; with `z_loss > 0` in the
+config, each line also gives, after a space, the z-loss term (z_loss x the mean of
+log(Z)^2). With `dropout > 0` in the config, batch i is run as training step i runs it:
+with dropout masks drawn by the hash specified in simplegpt's rng.rs (re-implemented
+below), keyed by (seed, i, site).
 
 Which tensors the model has follows from the config (norm kind, MLP, positions, bias, tied
 head); the export must hold exactly those, or the script fails.
@@ -87,11 +90,29 @@ def softmax(x, axis):
     return e / e.sum(axis=axis, keepdims=True)
 
 
+LAYER_NORM_KINDS = ("pre_ln", "post_ln", "mix_ln", "deepnorm")
+
+
+def qk_norm(m):
+    """QK-norm: its own switch (absent from older configs: off), and part of three variants."""
+    return m.get("qk_norm", False) or m["norm"] in ("pre_rms_qk", "simple", "olmo2")
+
+
+def post_ln_blocks(m):
+    """How many of the first blocks normalise after the residual add."""
+    kind, layers = m["norm"], m["n_layer"]
+    if kind in ("post_ln", "deepnorm"):
+        return layers
+    if kind == "mix_ln":  # Mix-LN: post-LN in the first floor(fraction x L) layers
+        return math.floor(m.get("mix_ln_fraction", 0.25) * layers)
+    return 0
+
+
 def expected_names(m):
     """Every tensor an export of this model config must hold, by the layout of interop.rs:
     derived from the config, so that a missing or extra norm is an error, not skipped."""
     kind = m["norm"]
-    rms = kind not in ("pre_ln", "post_ln")
+    rms = kind not in LAYER_NORM_KINDS
     names = {"wte.weight"}
     if m["pos"] == "learned":
         names.add("wpe.weight")
@@ -114,10 +135,13 @@ def expected_names(m):
             linear(f"{p}.{lin}")
         if m["mlp"] == "swiglu":
             linear(f"{p}.mlp.gate")
-        if kind in ("pre_ln", "pre_rms", "pre_rms_qk", "post_ln"):
+        if kind in ("pre_ln", "pre_rms", "pre_rms_qk", "post_ln", "peri_ln", "mix_ln", "deepnorm"):
             norm(f"{p}.ln_1")
             norm(f"{p}.ln_2")
-        if kind in ("pre_rms_qk", "simple"):  # QK-norm: RMSNorm without bias
+        if kind in ("peri_ln", "olmo2"):  # a norm on each sublayer's output
+            norm(f"{p}.attn_out_norm")
+            norm(f"{p}.mlp_out_norm")
+        if qk_norm(m):  # QK-norm: RMSNorm without bias
             norm(f"{p}.attn.q_norm", True)
             norm(f"{p}.attn.k_norm", True)
         if kind == "simple":  # a norm after every linear
@@ -125,9 +149,32 @@ def expected_names(m):
                 norm(f"{p}.{n}", True)
             if m["mlp"] == "swiglu":
                 norm(f"{p}.mlp.gate_norm", True)
-    if kind not in ("post_ln", "none"):
+        if kind == "ngpt":  # nGPT's learned vectors: alpha per sublayer, s_qk, s_u, s_nu
+            for n in ("attn_alpha", "mlp_alpha", "attn.qk_scale", "mlp.fc_scale", "mlp.gate_scale"):
+                names.add(f"{p}.{n}.weight")
+    if kind == "ngpt":
+        names.add("logit_scale.weight")  # s_z
+    if kind not in ("post_ln", "deepnorm", "ngpt", "none"):
         norm("ln_f")
     return names
+
+
+def unit(x):
+    """nGPT's normalisation onto the unit sphere, over the last axis."""
+    return x / np.sqrt((x * x).sum(-1, keepdims=True))
+
+
+def check_unit_vectors(W):
+    """nGPT keeps every matrix's vectors along the width at unit norm (torch layout [out, in]:
+    rows of the embeddings and of the matrices that read the width, columns of those that
+    write it)."""
+    for name, w in W.items():
+        if w.ndim != 2 or name.startswith("batches."):
+            continue
+        writes_width = name.endswith("attn.o.weight") or name.endswith("mlp.proj.weight")
+        lengths = np.sqrt((w.astype(np.float64) ** 2).sum(0 if writes_width else 1))
+        if np.abs(lengths - 1).max() > 1e-5:
+            raise SystemExit(f"nGPT: {name} has vectors of length {lengths.min()} to {lengths.max()}, not 1")
 
 
 def rope(t, theta=10000.0):
@@ -145,12 +192,22 @@ def rope(t, theta=10000.0):
 
 
 def forward_loss(W, m, x, y, seed, batch):
-    """Mean cross-entropy of next-character prediction; x, y: [B, T] ids."""
+    """Mean cross-entropy of next-character prediction, and the mean of log(Z)^2 over the
+    positions (Z: the softmax's normaliser); x, y: [B, T] ids."""
     kind = m["norm"]
-    rms = kind not in ("pre_ln", "post_ln")
-    pre_or_post = kind in ("pre_ln", "pre_rms", "pre_rms_qk", "post_ln")
-    qk = kind in ("pre_rms_qk", "simple")
+    rms = kind not in LAYER_NORM_KINDS
+    pre_or_post = kind in ("pre_ln", "pre_rms", "pre_rms_qk", "post_ln", "peri_ln", "mix_ln", "deepnorm")
+    out_norm = kind in ("peri_ln", "olmo2")
+    qk = qk_norm(m)
     simple = kind == "simple"
+    # DeepNet (decoder-only): post-LN of alpha x + f(x), alpha = (2 N)^(1/4) for N layers.
+    alpha = (2 * m["n_layer"]) ** 0.25 if kind == "deepnorm" else 1.0
+    ngpt = kind == "ngpt"
+    C = m["n_embd"]
+
+    def learned(name, init, scale):
+        """nGPT's parametrisation: a vector stored at `scale`, used as stored x init / scale."""
+        return get(name) * (init / scale)
 
     def dropout(h, site):
         p = m["dropout"]
@@ -177,7 +234,7 @@ def forward_loss(W, m, x, y, seed, batch):
         return out + b if b is not None else out
 
     def add(a, b):
-        return a + b if m["residual"] else b
+        return alpha * a + b if m["residual"] else b
 
     B, T = x.shape
     C, nh = m["n_embd"], m["n_head"]
@@ -199,31 +256,50 @@ def forward_loss(W, m, x, y, seed, batch):
             q, k, v = (t.reshape(B, T, nh, hs).transpose(0, 2, 1, 3) for t in (q, k, v))
             if m["pos"] == "rope":
                 q, k = rope(q), rope(k)
-            att = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)
+            if ngpt:  # q, k unit per head times s_qk; cosines taken at sqrt(hs)
+                s_qk = learned(p + ".attn.qk_scale.weight", 1.0, C**-0.5).reshape(nh, 1, hs)
+                q, k = unit(q) * s_qk, unit(k) * s_qk
+                att = q @ k.transpose(0, 1, 3, 2) * math.sqrt(hs)
+            else:
+                att = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)
             att = dropout(softmax(np.where(causal, -np.inf, att), -1), 1 + 3 * i)
             out = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, C)
             return dropout(normalize(p + ".attn.o_norm", linear(p + ".attn.o", out), simple, True), 2 + 3 * i)
 
         def mlp(u):
             a = normalize(p + ".mlp.fc_norm", linear(p + ".mlp.fc", u), simple, True)
-            if m["mlp"] == "swiglu":
+            if ngpt:  # nGPT's SwiGLU: u s_u gating silu(nu s_nu sqrt(d))
+                nu = a * learned(p + ".mlp.fc_scale.weight", 1.0, 1.0) * math.sqrt(C)
+                a = silu(nu) * linear(p + ".mlp.gate", u) * learned(p + ".mlp.gate_scale.weight", 1.0, 1.0)
+            elif m["mlp"] == "swiglu":
                 a = silu(a) * normalize(p + ".mlp.gate_norm", linear(p + ".mlp.gate", u), simple, True)
             else:
                 a = gelu(a)
             return dropout(normalize(p + ".mlp.proj_norm", linear(p + ".mlp.proj", a), simple, True), 3 + 3 * i)
 
-        if kind == "post_ln":
+        if ngpt:  # h <- norm(h + alpha (norm(f(h)) - h)), alpha per channel, for each sublayer
+            alpha_a = learned(p + ".attn_alpha.weight", 0.05, C**-0.5)
+            h = unit(h + alpha_a * (unit(attn(h)) - h))
+            alpha_m = learned(p + ".mlp_alpha.weight", 0.05, C**-0.5)
+            h = unit(h + alpha_m * (unit(mlp(h)) - h))
+        elif i < post_ln_blocks(m):  # post-LN, DeepNet, Mix-LN's first layers
             h = normalize(p + ".ln_1", add(h, attn(h)))
             h = normalize(p + ".ln_2", add(h, mlp(h)))
-        else:
-            h = add(h, attn(normalize(p + ".ln_1", h, pre_or_post)))
-            h = add(h, mlp(normalize(p + ".ln_2", h, pre_or_post)))
-    h = normalize("ln_f", h, kind not in ("post_ln", "none"))
+        else:  # pre-LN; Peri-LN and OLMo 2 also normalise each sublayer's output
+            h = add(h, normalize(p + ".attn_out_norm", attn(normalize(p + ".ln_1", h, pre_or_post)), out_norm, True))
+            h = add(h, normalize(p + ".mlp_out_norm", mlp(normalize(p + ".ln_2", h, pre_or_post)), out_norm, True))
+    h = normalize("ln_f", h, kind not in ("post_ln", "deepnorm", "ngpt", "none"))
     head = get("wte.weight") if m["tie_weights"] else get("lm_head.weight")
     logits = h @ head.T
-    logits = logits - logits.max(-1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    return -np.take_along_axis(logp, y[..., None].astype(np.int64), -1).mean()
+    if ngpt:
+        logits = logits * learned("logit_scale.weight", 1.0, C**-0.5)  # s_z
+    cap = m.get("logit_softcap", 0.0)
+    if cap > 0:  # Gemma 2's soft cap
+        logits = cap * np.tanh(logits / cap)
+    top = logits.max(-1, keepdims=True)
+    log_z = top + np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    logp = logits - log_z
+    return -np.take_along_axis(logp, y[..., None].astype(np.int64), -1).mean(), (log_z**2).mean()
 
 
 def main():
@@ -232,8 +308,13 @@ def main():
     names, expected = set(W) - {"batches.x", "batches.y"}, expected_names(config["model"])
     if names != expected:
         raise SystemExit(f"the export's tensors differ from the config's: missing {sorted(expected - names)}, unexpected {sorted(names - expected)}")
+    if config["model"]["norm"] == "ngpt":
+        check_unit_vectors(W)
+    z_loss = config["train"].get("z_loss", 0.0)
     for i, (x, y) in enumerate(zip(W["batches.x"], W["batches.y"])):
-        print(f"{forward_loss(W, config['model'], x, y, config['train']['seed'], i):.10f}")
+        cross_entropy, mean_log_z_squared = forward_loss(W, config["model"], x, y, config["train"]["seed"], i)
+        z_term = f" {z_loss * mean_log_z_squared:.10f}" if z_loss > 0 else ""
+        print(f"{cross_entropy:.10f}{z_term}")
 
 
 if __name__ == "__main__":

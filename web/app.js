@@ -409,7 +409,7 @@ function unknown(key, value) {
 
 // The norms comparison's variants: one per ticked placement, in the core's order.
 function placementVariants(names) {
-  return state.norms.filter((n) => names.includes(n.name)).map((n) => ({ name: n.label, sets: [`norm=${n.name}`] }));
+  return state.norms.filter((n) => names.includes(n.name)).map((n) => ({ name: n.label, sets: n.sets }));
 }
 
 // A checkbox per placement of the core, ticked as `ticked` (names) says.

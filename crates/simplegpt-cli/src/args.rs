@@ -22,8 +22,7 @@ pub struct RunOptions {
     /// A TOML file with [model] and [train] keys over the preset.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Override one key, e.g. --set norm=simple --set lr=3e-3.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", help = set_help())]
     pub set: Vec<String>,
     /// auto, cpu, wgpu, vulkan, metal, dx12 or cuda.
     #[arg(long, default_value = "auto")]
@@ -45,6 +44,15 @@ pub fn count(min: usize, max: usize) -> impl Fn(&str) -> std::result::Result<usi
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(format!("expected a whole number from {min} to {max}")),
     }
+}
+
+/// The `--set` help, with the norm placements as a config names them.
+fn set_help() -> String {
+    let norms: Vec<String> = simplegpt::config::NormKind::ALL.iter().map(|n| n.to_string()).collect();
+    format!(
+        "Override one key, e.g. --set norm=simple --set lr=3e-3. norm is one of {}; qk_norm=true adds QK-norm to any",
+        norms.join(", ")
+    )
 }
 
 /// The `--preset` help, from the presets' own descriptions.

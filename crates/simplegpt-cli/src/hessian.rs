@@ -41,8 +41,8 @@ pub fn run(args: HessianArgs) -> Result<()> {
     // weights.
     let t = &m.config.train;
     let fixed = fixed_batches(&m.data, &m.config, batches, &opened.device.clone().autodiff());
-    let extremes = pollster::block_on(hessian_extremes(&m.model, &fixed, iters, eps, t.seed))?;
-    let estimate = Estimate { extremes, eps, batches, batch_size: t.batch_size };
+    let extremes = pollster::block_on(hessian_extremes(&m.model, &fixed, t.z_loss, iters, eps, t.seed))?;
+    let estimate = Estimate { extremes, eps, batches, batch_size: t.batch_size, z_loss: t.z_loss };
     estimate.check_finite()?;
     println!("{estimate}");
     Ok(())

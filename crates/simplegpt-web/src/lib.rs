@@ -135,15 +135,19 @@ pub fn grouped_grad_norms(records_json: &str) -> Result<String, JsValue> {
     Ok(to_json(&study::stats::grouped_grad_norms(&records)))
 }
 
-/// Every norm placement (`config::NormKind::ALL`): JSON `[{name, label, about, default}]`,
+/// Every norm placement (`config::NormKind::ALL`): JSON `[{name, label, about, sets,
+/// default}]`: `sets`, the overrides that train it (`norm=...` and what it is defined with);
 /// `default` for those a norms comparison trains unless told otherwise.
 #[wasm_bindgen]
 pub fn norms() -> String {
     let norm = |n: &NormKind| {
+        let sets: Vec<String> =
+            std::iter::once(format!("norm={n}")).chain(n.defined_with().iter().map(|s| s.to_string())).collect();
         serde_json::json!({
             "name": n.to_string(),
             "label": n.label(),
             "about": n.about(),
+            "sets": sets,
             "default": NormKind::COMPARED_BY_DEFAULT.contains(n),
         })
     };

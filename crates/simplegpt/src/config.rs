@@ -10,6 +10,7 @@ use crate::tokenizer::TokenizerKind;
 
 /// Where the normalisation goes. Which norms each variant has is answered by the methods
 /// below; where they act is a few lines in `model::Block::forward`, `Attention` and `Mlp`.
+/// QK-norm is also a switch of its own (`ModelConfig::qk_norm`), on any placement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NormKind {
@@ -17,35 +18,87 @@ pub enum NormKind {
     PreLn,
     /// LLaMA: RMSNorm on each sublayer's input.
     PreRms,
-    /// Pre-RMS plus RMSNorm on q and k (over the full width) right after their projections.
+    /// `pre_rms` with `qk_norm = true`: RMSNorm on q and k (over the full width) right after
+    /// their projections. Kept as a name of its own, which the records of earlier runs use.
     PreRmsQk,
     /// Original Transformer: LayerNorm after each residual add.
     PostLn,
-    /// SimpleGPT: RMSNorm right after every linear map, no pre-norm.
+    /// SimpleGPT: RMSNorm right after every linear map, no pre-norm; QK-norm by definition.
     Simple,
+    /// Peri-LN (arXiv 2502.02732; Gemma 2's "sandwich"): RMSNorm on each sublayer's input
+    /// and on its output, `x + norm(f(norm(x)))`.
+    PeriLn,
+    /// Mix-LN (arXiv 2412.13795): post-LN (LayerNorm) in the first floor(mix_ln_fraction x
+    /// n_layer) blocks, pre-LN (LayerNorm) in the rest.
+    MixLn,
+    /// OLMo 2's reordered norm (arXiv 2501.00656): RMSNorm on each sublayer's output inside
+    /// the residual branch, none on its input, `x + norm(f(x))`; QK-norm by definition.
+    Olmo2,
+    /// DeepNet (arXiv 2203.00555): post-LN (LayerNorm) with the residual scaled up,
+    /// `norm(alpha x + f(x))`, alpha = (2 n_layer)^(1/4), and v, o and the MLP's linears drawn
+    /// beta = (8 n_layer)^(-1/4) times smaller.
+    #[serde(rename = "deepnorm")]
+    DeepNorm,
+    /// nGPT, the normalised Transformer (arXiv 2410.01131): the hidden state, the embeddings
+    /// and every matrix's vectors along the width kept at unit norm, each sublayer moving
+    /// the state towards its normalised output by learned steps, `norm(h + alpha (norm(f(h))
+    /// - h))`; q and k unit per head (scaled by s_qk), the logits scaled by s_z, no norm
+    /// layers. Defined with SwiGLU, RoPE, an untied head, no biases and residuals on.
+    Ngpt,
     /// No normalisation at all.
     None,
 }
 
 impl NormKind {
+    /// Every variant, in the order `--help` and the docs list them.
+    pub const ALL: [NormKind; 11] = [
+        NormKind::PreLn,
+        NormKind::PreRms,
+        NormKind::PreRmsQk,
+        NormKind::PostLn,
+        NormKind::Simple,
+        NormKind::PeriLn,
+        NormKind::MixLn,
+        NormKind::Olmo2,
+        NormKind::DeepNorm,
+        NormKind::Ngpt,
+        NormKind::None,
+    ];
+
     /// A norm on each block's two sublayers (`ln_1`, `ln_2`): before them, or after the add.
     pub fn block_norms(self) -> bool {
-        matches!(self, NormKind::PreLn | NormKind::PreRms | NormKind::PreRmsQk | NormKind::PostLn)
+        matches!(
+            self,
+            NormKind::PreLn
+                | NormKind::PreRms
+                | NormKind::PreRmsQk
+                | NormKind::PostLn
+                | NormKind::PeriLn
+                | NormKind::MixLn
+                | NormKind::DeepNorm
+        )
     }
 
-    /// LayerNorm (GPT-2 and the original Transformer); every other variant uses RMSNorm.
+    /// A norm on each sublayer's output, before the residual add (`attn_out_norm`, `mlp_out_norm`).
+    pub fn out_norms(self) -> bool {
+        matches!(self, NormKind::PeriLn | NormKind::Olmo2)
+    }
+
+    /// LayerNorm (GPT-2, the original Transformer, and the post-LN variants Mix-LN and
+    /// DeepNet build on); every other variant uses RMSNorm.
     pub fn layer_norm(self) -> bool {
-        matches!(self, NormKind::PreLn | NormKind::PostLn)
+        matches!(self, NormKind::PreLn | NormKind::PostLn | NormKind::MixLn | NormKind::DeepNorm)
     }
 
-    /// An RMSNorm on q and k right after their projections.
-    pub fn qk_norm(self) -> bool {
-        matches!(self, NormKind::PreRmsQk | NormKind::Simple)
+    /// QK-norm is part of the variant's definition, whatever `ModelConfig::qk_norm` says.
+    pub fn implies_qk_norm(self) -> bool {
+        matches!(self, NormKind::PreRmsQk | NormKind::Simple | NormKind::Olmo2)
     }
 
-    /// A norm before the LM head: post-LN's last block already ends in one, `none` has none.
+    /// A norm before the LM head: the post-LN variants' last block already ends in one, as
+    /// nGPT's (at unit norm), `none` has none. (Mix-LN's last blocks are pre-LN: it has one.)
     pub fn final_norm(self) -> bool {
-        !matches!(self, NormKind::PostLn | NormKind::None)
+        !matches!(self, NormKind::PostLn | NormKind::DeepNorm | NormKind::Ngpt | NormKind::None)
     }
 }
 
@@ -82,10 +135,6 @@ display_as_in_config!(NormKind, MlpKind, PosKind);
 
 /// The placements as menus offer them: the page's norms comparison, and its labels.
 impl NormKind {
-    /// Every placement, in the order a menu lists them.
-    pub const ALL: [NormKind; 6] =
-        [NormKind::PreLn, NormKind::PostLn, NormKind::PreRms, NormKind::PreRmsQk, NormKind::Simple, NormKind::None];
-
     /// Its name in legends (`pre-LN`, `SimpleNorm`).
     pub fn label(self) -> &'static str {
         match self {
@@ -94,6 +143,11 @@ impl NormKind {
             NormKind::PreRmsQk => "pre-RMS + QK-norm",
             NormKind::PostLn => "post-LN",
             NormKind::Simple => "SimpleNorm",
+            NormKind::PeriLn => "Peri-LN",
+            NormKind::MixLn => "Mix-LN",
+            NormKind::Olmo2 => "OLMo 2",
+            NormKind::DeepNorm => "DeepNorm",
+            NormKind::Ngpt => "nGPT",
             NormKind::None => "no norm",
         }
     }
@@ -106,7 +160,21 @@ impl NormKind {
             NormKind::PreRmsQk => "pre-RMS, and RMSNorm on q and k after their projections",
             NormKind::PostLn => "the original Transformer: LayerNorm after each residual add",
             NormKind::Simple => "SimpleGPT: RMSNorm right after every linear map, no pre-norm",
+            NormKind::PeriLn => "Peri-LN / Gemma 2's sandwich: RMSNorm on each sublayer's input and output",
+            NormKind::MixLn => "Mix-LN: post-LN in the first quarter of the blocks, pre-LN in the rest",
+            NormKind::Olmo2 => "OLMo 2's reordered norm: RMSNorm on each sublayer's output, and QK-norm",
+            NormKind::DeepNorm => "DeepNet: post-LN with the residual scaled up and a smaller init",
+            NormKind::Ngpt => "nGPT: every hidden state and weight vector on the unit sphere",
             NormKind::None => "no normalisation at all",
+        }
+    }
+
+    /// The other settings the placement is defined with, as `--set` takes them: what a
+    /// menu that offers it over any preset must set beside `norm`.
+    pub fn defined_with(self) -> &'static [&'static str] {
+        match self {
+            NormKind::Ngpt => &["mlp=swiglu", "pos=rope", "tie_weights=false", "bias=false", "residual=true"],
+            _ => &[],
         }
     }
 
@@ -135,9 +203,58 @@ pub struct ModelConfig {
     pub bias: bool,
     pub tie_weights: bool,
     pub norm: NormKind,
+    /// RMSNorm on q and k over the full width, right after their projections, on any `norm`
+    /// (`pre_rms_qk`, `simple` and `olmo2` have it whatever this says). This key and the next
+    /// two (and `TrainConfig::z_loss`) are absent from the configs of earlier versions, and
+    /// left out of a config's TOML at their defaults, so that those configs read, and hash,
+    /// as they did.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub qk_norm: bool,
+    /// Mix-LN's share of post-LN blocks, the first floor(mix_ln_fraction x n_layer); 0 to 1.
+    #[serde(default = "default_mix_ln_fraction", skip_serializing_if = "is_default_mix_ln_fraction")]
+    pub mix_ln_fraction: f64,
+    /// Gemma 2's soft cap on the logits, `c tanh(logits / c)` (in every forward pass:
+    /// training, evaluation, sampling); 0 turns it off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub logit_softcap: f64,
     pub residual: bool,
     pub mlp: MlpKind,
     pub pos: PosKind,
+}
+
+const DEFAULT_MIX_LN_FRACTION: f64 = 0.25;
+
+fn default_mix_ln_fraction() -> f64 {
+    DEFAULT_MIX_LN_FRACTION
+}
+
+fn is_default_mix_ln_fraction(fraction: &f64) -> bool {
+    *fraction == DEFAULT_MIX_LN_FRACTION
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+impl ModelConfig {
+    /// QK-norm: asked for, or part of the norm variant.
+    pub fn has_qk_norm(&self) -> bool {
+        self.qk_norm || self.norm.implies_qk_norm()
+    }
+
+    /// How many of the first blocks normalise after the residual add: all of them for
+    /// post-LN and DeepNorm, Mix-LN's floor(mix_ln_fraction x n_layer), else none.
+    pub fn post_norm_blocks(&self) -> usize {
+        match self.norm {
+            NormKind::PostLn | NormKind::DeepNorm => self.n_layer,
+            NormKind::MixLn => (self.mix_ln_fraction * self.n_layer as f64).floor() as usize,
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +277,12 @@ pub struct TrainConfig {
     pub eps: f64,
     /// Global gradient-norm clip (one norm over all parameters); 0 disables it.
     pub grad_clip: f64,
+    /// PaLM's z-loss (also OLMo 2's): training minimises the cross-entropy plus `z_loss` x the
+    /// mean of log(Z)^2 (Z: the softmax's normaliser), logged apart as `z_loss`; every loss
+    /// reported as a loss (`loss`, `train_loss`, `val_loss`) is the cross-entropy alone.
+    /// 0 turns it off, and is left out of a config's TOML.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub z_loss: f64,
     pub log_interval: usize,
     pub eval_interval: usize,
     pub eval_iters: usize,
@@ -257,7 +380,7 @@ impl Config {
             let line = e.span().map_or(0, |s| text[..s.start].matches('\n').count() + 1);
             Error::Input(format!("{origin}: bad TOML at line {line}: {}", one_line(e.message())))
         })?;
-        let mut merged = toml::Table::try_from(&base).expect("a Config always serialises");
+        let mut merged = base.table_with_every_key();
         for (section, value) in overrides {
             match (merged.get_mut(&section), value) {
                 (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => {
@@ -308,6 +431,27 @@ impl Config {
         toml::to_string_pretty(self).expect("a Config always serialises")
     }
 
+    /// The config as a TOML table with every key: those its TOML leaves out at their
+    /// defaults (see `ModelConfig::qk_norm`) are keys all the same, which `set` and a TOML
+    /// file give values of their type.
+    fn table_with_every_key(&self) -> toml::Table {
+        let mut table = toml::Table::try_from(self).expect("a Config always serialises");
+        let (m, t) = (&self.model, &self.train);
+        let left_out: [(&str, &str, toml::Value); 5] = [
+            ("model", "tokenizer", m.tokenizer.to_string().into()),
+            ("model", "qk_norm", m.qk_norm.into()),
+            ("model", "mix_ln_fraction", m.mix_ln_fraction.into()),
+            ("model", "logit_softcap", m.logit_softcap.into()),
+            ("train", "z_loss", t.z_loss.into()),
+        ];
+        for (section, key, value) in left_out {
+            if let Some(toml::Value::Table(keys)) = table.get_mut(section) {
+                keys.entry(key).or_insert(value);
+            }
+        }
+        table
+    }
+
     /// Apply one `section.key=value` or `key=value` override (the key is looked up in
     /// [model] then [train]). The value is parsed as TOML, so `norm=simple`, `lr=3e-3`
     /// and `residual=false` all work without quotes.
@@ -317,11 +461,7 @@ impl Config {
             .ok_or_else(|| Error::Input(format!("--set '{assignment}': expected key=value, e.g. --set lr=3e-3")))?;
         let key = key.trim();
         let raw = raw.trim();
-        let mut table = toml::Table::try_from(&*self).expect("a Config always serialises");
-        // A `char` tokenizer is left out of the TOML; it is a key all the same.
-        if let Some(toml::Value::Table(model)) = table.get_mut("model") {
-            model.entry("tokenizer").or_insert_with(|| self.model.tokenizer.to_string().into());
-        }
+        let mut table = self.table_with_every_key();
         let (section, field) = match key.split_once('.') {
             Some((s, f)) => (s.to_string(), f.to_string()),
             None => {
@@ -437,6 +577,22 @@ impl Config {
         if t.log_interval == 0 || t.eval_interval == 0 || t.eval_iters == 0 || t.diag_interval == 0 {
             return bad("log_interval, eval_interval, eval_iters and diag_interval must be at least 1".into());
         }
+        if m.norm == NormKind::Ngpt
+            && !(m.mlp == MlpKind::Swiglu && m.pos == PosKind::Rope && !m.tie_weights && !m.bias && m.residual)
+        {
+            return bad("ngpt is defined with SwiGLU, RoPE, an untied head, no biases and residuals: \
+                 set mlp=swiglu, pos=rope, tie_weights=false, bias=false, residual=true"
+                .into());
+        }
+        if !(0.0..=1.0).contains(&m.mix_ln_fraction) {
+            return bad(format!("mix_ln_fraction must be in [0, 1], got {}", m.mix_ln_fraction));
+        }
+        if !(m.logit_softcap >= 0.0 && m.logit_softcap.is_finite()) {
+            return bad(format!("logit_softcap must be >= 0 (0 turns it off), got {}", m.logit_softcap));
+        }
+        if !(t.z_loss >= 0.0 && t.z_loss.is_finite()) {
+            return bad(format!("z_loss must be >= 0 (0 turns it off), got {}", t.z_loss));
+        }
         if !(t.diverge_factor > 1.0) {
             return bad(format!("diverge_factor must be > 1, got {}", t.diverge_factor));
         }
@@ -456,9 +612,8 @@ fn one_line(message: &str) -> String {
 }
 
 fn unknown_key(key: &str) -> Error {
-    let model = toml::Table::try_from(&Config::preset("tiny").unwrap().model).unwrap();
-    let train = toml::Table::try_from(&Config::preset("tiny").unwrap().train).unwrap();
-    let keys: Vec<&String> = model.keys().chain(train.keys()).collect();
+    let table = Config::preset("tiny").unwrap().table_with_every_key();
+    let keys: Vec<&String> = ["model", "train"].iter().flat_map(|s| table[*s].as_table().unwrap().keys()).collect();
     Error::Input(format!(
         "unknown config key '{key}'; known keys: {}",
         keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
@@ -564,6 +719,87 @@ mod tests {
         assert!(e.contains("tokenizer"), "{e}");
     }
 
+    /// Every preset file gives every key, those a config's TOML leaves out at their default
+    /// included: a preset is the place a user reads them from.
+    #[test]
+    fn every_preset_file_gives_every_key() {
+        let every = Config::preset("tiny").unwrap().table_with_every_key();
+        for p in PRESETS {
+            let file: toml::Table = p.toml.parse().unwrap();
+            for section in ["model", "train"] {
+                let keys = |t: &toml::Table| t[section].as_table().unwrap().keys().cloned().collect::<Vec<_>>();
+                assert_eq!(keys(&file), keys(&every), "presets/{}.toml [{section}]", p.name);
+            }
+        }
+    }
+
+    #[test]
+    fn the_keys_added_after_the_first_runs_leave_their_configs_as_they_were() {
+        // A config written before qk_norm, mix_ln_fraction, logit_softcap and z_loss existed:
+        // it reads with them at their defaults, and writes (so hashes) the same text.
+        let tiny = Config::preset("tiny").unwrap();
+        let old_text: String = tiny
+            .to_toml()
+            .lines()
+            .filter(|l| !["qk_norm", "mix_ln_fraction", "logit_softcap", "z_loss"].iter().any(|k| l.starts_with(k)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(old_text, tiny.to_toml(), "left out at their defaults");
+        let old: Config = toml::from_str(&old_text).unwrap();
+        assert_eq!(old, tiny);
+        assert_eq!((old.model.qk_norm, old.model.mix_ln_fraction, old.model.logit_softcap), (false, 0.25, 0.0));
+        assert_eq!(old.train.z_loss, 0.0);
+        // Set, each is written, reads back, and is a key to `set` and to a TOML file, whose
+        // whole numbers are taken for the floats they stand for.
+        let mut c = tiny.clone();
+        for set in ["qk_norm=true", "mix_ln_fraction=0.5", "logit_softcap=30", "z_loss=1e-4"] {
+            c.set(set).unwrap();
+        }
+        let text = c.to_toml();
+        for key in ["qk_norm = true", "mix_ln_fraction = 0.5", "logit_softcap = 30.0", "z_loss = 0.0001"] {
+            assert!(text.contains(key), "{key}: {text}");
+        }
+        assert_eq!(Config::from_toml(&text, tiny.clone(), "c.toml").unwrap(), c);
+        let from_file =
+            Config::from_toml("[model]\nlogit_softcap = 30\n[train]\nz_loss = 0\n", tiny.clone(), "f.toml").unwrap();
+        assert_eq!((from_file.model.logit_softcap, from_file.train.z_loss), (30.0, 0.0));
+        let e = tiny.clone().set("qk_norms=true").unwrap_err().to_string();
+        assert!(e.contains("known keys") && e.contains("qk_norm") && e.contains("z_loss"), "{e}");
+    }
+
+    #[test]
+    fn qk_norm_is_a_switch_and_part_of_three_variants() {
+        let mut c = Config::preset("tiny").unwrap().model;
+        for norm in [NormKind::PreLn, NormKind::PreRms, NormKind::PostLn, NormKind::PeriLn, NormKind::None] {
+            c.norm = norm;
+            c.qk_norm = false;
+            assert!(!c.has_qk_norm(), "{norm}");
+            c.qk_norm = true;
+            assert!(c.has_qk_norm(), "{norm}");
+        }
+        c.qk_norm = false;
+        for norm in [NormKind::PreRmsQk, NormKind::Simple, NormKind::Olmo2] {
+            c.norm = norm;
+            assert!(c.has_qk_norm(), "{norm} has QK-norm by definition");
+        }
+    }
+
+    #[test]
+    fn mix_ln_puts_post_ln_in_the_first_quarter_of_the_blocks() {
+        let mut c = Config::preset("tiny").unwrap().model;
+        c.norm = NormKind::MixLn;
+        for (layers, fraction, post) in
+            [(4, 0.25, 1), (6, 0.25, 1), (8, 0.25, 2), (12, 0.25, 3), (3, 0.25, 0), (4, 1.0, 4)]
+        {
+            (c.n_layer, c.mix_ln_fraction) = (layers, fraction);
+            assert_eq!(c.post_norm_blocks(), post, "{layers} layers at {fraction}");
+        }
+        (c.norm, c.n_layer) = (NormKind::DeepNorm, 6);
+        assert_eq!(c.post_norm_blocks(), 6);
+        c.norm = NormKind::PeriLn;
+        assert_eq!(c.post_norm_blocks(), 0);
+    }
+
     #[test]
     fn set_parses_every_kind_of_value() {
         let mut c = Config::preset("tiny").unwrap();
@@ -582,7 +818,11 @@ mod tests {
     fn set_rejects_unknown_keys_and_bad_values() {
         let mut c = Config::preset("tiny").unwrap();
         assert!(c.set("n_layers=3").unwrap_err().to_string().contains("unknown config key"));
-        assert!(c.set("norm=layernorm").unwrap_err().to_string().contains("bad value"));
+        let unknown_norm = c.set("norm=layernorm").unwrap_err().to_string();
+        assert!(unknown_norm.contains("bad value"), "{unknown_norm}");
+        for name in ["pre_ln", "pre_rms_qk", "simple", "peri_ln", "mix_ln", "olmo2", "deepnorm", "ngpt", "none"] {
+            assert!(unknown_norm.contains(&format!("`{name}`")), "lists {name}: {unknown_norm}");
+        }
         assert!(c.set("n_layer=-1").unwrap_err().to_string().contains("bad value"));
         assert!(c.set("n_layer").unwrap_err().to_string().contains("key=value"));
         let too_large = c.set("max_steps=18446744073709551615").unwrap_err().to_string();
@@ -593,6 +833,8 @@ mod tests {
     #[test]
     fn kinds_print_as_users_type_them() {
         assert_eq!(format!("{} {}", NormKind::PreLn, NormKind::PreRmsQk), "pre_ln pre_rms_qk");
+        let new = [NormKind::PeriLn, NormKind::MixLn, NormKind::Olmo2, NormKind::DeepNorm, NormKind::Ngpt];
+        assert_eq!(new.map(|n| n.to_string()), ["peri_ln", "mix_ln", "olmo2", "deepnorm", "ngpt"]);
         assert_eq!(format!("{} {}", MlpKind::Swiglu, PosKind::Rope), "swiglu rope");
     }
 
@@ -650,5 +892,22 @@ mod tests {
         bad("diverge_factor=nan", "diverge_factor");
         bad("grad_clip=-1", "grad_clip");
         bad("weight_decay=-5", "weight_decay");
+        bad("norm=ngpt", "ngpt is defined with SwiGLU, RoPE, an untied head, no biases and residuals");
+        let mut ngpt = Config::preset("tiny").unwrap();
+        for set in ["norm=ngpt", "mlp=swiglu", "pos=rope", "tie_weights=false"] {
+            ngpt.set(set).unwrap();
+        }
+        assert!(ngpt.validate().is_ok());
+        for set in ["bias=true", "residual=false", "mlp=gelu"] {
+            let mut c = ngpt.clone();
+            c.set(set).unwrap();
+            assert!(c.validate().unwrap_err().to_string().contains("ngpt is defined with"), "{set}");
+        }
+        bad("mix_ln_fraction=1.5", "mix_ln_fraction must be in [0, 1], got 1.5");
+        bad("mix_ln_fraction=-0.1", "mix_ln_fraction must be in [0, 1]");
+        bad("mix_ln_fraction=nan", "mix_ln_fraction");
+        bad("logit_softcap=-1", "logit_softcap must be >= 0");
+        bad("z_loss=-1e-4", "z_loss must be >= 0");
+        bad("z_loss=inf", "z_loss must be >= 0");
     }
 }

@@ -114,11 +114,12 @@ impl PathMapper for Shift<'_> {
     }
 }
 
-/// The gradient of the mean loss over `batches` at `model`'s weights (an autodiff model).
-pub fn gradient(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)]) -> ParamVec {
+/// The gradient of the mean training objective (`Gpt::objective`: the cross-entropy, plus
+/// the z-loss term when `z_loss` > 0) over `batches` at `model`'s weights (an autodiff model).
+pub fn gradient(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)], z_loss: f64) -> ParamVec {
     let mut sum = GradSum::default();
     for (x, y) in batches {
-        let loss = Gpt::loss(model.forward(x.clone()), y.clone()) / batches.len() as f64;
+        let loss = Gpt::objective(model.forward(x.clone()), y.clone(), z_loss) / batches.len() as f64;
         sum.add(model, &loss.backward());
     }
     sum.by_path
@@ -168,19 +169,21 @@ pub fn fixed_batches(
         .collect()
 }
 
-/// `Extremes` of the Hessian of the loss over `batches` at `model` (`Gpt::forward` has no
-/// dropout, so the loss is a fixed function of the weights).
+/// `Extremes` of the Hessian of the training objective over `batches` at `model` (with the
+/// config's `z_loss`: the function training minimises; `Gpt::forward` has no dropout, so it
+/// is a fixed function of the weights).
 pub async fn hessian_extremes(
     model: &Gpt,
     batches: &[(Tensor<2, Int>, Tensor<2, Int>)],
+    z_loss: f64,
     iters: usize,
     eps: f64,
     seed: u64,
 ) -> Result<Extremes> {
     let like: ParamVec = params::named(model).into_iter().map(|(p, t, _)| (p, t)).collect();
     extreme_eigenvalues(&like, iters, seed, |v| {
-        let plus = gradient(&params::map(model.clone(), &mut Shift { v, delta: eps }), batches);
-        let minus = gradient(&params::map(model.clone(), &mut Shift { v, delta: -eps }), batches);
+        let plus = gradient(&params::map(model.clone(), &mut Shift { v, delta: eps }), batches, z_loss);
+        let minus = gradient(&params::map(model.clone(), &mut Shift { v, delta: -eps }), batches, z_loss);
         plus.into_iter().map(|(k, g)| (k.clone(), (g - minus[&k].clone()) / (2.0 * eps))).collect()
     })
     .await
@@ -195,6 +198,8 @@ pub struct Estimate {
     /// The loss is the mean over `batches` batches of `batch_size` sequences.
     pub batches: usize,
     pub batch_size: usize,
+    /// The config's z-loss coefficient: the loss is the cross-entropy plus its term.
+    pub z_loss: f64,
 }
 
 impl Estimate {
@@ -248,9 +253,10 @@ impl std::fmt::Display for Estimate {
                 format!("NOT converged after {n} iterations: raise --iters")
             }
         };
+        let z_term = if self.z_loss > 0.0 { format!(" + {:e} x z-loss", self.z_loss) } else { String::new() };
         writeln!(
             f,
-            "method: power iteration (stopped when the estimate changes by < {CONVERGED:e} relative), Hessian-vector products by central differences of gradients with eps {:e}, {} batches of {}",
+            "method: power iteration (stopped when the estimate changes by < {CONVERGED:e} relative), Hessian-vector products by central differences of gradients with eps {:e}, loss: cross-entropy{z_term} over {} batches of {}",
             self.eps, self.batches, self.batch_size
         )?;
         writeln!(
@@ -347,6 +353,39 @@ mod tests {
     }
 
     #[test]
+    fn the_gradient_is_of_the_objective_training_minimises_z_loss_included() {
+        use crate::Config;
+        use crate::data::{Dataset, Split};
+        let device = Device::flex().autodiff();
+        let mut c = Config::preset("tiny").unwrap();
+        (c.model.block_size, c.model.n_embd, c.model.n_head) = (8, 8, 2);
+        let data = Dataset::from_text(&"the cat sat on a mat; a bat ate the hat.\n".repeat(10), "test").unwrap();
+        c.model.vocab_size = data.tokenizer.vocab_size();
+        let model = c.model.init(1, &device);
+        let batches: Vec<_> =
+            (0..2).map(|i| data.batch(Split::Train, "hessian", 1, i, 4, 8).tensors(&device)).collect();
+        // The directional derivative g . v against a central difference of the objective along
+        // v, with the z-loss off and at a coefficient that makes its term matter.
+        let v = random_unit(&params::named(&model).into_iter().map(|(p, t, _)| (p, t.inner())).collect(), 3, "v");
+        let objective_along = |z_loss: f64, delta: f64| {
+            let moved = params::map(model.clone(), &mut Shift { v: &v, delta });
+            let sum: f64 =
+                batches.iter().map(|(x, y)| scalar(Gpt::objective(moved.forward(x.clone()), y.clone(), z_loss))).sum();
+            sum / batches.len() as f64
+        };
+        let mut slopes = Vec::new();
+        for z_loss in [0.0, 0.1] {
+            let g = gradient(&model, &batches, z_loss);
+            let analytic: f64 = g.iter().map(|(k, g)| scalar(params::sum_all(g.clone().inner() * v[k].clone()))).sum();
+            let h = 1e-2;
+            let numeric = (objective_along(z_loss, h) - objective_along(z_loss, -h)) / (2.0 * h);
+            assert!((analytic - numeric).abs() <= 0.01 * numeric.abs(), "z_loss {z_loss}: g.v {analytic}, {numeric}");
+            slopes.push(analytic);
+        }
+        assert!((slopes[1] - slopes[0]).abs() > 0.05 * slopes[0].abs(), "the z-loss's term is in it: {slopes:?}");
+    }
+
+    #[test]
     fn the_eigenvalues_of_a_tiny_model_are_the_curvature_of_its_loss_along_their_eigenvectors() {
         use crate::Config;
         use crate::data::{Dataset, Split};
@@ -358,7 +397,7 @@ mod tests {
         let model = c.model.init(1, &device);
         let batches: Vec<_> =
             (0..2).map(|i| data.batch(Split::Train, "hessian", 1, i, 4, 8).tensors(&device)).collect();
-        let e = pollster::block_on(hessian_extremes(&model, &batches, 300, 1e-3, 1)).unwrap();
+        let e = pollster::block_on(hessian_extremes(&model, &batches, 0.0, 300, 1e-3, 1)).unwrap();
         // At this init the eigenvalue of largest magnitude is negative (-12.2), so the
         // largest (11.8) comes from the second, shifted power iteration: both are checked.
         let (spectral, largest) = (*e.spectral.estimates.last().unwrap(), *e.largest.estimates.last().unwrap());

@@ -1,7 +1,11 @@
 //! Weights in PyTorch's names and layout, for replaying a run in another framework.
 //!
 //! Names are the model's field paths with `.weight` on embeddings and the head:
-//! `wte.weight` [V, C], `wpe.weight` [T, C], `blocks.{i}.ln_1.weight`,
+//! `wte.weight` [V, C], `wpe.weight` [T, C], `blocks.{i}.ln_{1,2}.weight`,
+//! `blocks.{i}.{attn,mlp}_out_norm.weight` (the sublayers' output norms of Peri-LN and OLMo 2),
+//! nGPT's learned vectors as stored (before their factor init / scale):
+//! `blocks.{i}.{attn,mlp}_alpha.weight`, `blocks.{i}.attn.qk_scale.weight`,
+//! `blocks.{i}.mlp.{fc,gate}_scale.weight` (s_nu, s_u), `logit_scale.weight` (s_z),
 //! `blocks.{i}.attn.{q,k,v,o}.weight` [out, in], `blocks.{i}.attn.{q,k,v,o}_norm.weight`,
 //! `blocks.{i}.mlp.{fc,gate,proj}.weight` [out, in], `blocks.{i}.mlp.{fc,gate,proj}_norm.weight`,
 //! `ln_f.weight`, `lm_head.weight` [V, C] (absent when tied to `wte`); `.bias` beside each

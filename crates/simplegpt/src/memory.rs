@@ -79,10 +79,14 @@ pub fn estimate(config: &Config) -> MemoryEstimate {
 
     // One block. Each norm keeps two tensors of its width: its (centred) input, which `square`
     // and the division by the RMS read, and the normalised value its gain multiplies. Norms
-    // of width C: ln_1 and ln_2 (pre- and post-norm variants), QK-norm's two, and
-    // SimpleNorm's on v, o and the MLP's output; of the hidden width: SimpleNorm's on fc (and
-    // the gate).
-    let c_norms = 2 * yes(m.norm.block_norms()) + 2 * yes(m.norm.qk_norm()) + 3 * simple;
+    // of width C: ln_1 and ln_2 (pre-, peri- and post-norm variants), the sublayers' output
+    // norms (Peri-LN, OLMo 2), QK-norm's two, and SimpleNorm's on v, o and the MLP's output;
+    // of the hidden width: SimpleNorm's on fc (and the gate).
+    // nGPT's six unit norms (q, k, each sublayer's output, the state after each) count as
+    // norms too.
+    let ngpt = yes(m.norm == NormKind::Ngpt);
+    let c_norms =
+        2 * yes(m.norm.block_norms()) + 2 * yes(m.norm.out_norms()) + 2 * yes(m.has_qk_norm()) + 3 * simple + 6 * ngpt;
     let hidden_norms = simple * (1 + swiglu);
     // The inputs of the three linear steps (q/k/v, o, the MLP's first), and q, k and v as
     // the attention products read them.
@@ -253,7 +257,7 @@ mod tests {
         assert_eq!(estimate(&accum).gradients, 2 * 57_600 * 4);
 
         // Every variant: the weights are the model's own count.
-        for norm in [NormKind::PreLn, NormKind::PostLn, NormKind::PreRmsQk, NormKind::Simple, NormKind::None] {
+        for norm in NormKind::ALL {
             for (mlp, pos, tie) in [(MlpKind::Gelu, PosKind::Learned, true), (MlpKind::Swiglu, PosKind::Rope, false)] {
                 let mut v = preset("nanogpt-shakespeare-char");
                 (v.model.norm, v.model.mlp, v.model.pos, v.model.tie_weights, v.model.bias) =

@@ -1,7 +1,9 @@
 //! The GPT, in one file that reads in the order the data flows (as nanoGPT's model.py):
 //! `Norm`, `Attention`, `Mlp`, `Block`, `Gpt`. Every normalisation variant of the study is a
-//! few visible lines in `Block::forward` (pre/post norms) and in the `*_norm` fields of
-//! `Attention` and `Mlp` (SimpleNorm's norm after each linear, QK-norm).
+//! few visible lines in `Block::forward` (pre-, post-, peri- and output norms, DeepNorm's
+//! scaled residual, nGPT's steps on the unit sphere) and in the `*_norm` and `*_scale`
+//! fields of `Attention` and `Mlp` (SimpleNorm's norm after each linear, QK-norm, nGPT's
+//! scales).
 //!
 //! Shapes: B batch, T time (context), C channels (n_embd), nh heads, hs head size (C / nh),
 //! V vocabulary. Linear weights are stored [in, out] (burn's layout; torch's is [out, in]).
@@ -14,7 +16,7 @@ use burn::nn::{Linear, RotaryEncoding, RotaryEncodingConfig};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 
 use crate::config::{MlpKind, ModelConfig, NormKind, PosKind};
-use crate::params;
+use crate::params::{self, PathMapper};
 use crate::rng::{self, Stream};
 
 const NORM_EPS: f64 = 1e-5;
@@ -51,6 +53,42 @@ impl Norm {
             Some(b) => x + b.val().unsqueeze(),
             None => x,
         }
+    }
+}
+
+/// nGPT's normalisation: `x / ||x||` over the last dimension, onto the unit sphere; no gain
+/// (nGPT's learned scales are `Scale`s of their own) and no eps, as the paper's.
+fn unit<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let length = x.clone().square().sum_dim(D - 1).sqrt();
+    x / length
+}
+
+/// A learned vector of nGPT's (alpha, s_qk, s_u, s_nu, s_z), in the paper's parametrisation:
+/// stored at its `scale` and used times init / scale, so that it starts at `init` and Adam
+/// moves it in steps relative to `scale`. (s_nu's constant sqrt(C) is folded into `factor`.)
+#[derive(Module, Debug)]
+pub struct Scale {
+    pub weight: Param<Tensor<1>>,
+    /// What the stored values are multiplied by when used.
+    pub factor: f64,
+}
+
+impl Scale {
+    fn new(d: usize, init: f64, scale: f64, device: &Device) -> Self {
+        Scale { weight: Param::from_data(TensorData::new(vec![scale as f32; d], [d]), device), factor: init / scale }
+    }
+
+    /// `x` times the vector, over its last dimension.
+    fn times<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        x * (self.weight.val() * self.factor).unsqueeze()
+    }
+}
+
+/// `x` scaled where the variant has the scale (nGPT), else unchanged.
+fn scale_opt<const D: usize>(scale: &Option<Scale>, x: Tensor<D>) -> Tensor<D> {
+    match scale {
+        Some(s) => s.times(x),
+        None => x,
     }
 }
 
@@ -133,9 +171,10 @@ pub struct DropoutKey {
     pub batch: u64,
 }
 
-/// Causal multi-head self-attention. `q_norm`/`k_norm` are QK-norm (pre_rms_qk, simple) over
-/// the whole width before RoPE; `v_norm`/`o_norm` complete SimpleNorm's "norm after every
-/// linear".
+/// Causal multi-head self-attention. `q_norm`/`k_norm` are QK-norm (the `qk_norm` key, and
+/// pre_rms_qk, simple and olmo2 by definition) over the whole width before RoPE;
+/// `v_norm`/`o_norm` complete SimpleNorm's "norm after every linear"; `qk_scale` is nGPT's
+/// s_qk, on q and k made unit per head after RoPE.
 #[derive(Module, Debug)]
 pub struct Attention {
     pub q: Linear,
@@ -146,6 +185,7 @@ pub struct Attention {
     pub k_norm: Option<Norm>,
     pub v_norm: Option<Norm>,
     pub o_norm: Option<Norm>,
+    pub qk_scale: Option<Scale>,
     pub attn_dropout: Dropout,
     pub resid_dropout: Dropout,
     pub n_head: usize,
@@ -173,8 +213,18 @@ impl Attention {
             q = rope.forward(q);
             k = rope.forward(k);
         }
+        // nGPT: q and k unit per head, times s_qk, so that q.k is a cosine (times s_qk^2),
+        // which the softmax takes times sqrt(hs) rather than over it.
+        let score_scale = match &self.qk_scale {
+            Some(s_qk) => {
+                let s_qk = (s_qk.weight.val() * s_qk.factor).reshape([1, nh, 1, hs]);
+                (q, k) = (unit(q) * s_qk.clone(), unit(k) * s_qk);
+                (hs as f64).sqrt()
+            }
+            None => 1.0 / (hs as f64).sqrt(),
+        };
         // [B, nh, T, T]: each position attends to itself and the past only.
-        let att = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hs as f64).sqrt());
+        let att = q.matmul(k.swap_dims(2, 3)) * score_scale;
         let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &att.device());
         let att = att.mask_fill(future.unsqueeze::<4>().expand([b, nh, t, t]), f32::NEG_INFINITY);
         if let Some(p) = probes.as_deref_mut() {
@@ -190,8 +240,9 @@ impl Attention {
 
 /// The feed-forward sublayer: GELU (`fc -> gelu -> proj`) or SwiGLU
 /// (`proj(silu(fc x) * gate x)`). Under SimpleNorm each linear's output is normalised,
-/// the norm sitting before the activation as in the reference. GELU is burn's, computed on
-/// all cores on the CPU (`simplegpt_shaders::gelu`).
+/// the norm sitting before the activation as in the reference. nGPT scales the SiLU's
+/// input by s_nu sqrt(C) (`fc_scale`) and the gate by s_u (`gate_scale`). GELU is burn's,
+/// computed on all cores on the CPU (`simplegpt_shaders::gelu`).
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub fc: Linear,
@@ -200,6 +251,8 @@ pub struct Mlp {
     pub fc_norm: Option<Norm>,
     pub gate_norm: Option<Norm>,
     pub proj_norm: Option<Norm>,
+    pub fc_scale: Option<Scale>,
+    pub gate_scale: Option<Scale>,
     pub dropout: Dropout,
 }
 
@@ -207,24 +260,35 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<3>, key: Option<DropoutKey>, mut probes: Option<&mut Probes>) -> Tensor<3> {
         let mut probe = |name, y| Probes::linear(&mut probes, name, y);
         // [B, T, C] -> [B, T, hidden] -> [B, T, C]
-        let h = norm_opt(&self.fc_norm, probe("mlp.fc", linear(&self.fc, x.clone())));
+        let h = scale_opt(&self.fc_scale, norm_opt(&self.fc_norm, probe("mlp.fc", linear(&self.fc, x.clone()))));
         let h = match &self.gate {
             None => simplegpt_shaders::gelu(h),
-            Some(gate) => activation::silu(h) * norm_opt(&self.gate_norm, probe("mlp.gate", linear(gate, x))),
+            Some(gate) => {
+                activation::silu(h)
+                    * scale_opt(&self.gate_scale, norm_opt(&self.gate_norm, probe("mlp.gate", linear(gate, x))))
+            }
         };
         self.dropout.forward(norm_opt(&self.proj_norm, probe("mlp.proj", linear(&self.proj, h))), key)
     }
 }
 
-/// One transformer block. `ln_1`/`ln_2` exist for the pre- and post-norm variants only.
+/// One transformer block. `ln_1`/`ln_2` exist for the pre-, peri- and post-norm variants;
+/// `attn_out_norm`/`mlp_out_norm`, on the sublayers' outputs, for Peri-LN and OLMo 2;
+/// `attn_alpha`/`mlp_alpha`, nGPT's steps towards each sublayer's output, for nGPT.
 #[derive(Module, Debug)]
 pub struct Block {
     pub ln_1: Option<Norm>,
     pub attn: Attention,
+    pub attn_out_norm: Option<Norm>,
     pub ln_2: Option<Norm>,
     pub mlp: Mlp,
+    pub mlp_out_norm: Option<Norm>,
+    pub attn_alpha: Option<Scale>,
+    pub mlp_alpha: Option<Scale>,
     pub post_norm: bool,
     pub residual: bool,
+    /// What the residual is multiplied by before the add: DeepNorm's alpha, else 1.
+    pub residual_scale: f64,
 }
 
 impl Block {
@@ -235,17 +299,32 @@ impl Block {
         key: Option<DropoutKey>,
         mut probes: Option<&mut Probes>,
     ) -> Tensor<3> {
-        // Residual (`x + f(x)`) or not (`f(x)`), the blog's ablation.
-        let add = |x: Tensor<3>, fx: Tensor<3>| if self.residual { x + fx } else { fx };
-        if self.post_norm {
-            // Post-LN (original Transformer): normalise after the residual add.
+        // Residual (`x + f(x)`) or not (`f(x)`), the blog's ablation. DeepNorm scales the
+        // residual up (`alpha x + f(x)`), so that a sublayer's update moves the sum less.
+        let add = |x: Tensor<3>, fx: Tensor<3>| match self.residual {
+            false => fx,
+            true if self.residual_scale == 1.0 => x + fx,
+            true => x * self.residual_scale + fx,
+        };
+        if let (Some(attn_alpha), Some(mlp_alpha)) = (&self.attn_alpha, &self.mlp_alpha) {
+            // nGPT: the state stays on the unit sphere, each sublayer moving it towards its
+            // own normalised output by a learned step per channel: h + alpha (norm(f(h)) - h).
+            let towards = |h: Tensor<3>, fh: Tensor<3>, alpha: &Scale| unit(h.clone() + alpha.times(unit(fh) - h));
+            let h = towards(x.clone(), self.attn.forward(x, rope, key, probes.as_deref_mut()), attn_alpha);
+            towards(h.clone(), self.mlp.forward(h, key, probes), mlp_alpha)
+        } else if self.post_norm {
+            // Post-LN (original Transformer; DeepNorm; Mix-LN's first blocks): normalise
+            // after the residual add.
             let h = norm_opt(&self.ln_1, add(x.clone(), self.attn.forward(x, rope, key, probes.as_deref_mut())));
             norm_opt(&self.ln_2, add(h.clone(), self.mlp.forward(h, key, probes)))
         } else {
-            // Pre-norm (GPT-2, LLaMA): normalise each sublayer's input. SimpleNorm and `none`
-            // have no ln_1/ln_2, so this is also their block: x + attn(x), h + mlp(h).
-            let h = add(x.clone(), self.attn.forward(norm_opt(&self.ln_1, x), rope, key, probes.as_deref_mut()));
-            add(h.clone(), self.mlp.forward(norm_opt(&self.ln_2, h), key, probes))
+            // Pre-norm (GPT-2, LLaMA): normalise each sublayer's input (ln_1, ln_2). Peri-LN
+            // normalises its output too, OLMo 2 its output only (`*_out_norm`, after the
+            // sublayer's dropout). SimpleNorm and `none` have neither: x + attn(x), h + mlp(h).
+            let attn = self.attn.forward(norm_opt(&self.ln_1, x.clone()), rope, key, probes.as_deref_mut());
+            let h = add(x, norm_opt(&self.attn_out_norm, attn));
+            let mlp = self.mlp.forward(norm_opt(&self.ln_2, h.clone()), key, probes);
+            add(h, norm_opt(&self.mlp_out_norm, mlp))
         }
     }
 }
@@ -263,6 +342,10 @@ pub struct Gpt {
     /// Untied LM head [C, V]; None when tied to `wte`.
     pub lm_head: Option<Param<Tensor<2>>>,
     pub rope: Option<RotaryEncoding>,
+    /// nGPT's s_z [V], which scales the logits (cosines, from unit vectors).
+    pub logit_scale: Option<Scale>,
+    /// Gemma 2's soft cap c of the logits, `c tanh(logits / c)`; 0: none.
+    pub logit_softcap: f64,
 }
 
 impl Gpt {
@@ -305,7 +388,21 @@ impl Gpt {
         if let Some(p) = probes {
             p.linear_rms.push(("lm_head".to_string(), rms(logits.clone())));
         }
-        logits
+        let logits = scale_opt(&self.logit_scale, logits);
+        if self.logit_softcap > 0.0 {
+            // Smooth, so the logits stay within (-c, c) with their gradient kept.
+            (logits / self.logit_softcap).tanh() * self.logit_softcap
+        } else {
+            logits
+        }
+    }
+
+    /// nGPT's weights, every matrix's vectors along the width at unit norm: the embedding's
+    /// rows and the head's columns (each token's vector), q, k, v and the MLP's input linears
+    /// over their input, o and the MLP's output over their output. Applied at init and after
+    /// every optimizer step.
+    pub fn with_unit_vectors(self) -> Gpt {
+        params::map(self, &mut UnitVectors)
     }
 
     /// Mean cross-entropy of logits [B, T, V] against targets [B, T].
@@ -313,6 +410,56 @@ impl Gpt {
         let [b, t, v] = logits.dims();
         let logp = activation::log_softmax(logits.reshape([b * t, v]), 1);
         params::mean_all(logp.gather(1, targets.reshape([b * t, 1]))).neg()
+    }
+
+    /// PaLM's z-loss: the mean over positions of (log Z)^2, Z = sum(exp(logits)) the softmax's
+    /// normaliser. A small multiple of it in the objective keeps log Z near 0, so that the
+    /// logits cannot drift up together (the cross-entropy does not see such a shift).
+    pub fn z_loss(logits: Tensor<3>) -> Tensor<1> {
+        let [b, t, v] = logits.dims();
+        let logits = logits.reshape([b * t, v]);
+        // log Z = max + log sum exp(logits - max), which cannot overflow; the max is a
+        // constant for the gradient, as it cancels out of log Z.
+        let max = logits.clone().max_dim(1).detach();
+        let log_z = (logits - max.clone()).exp().sum_dim(1).log() + max; // [B*T, 1]
+        params::mean_all(log_z.square())
+    }
+
+    /// What training minimises: the cross-entropy, and the z-loss term `z_loss` x `z_loss(..)`
+    /// when `z_loss` > 0. Reported apart; their sum is the objective.
+    pub fn loss_terms(logits: Tensor<3>, targets: Tensor<2, Int>, z_loss: f64) -> (Tensor<1>, Option<Tensor<1>>) {
+        if z_loss > 0.0 {
+            (Gpt::loss(logits.clone(), targets), Some(Gpt::z_loss(logits) * z_loss))
+        } else {
+            (Gpt::loss(logits, targets), None)
+        }
+    }
+
+    /// The sum of `loss_terms`: what the gradient of a training step is taken of.
+    pub fn objective(logits: Tensor<3>, targets: Tensor<2, Int>, z_loss: f64) -> Tensor<1> {
+        match Gpt::loss_terms(logits, targets, z_loss) {
+            (loss, Some(z)) => loss + z,
+            (loss, None) => loss,
+        }
+    }
+}
+
+/// Puts each matrix of `Gpt::with_unit_vectors` on the unit sphere along the width C.
+struct UnitVectors;
+
+impl PathMapper for UnitVectors {
+    fn map<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if D != 2 {
+            return param;
+        }
+        // Stored [in, out] (the embedding [V, C]): C runs along dim 1 of the embedding and of
+        // the matrices that write into the width, along dim 0 of the others.
+        let writes_width = path == "wte" || path.ends_with("attn.o.weight") || path.ends_with("mlp.proj.weight");
+        let dim = if writes_width { 1 } else { 0 };
+        // On the values alone (as an optimizer step), outside any autodiff graph.
+        let w = param.val().inner();
+        let length = w.clone().square().sum_dim(dim).sqrt();
+        params::replaced(param, Tensor::from_inner(w / length))
     }
 }
 
@@ -352,19 +499,35 @@ impl ModelConfig {
     /// Builds the model with its initial weights drawn from `seed` on the CPU.
     ///
     /// Init: nanoGPT's (all weights N(0, 0.02), output projections N(0, 0.02/sqrt(2 n_layer)),
-    /// biases 0) for every variant but `simple`, which uses the SimpleGPT reference's
-    /// (embedding N(0, 1); q, k, v and the MLP's input linears 0.02; o and the MLP's output
-    /// 0.02/sqrt(2 (layer+1)); head truncated normal with std C^-0.5).
+    /// biases 0, norm gains 1) for every variant but these, which follow their papers:
+    /// - `simple`, the SimpleGPT reference's: embedding N(0, 1); q, k, v and the MLP's input
+    ///   linears 0.02; o and the MLP's output 0.02/sqrt(2 (layer+1)); head truncated normal
+    ///   with std C^-0.5.
+    /// - `olmo2`, OLMo 2's: every weight N(0, 0.02), output projections included.
+    /// - `deepnorm`, DeepNet's relative scales on our base: q and k 0.02; v, o and the MLP's
+    ///   linears 0.02 beta, beta = (8 n_layer)^(-1/4), in place of GPT-2's 1/sqrt(2 n_layer) on
+    ///   o and the MLP's output. DeepNet draws these from Xavier normal with gain beta (std
+    ///   beta sqrt(2 / (fan_in + fan_out)), C^-1/2 beta for a C x C matrix); the base std here
+    ///   stays 0.02 for every shape, as for the other variants, so only the factor beta and
+    ///   which matrices take it are DeepNet's.
+    /// - `ngpt`: drawn as nanoGPT's, then every matrix's vectors put at unit norm
+    ///   (`Gpt::with_unit_vectors`), which keeps only their directions, as nGPT's init does.
     pub fn init(&self, seed: u64, device: &Device) -> Gpt {
         assert!(self.vocab_size > 0, "vocab_size is resolved from the data before init");
         let (c, v, hidden) = (self.n_embd, self.vocab_size, self.mlp_hidden());
         let simple = self.norm == NormKind::Simple;
+        let ngpt = self.norm == NormKind::Ngpt;
+        let (deepnorm_alpha, deepnorm_beta) = self.deepnorm_scales();
         let mut init = Initializer { seed, count: 0, bias: self.bias, device };
         // The variant's own norm (LayerNorm or RMSNorm) over the width, where `on`.
         let norm = |on: bool| on.then(|| Norm::new(c, !self.norm.layer_norm(), self.bias, device));
         // SimpleNorm's and QK-norm's RMSNorms have no bias, as the reference's.
         let rms_norm = |on: bool, d: usize| on.then(|| Norm::new(d, true, false, device));
         let dropout = |site: usize| Dropout { prob: self.dropout, site: site as u64 };
+        // nGPT's learned vectors, (init, scale) as the paper's: alpha (0.05, C^-1/2), s_qk and
+        // s_z (1, C^-1/2), s_u (1, 1), s_nu (1, 1) with the constant sqrt(C) folded in.
+        let root_c = (c as f64).sqrt();
+        let ngpt_scale = |d: usize, init: f64, scale: f64| ngpt.then(|| Scale::new(d, init, scale, device));
 
         let wte_std = if !simple {
             0.02
@@ -378,10 +541,12 @@ impl ModelConfig {
         let wpe = (self.pos == PosKind::Learned).then(|| init.normal([self.block_size, c], 0.02, false));
         let blocks = (0..self.n_layer)
             .map(|layer| {
-                let out_std = if simple {
-                    0.02 / (2.0 * (layer + 1) as f64).sqrt()
-                } else {
-                    0.02 / (2.0 * self.n_layer as f64).sqrt()
+                // The std of v and the MLP's input linears, and of o and the MLP's output.
+                let (in_std, out_std) = match self.norm {
+                    NormKind::Simple => (0.02, 0.02 / (2.0 * (layer + 1) as f64).sqrt()),
+                    NormKind::Olmo2 => (0.02, 0.02),
+                    NormKind::DeepNorm => (0.02 * deepnorm_beta, 0.02 * deepnorm_beta),
+                    _ => (0.02, 0.02 / (2.0 * self.n_layer as f64).sqrt()),
                 };
                 let swiglu = self.mlp == MlpKind::Swiglu;
                 Block {
@@ -389,28 +554,36 @@ impl ModelConfig {
                     attn: Attention {
                         q: init.linear(c, c, 0.02),
                         k: init.linear(c, c, 0.02),
-                        v: init.linear(c, c, 0.02),
+                        v: init.linear(c, c, in_std),
                         o: init.linear(c, c, out_std),
-                        q_norm: rms_norm(self.norm.qk_norm(), c),
-                        k_norm: rms_norm(self.norm.qk_norm(), c),
+                        q_norm: rms_norm(self.has_qk_norm(), c),
+                        k_norm: rms_norm(self.has_qk_norm(), c),
                         v_norm: rms_norm(simple, c),
                         o_norm: rms_norm(simple, c),
+                        qk_scale: ngpt_scale(c, 1.0, 1.0 / root_c),
                         attn_dropout: dropout(1 + 3 * layer),
                         resid_dropout: dropout(2 + 3 * layer),
                         n_head: self.n_head,
                     },
+                    attn_out_norm: norm(self.norm.out_norms()),
                     ln_2: norm(self.norm.block_norms()),
                     mlp: Mlp {
-                        fc: init.linear(c, hidden, 0.02),
-                        gate: swiglu.then(|| init.linear(c, hidden, 0.02)),
+                        fc: init.linear(c, hidden, in_std),
+                        gate: swiglu.then(|| init.linear(c, hidden, in_std)),
                         proj: init.linear(hidden, c, out_std),
                         fc_norm: rms_norm(simple, hidden),
                         gate_norm: rms_norm(simple && swiglu, hidden),
                         proj_norm: rms_norm(simple, c),
+                        fc_scale: ngpt_scale(hidden, root_c, 1.0),
+                        gate_scale: ngpt_scale(hidden, 1.0, 1.0),
                         dropout: dropout(3 + 3 * layer),
                     },
-                    post_norm: self.norm == NormKind::PostLn,
+                    mlp_out_norm: norm(self.norm.out_norms()),
+                    attn_alpha: ngpt_scale(c, 0.05, 1.0 / root_c),
+                    mlp_alpha: ngpt_scale(c, 0.05, 1.0 / root_c),
+                    post_norm: layer < self.post_norm_blocks(),
                     residual: self.residual,
+                    residual_scale: deepnorm_alpha,
                 }
             })
             .collect();
@@ -421,7 +594,29 @@ impl ModelConfig {
         });
         let rope = (self.pos == PosKind::Rope)
             .then(|| RotaryEncodingConfig::new(self.block_size, c / self.n_head).init(device));
-        Gpt { wte, wpe, drop: dropout(0), blocks, ln_f, lm_head, rope }
+        let logit_scale = ngpt_scale(v, 1.0, 1.0 / root_c);
+        let gpt = Gpt {
+            wte,
+            wpe,
+            drop: dropout(0),
+            blocks,
+            ln_f,
+            lm_head,
+            rope,
+            logit_scale,
+            logit_softcap: self.logit_softcap,
+        };
+        if ngpt { gpt.with_unit_vectors() } else { gpt }
+    }
+
+    /// DeepNet's (alpha, beta) for a decoder-only model of n_layer blocks, (2 n_layer)^(1/4)
+    /// and (8 n_layer)^(-1/4); (1, 1) for every other variant.
+    pub fn deepnorm_scales(&self) -> (f64, f64) {
+        if self.norm != NormKind::DeepNorm {
+            return (1.0, 1.0);
+        }
+        let layers = self.n_layer as f64;
+        ((2.0 * layers).powf(0.25), (8.0 * layers).powf(-0.25))
     }
 
     /// Parameter count (tied weights once), as nanoGPT's `get_num_params(non_embedding=False)`.
@@ -446,10 +641,15 @@ impl ModelConfig {
         };
         let n_fc = if self.mlp == MlpKind::Swiglu { 2 } else { 1 }; // fc, and the gate
         let simple = self.norm == NormKind::Simple;
-        let attention = 4 * lin(c, c) + if self.norm.qk_norm() { 2 * c } else { 0 } + if simple { 2 * c } else { 0 };
+        let attention = 4 * lin(c, c) + if self.has_qk_norm() { 2 * c } else { 0 } + if simple { 2 * c } else { 0 };
         let mlp = n_fc * lin(c, h) + lin(h, c) + if simple { n_fc * h + c } else { 0 };
-        let block = attention + mlp + 2 * norm(self.norm.block_norms());
-        v * c
+        let block = attention + mlp + 2 * norm(self.norm.block_norms()) + 2 * norm(self.norm.out_norms());
+        // nGPT's learned vectors: alpha for each sublayer and s_qk (C each), s_u and s_nu
+        // (hidden each), per block; s_z (V).
+        let ngpt = self.norm == NormKind::Ngpt;
+        let (block, logit_scale) = if ngpt { (block + 3 * c + 2 * h, v) } else { (block, 0) };
+        logit_scale
+            + v * c
             + if self.pos == PosKind::Learned { self.block_size as u128 * c } else { 0 }
             + self.n_layer as u128 * block
             + norm(self.norm.final_norm())

@@ -61,9 +61,13 @@ pub struct RunHeader {
 pub struct StepRecord {
     pub step: usize,
     pub lr: f64,
-    /// Training loss of this step's batch (mean over its micro-batches).
+    /// Training loss of this step's batch (mean over its micro-batches): the cross-entropy.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::number")]
     pub loss: Option<f64>,
+    /// With the config's `z_loss` > 0, the z-loss term the step minimised on top of `loss`
+    /// (`z_loss` x the mean of log(Z)^2), mean over its micro-batches.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::number")]
+    pub z_loss: Option<f64>,
     /// Estimated over `eval_iters` batches of each split, at evaluation steps.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "not_finite::number")]
     pub train_loss: Option<f64>,

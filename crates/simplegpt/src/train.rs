@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, NormKind};
 use crate::data::{Batch, Dataset, Split};
 use crate::error::{Error, Result};
 use crate::memory;
@@ -130,6 +130,7 @@ impl Trainer {
 
         let mut grads = GradSum::default();
         let mut losses = Vec::new();
+        let mut z_terms = Vec::new();
         let mut probes = Probes::default();
         for micro in 0..cfg.grad_accum {
             let index = (step * cfg.grad_accum + micro) as u64;
@@ -145,8 +146,13 @@ impl Trainer {
                 || self.data.train_batch(&self.config, index + 1),
                 || {
                     let logits = self.model.forward_train(x, Some(key), (diag && micro == 0).then_some(&mut probes));
-                    let loss = Gpt::loss(logits, y);
-                    let g = loss.backward();
+                    // The gradient of the objective; the z-loss's term is logged apart from the loss.
+                    let (loss, z_term) = Gpt::loss_terms(logits, y, cfg.z_loss);
+                    let g = match &z_term {
+                        Some(z) => (loss.clone() + z.clone()).backward(),
+                        None => loss.backward(),
+                    };
+                    z_terms.extend(z_term.map(|z| z.detach().inner()));
                     grads.add(&self.model, &g);
                     losses.push(loss.detach().inner());
                 },
@@ -154,6 +160,7 @@ impl Trainer {
             self.next_batch = Some((index + 1, next));
         }
         let loss = mean_all(Tensor::cat(losses, 0));
+        let z_term = (!z_terms.is_empty()).then(|| mean_all(Tensor::cat(z_terms, 0)));
 
         // The mean gradient over micro-steps, then clipped to one global norm.
         let accum = 1.0 / cfg.grad_accum as f64;
@@ -165,11 +172,16 @@ impl Trainer {
         };
         let norms = diag.then(|| grads.norms());
         self.model = self.optimizer.update(self.model.clone(), grads, scale, lr, &cfg);
+        if self.config.model.norm == NormKind::Ngpt {
+            // nGPT's matrices live on the unit sphere: each update is projected back onto it.
+            self.model = self.model.clone().with_unit_vectors();
+        }
         self.progress.step += 1;
 
         if log || diag {
             // One read-back for all of them, taken off in the order they were put in.
             let mut scalars = vec![loss, grad_norm];
+            scalars.extend(z_term.clone());
             scalars.extend(norms.iter().flatten().map(|(_, n)| n.clone() * accum));
             scalars.extend(probes.block_rms.iter().map(|r| r.clone().inner()));
             scalars.extend(probes.attn_logit_max.iter().map(|m| m.clone().inner()));
@@ -177,6 +189,7 @@ impl Trainer {
             let mut values = read_scalars(scalars).await?.into_iter();
             record.loss = values.next();
             record.grad_norm = values.next();
+            record.z_loss = z_term.and_then(|_| values.next());
             record.grad_norms = norms.map(|n| n.into_iter().map(|(path, _)| path).zip(values.by_ref()).collect());
             let mut next = |n: usize| values.by_ref().take(n).collect::<Vec<f64>>();
             let Probes { block_rms, attn_logit_max, linear_rms, .. } = probes;
@@ -222,8 +235,9 @@ impl Trainer {
         }
     }
 
-    /// Mean loss over `eval_iters` batches of each split, with dropout off. The batches
-    /// depend on (seed, step) only.
+    /// Mean loss over `eval_iters` batches of each split, with dropout off: the
+    /// cross-entropy alone (without z_loss's term, so that it compares across runs). The
+    /// batches depend on (seed, step) only.
     async fn estimate_loss(&self, step: usize) -> Result<(f64, f64)> {
         let model = self.model.valid();
         let device = self.device.clone().inner();

@@ -59,6 +59,58 @@ fn losses(records: &[StepRecord]) -> Vec<f64> {
 }
 
 #[test]
+fn the_z_loss_moves_training_and_every_loss_reported_stays_the_cross_entropy() {
+    let plain = config(3);
+    let mut with_z = plain.clone();
+    with_z.train.z_loss = 1e-2;
+    let (a, b) = (run(&plain, &Device::flex()), run(&with_z, &Device::flex()));
+    // Step 0: the same weights and batches, so the same cross-entropy, evaluated and trained;
+    // the z-loss's term is logged beside it, and only where it is on.
+    assert_eq!((a[0].loss, a[0].train_loss, a[0].val_loss), (b[0].loss, b[0].train_loss, b[0].val_loss));
+    assert!(a.iter().all(|r| r.z_loss.is_none()));
+    // The term is z_loss x mean((log Z)^2); at init the logits are near 0 (std ~0.2 here), so
+    // log Z is near ln(V), V the vocabulary: above it by about their variance / 2.
+    let v = data().tokenizer.vocab_size() as f64;
+    let z = b[0].z_loss.unwrap();
+    assert!((z / (1e-2 * v.ln().powi(2)) - 1.0).abs() < 0.03, "z-loss term {z}, vocabulary {v}");
+    assert!(b.iter().filter(|r| r.loss.is_some()).all(|r| r.z_loss.is_some_and(|z| z > 0.0)));
+    // The update took the term's gradient: step 1's cross-entropy differs.
+    assert_ne!(a[1].loss, b[1].loss, "the z-loss changes the update");
+}
+
+#[test]
+fn ngpt_learns_with_its_matrices_kept_on_the_unit_sphere() {
+    let mut c = config(40);
+    c.set("norm=ngpt").unwrap();
+    for set in ["mlp=swiglu", "pos=rope", "tie_weights=false", "weight_decay=0", "lr=1e-2"] {
+        c.set(set).unwrap();
+    }
+    let mut t = Trainer::new(c, data(), &Device::flex()).unwrap();
+    let mut records = Vec::new();
+    while !t.finished() {
+        records.extend(pollster::block_on(t.step()).unwrap());
+    }
+    let l = losses(&records);
+    assert!(l.iter().all(|l| l.is_finite()) && *l.last().unwrap() < 0.8 * l[0], "{l:?}");
+    // After 40 updates every matrix's vectors along the width are still unit: each update
+    // was projected back (stored [in, out]; the embedding [V, C]).
+    for (path, w, shape) in simplegpt::params::named(&t.model) {
+        if shape.len() != 2 {
+            continue;
+        }
+        let w: Vec<f32> = w.into_data().convert::<f32>().try_into_vec().unwrap();
+        let (rows, cols) = (shape[0], shape[1]);
+        let writes_width = path == "wte" || path.ends_with("attn.o.weight") || path.ends_with("mlp.proj.weight");
+        let length = |i: usize| -> f64 {
+            let at = |j: usize| if writes_width { w[i * cols + j] } else { w[j * cols + i] } as f64;
+            (0..if writes_width { cols } else { rows }).map(|j| at(j).powi(2)).sum::<f64>().sqrt()
+        };
+        let n = if writes_width { rows } else { cols };
+        assert!((0..n).all(|i| (length(i) - 1.0).abs() < 1e-5), "{path}: {:?}", (0..n).map(length).collect::<Vec<_>>());
+    }
+}
+
+#[test]
 fn a_tiny_model_learns_a_short_text() {
     let c = config(300);
     let records = run(&c, &Device::flex());
