@@ -127,9 +127,85 @@ impl Tokenizer {
 mod gpt2 {
     use super::{GPT2_VOCAB, Result};
 
+    use std::sync::OnceLock;
+
+    use regex::Regex;
+    use rustc_hash::FxHashMap;
+
+    /// GPT-2's pre-tokenizer without its look-ahead, which a DFA (the `regex` crate) cannot
+    /// run and which sends tiktoken's own pattern to a backtracking VM (fancy_regex, most of
+    /// the time of `prepare`). GPT-2's `...|\s+(?!\S)|\s+` is `\s+` here, and then a run of
+    /// two or more whitespace characters followed by a non-space gives its last character
+    /// back to the next piece (`pieces`): the same pieces, as the tests check against
+    /// tiktoken-rs's encoder.
+    const PIECE: &str = r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
+    const END_OF_TEXT: &str = "<|endoftext|>";
+
+    struct Bpe {
+        piece: Regex,
+        /// Each token's bytes and its id (rank), as tiktoken-rs's: its `byte_pair_split`
+        /// merges a piece that is not a token itself into tokens.
+        ranks: FxHashMap<Vec<u8>, u32>,
+    }
+
+    fn bpe() -> &'static Bpe {
+        static BPE: OnceLock<Bpe> = OnceLock::new();
+        BPE.get_or_init(|| {
+            let tiktoken = tiktoken_rs::r50k_base_singleton();
+            let ranks = (0..GPT2_VOCAB as u32 - 1)
+                .map(|id| (tiktoken._decode_native_and_split(vec![id]).flatten().collect(), id))
+                .collect();
+            Bpe { piece: Regex::new(PIECE).expect("a valid pattern"), ranks }
+        })
+    }
+
+    /// GPT-2's pre-tokenizer pieces of `text`, in order.
+    fn pieces<'t>(piece: &'t Regex, text: &'t str) -> impl Iterator<Item = &'t str> + 't {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let m = piece.find_at(text, at)?;
+            let mut end = m.end();
+            let run = m.as_str();
+            // `\s+(?!\S)`: a whitespace run (only that alternative ends in whitespace) before
+            // a non-space keeps its last character for the next piece (" word"), unless
+            // the run is that one character.
+            if let Some(last) = run.chars().next_back().filter(|c| c.is_whitespace())
+                && end < text.len()
+                && run.len() > last.len_utf8()
+            {
+                end -= last.len_utf8();
+            }
+            at = end;
+            Some(&text[m.start()..end])
+        })
+    }
+
+    fn encode_ordinary(bpe: &Bpe, text: &str, out: &mut Vec<u32>) {
+        for piece in pieces(&bpe.piece, text) {
+            match bpe.ranks.get(piece.as_bytes()) {
+                Some(&id) => out.push(id),
+                None => out.extend(
+                    tiktoken_rs::byte_pair_split(piece.as_bytes(), &bpe.ranks).into_iter().map(|t| bpe.ranks[t]),
+                ),
+            }
+        }
+    }
+
+    /// The ids of `text`; with `special`, a literal `<|endoftext|>` is its token (50256).
     pub fn encode(text: &str, special: bool) -> Result<Vec<u32>> {
-        let bpe = tiktoken_rs::r50k_base_singleton();
-        Ok(if special { bpe.encode_with_special_tokens(text) } else { bpe.encode_ordinary(text) })
+        let bpe = bpe();
+        let mut out = Vec::with_capacity(text.len() / 3);
+        if special {
+            for (i, part) in text.split(END_OF_TEXT).enumerate() {
+                if i > 0 {
+                    out.push(GPT2_VOCAB as u32 - 1);
+                }
+                encode_ordinary(bpe, part, &mut out);
+            }
+        } else {
+            encode_ordinary(bpe, text, &mut out);
+        }
+        Ok(out)
     }
 
     pub fn decode(ids: &[u32]) -> String {
@@ -178,6 +254,58 @@ mod tests {
         assert_ne!(t.encode_ordinary("<|endoftext|>").unwrap(), vec![GPT2_EOT]);
         assert_eq!(t.vocab_size(), 50257);
         assert_eq!(t.eot(), Some(50256));
+    }
+
+    #[test]
+    fn gpt2_pieces_and_ids_are_tiktokens() {
+        // tiktoken-rs, with GPT-2's own pattern (look-ahead and all), is the reference: random
+        // strings over the characters where the pre-tokenizer's rules meet (runs of mixed
+        // whitespace before words and at the end, contractions, digits, marks, CJK, emoji).
+        let tiktoken = tiktoken_rs::r50k_base_singleton();
+        let alphabet: Vec<&str> = vec![
+            " ",
+            " ",
+            "  ",
+            "\t",
+            "\n",
+            "\r\n",
+            "\u{a0}",
+            "\u{3000}",
+            "a",
+            "Z",
+            "é",
+            "e\u{301}",
+            "ß",
+            "7",
+            "٣",
+            "½",
+            "'",
+            "'s",
+            "'ll",
+            "'T",
+            "'re",
+            ".",
+            ",!",
+            "-",
+            "中",
+            "日本",
+            "🦀",
+            "👩‍👩‍👧",
+            "\u{200b}",
+            "<|endoftext|>",
+        ];
+        let mut state = 0x2545f4914f6cdd1du64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for _ in 0..3000 {
+            let s: String = (0..next(24)).map(|_| alphabet[next(alphabet.len())]).collect();
+            assert_eq!(gpt2::encode(&s, false).unwrap(), tiktoken.encode_ordinary(&s), "{s:?}");
+            assert_eq!(gpt2::encode(&s, true).unwrap(), tiktoken.encode_with_special_tokens(&s), "{s:?}");
+        }
     }
 
     #[test]
