@@ -31,8 +31,9 @@ before(async () => {
 after(() => server.close());
 
 /// Opens the page at `query` in a fresh Chromium with `args` and waits until it is done;
-/// with `noWebGpu`, the page sees a browser without WebGPU (no navigator.gpu).
-async function runPage(args, query, { noWebGpu = false } = {}) {
+/// with `noWebGpu`, the page sees a browser without WebGPU (no navigator.gpu). `during(page)`,
+/// if given, runs once the page has loaded, before the wait; its result is `state.during`.
+async function runPage(args, query, { noWebGpu = false, during = null } = {}) {
   const browser = await chromium.launch({ executablePath: CHROMIUM, args, headless: true });
   try {
     const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
@@ -41,6 +42,7 @@ async function runPage(args, query, { noWebGpu = false } = {}) {
     page.on('console', (m) => logs.push(m.text()));
     page.on('pageerror', (e) => logs.push(`pageerror: ${e}`));
     await page.goto(base + query);
+    const seen = during ? await during(page) : null;
     await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), null, { timeout: 15 * 60 * 1000 });
     const state = await page.evaluate(() => ({
       state: document.body.dataset.state,
@@ -49,6 +51,7 @@ async function runPage(args, query, { noWebGpu = false } = {}) {
       results: window.simplegptResults,
       records: window.simplegptRecords(),
     }));
+    state.during = seen;
     return { page, state, logs, browser };
   } catch (e) {
     await browser.close();
@@ -82,8 +85,17 @@ function toToml(config) {
 test('a two-variant comparison trains on WebGPU, every step, and matches a native CPU run', async () => {
   const steps = 6;
   // With dropout: its masks are a portable hash, so WebGPU and the native CPU draw the same.
+  // The two variants train side by side: the second has steps while the first has not ended.
+  const during = async (page) => {
+    await page.waitForFunction(() => {
+      const v = window.simplegptResults?.variants ?? [];
+      return document.body.dataset.state === 'done' || (v.length === 2 && v[1].steps.length > 0);
+    }, null, { timeout: 15 * 60 * 1000 });
+    return page.evaluate(() => window.simplegptResults.variants.map((v) => v.steps.length));
+  };
+  // backend=webgpu: this Chromium's adapter is SwiftShader, which the page would pass over.
   const { page, state, logs, browser } = await runPage(['--enable-unsafe-webgpu', ...QUIET],
-    `?compare=residual&preset=micro&steps=${steps}&seed=1&set=dropout=0.1&autostart=1`);
+    `?compare=residual&preset=micro&steps=${steps}&seed=1&set=dropout=0.1&backend=webgpu&autostart=1`, { during });
   try {
     await page.screenshot({ path: join(OUT, 'webgpu.png'), fullPage: true });
     assert.equal(state.state, 'done', `${state.error}\n${logs.join('\n')}`);
@@ -91,6 +103,7 @@ test('a two-variant comparison trains on WebGPU, every step, and matches a nativ
     assert.equal(r.backend, 'webgpu', `the WebGPU adapter was used, not the CPU fallback: ${state.notice}`);
     assert.match(state.notice, /^WebGPU: /);
     assert.equal(r.variants.length, 2);
+    assert.ok(state.during[0] < steps && state.during[1] > 0, `steps of each when the second had some: ${state.during}`);
     for (const v of r.variants) {
       assert.deepEqual(v.steps, [...Array(steps).keys()], `${v.name}: every step`);
       assert.ok(v.loss.every(Number.isFinite), `${v.name}: finite losses ${v.loss}`);
@@ -141,7 +154,7 @@ test('without WebGPU the page falls back to the CPU and says so', async () => {
     await page.screenshot({ path: join(OUT, 'cpu-fallback.png'), fullPage: true });
     assert.equal(state.state, 'done', `${state.error}\n${logs.join('\n')}`);
     assert.equal(state.results.backend, 'cpu');
-    assert.match(state.notice, /^CPU fallback.*navigator\.gpu is missing/);
+    assert.match(state.notice, /^CPU backend: .*navigator\.gpu is missing/);
     assert.ok(await page.isVisible('#backend.fallback'));
     for (const v of state.results.variants) assert.deepEqual(v.steps, [0, 1, 2]);
   } finally {
@@ -174,11 +187,15 @@ test('the LR sweep trains each variant at each LR and plots final loss against L
 });
 
 test('the norms comparison trains the ticked placements and draws their diagnostics', async () => {
-  const { page, state, logs, browser } = await runPage(QUIET,
-    '?compare=norms&norms=ngpt,simple&preset=micro&steps=6&seed=5&backend=cpu&autostart=1');
+  // WebGPU offered (SwiftShader, a software adapter): the page's default, auto, passes it over
+  // for the CPU backend and says why.
+  const { page, state, logs, browser } = await runPage(['--enable-unsafe-webgpu', ...QUIET],
+    '?compare=norms&norms=ngpt,simple&preset=micro&steps=6&seed=5&autostart=1');
   try {
     await page.screenshot({ path: join(OUT, 'norms.png'), fullPage: true });
     assert.equal(state.state, 'done', `${state.error}\n${logs.join('\n')}`);
+    assert.equal(state.results.backend, 'cpu');
+    assert.match(state.notice, /^CPU backend: WebGPU's adapter here is software .*far slower than the CPU backend/);
     const runs = state.results.variants;
     // In the core's order; nGPT with what it is defined with (micro has GELU, learned
     // positions and tied weights).

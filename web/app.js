@@ -1,5 +1,5 @@
-// The demo page: picks a device, trains the variants of a comparison one after another with
-// the core's trainer (compiled to wasm), and draws what happens. All training is in Rust;
+// The demo page: picks a device, trains the variants of a comparison side by side (a step
+// of each in turn) with the core's trainer (compiled to wasm), and draws what happens. All training is in Rust;
 // this file is controls, charts and bookkeeping.
 
 import init, {
@@ -50,10 +50,14 @@ function setState(name, message) {
 
 // ---------------------------------------------------------------------------- device
 
-async function openDevice(allowWebGpu) {
+// `backend`: `auto` (WebGPU unless its adapter is a software fallback, which trains far
+// slower than the CPU backend: SwiftShader about 70x here), `webgpu` (whatever the
+// adapter), or `cpu`. The notice says which was chosen and why.
+async function openDevice(backend) {
   let reason = null;
   let adapterName = '';
-  if (!allowWebGpu) reason = 'WebGPU was turned off for this page (?backend=cpu)';
+  let fallbackAdapter = false;
+  if (backend === 'cpu') reason = 'WebGPU was turned off for this page (?backend=cpu)';
   else if (!navigator.gpu) reason = 'this browser has no WebGPU (navigator.gpu is missing)';
   else {
     try {
@@ -63,19 +67,24 @@ async function openDevice(allowWebGpu) {
         // Browsers hide the adapter's name from wgpu; they tell vendor and architecture.
         const info = adapter.info ?? {};
         adapterName = [info.vendor, info.architecture, info.description].filter(Boolean).join(' ');
-        if (adapter.isFallbackAdapter || info.isFallbackAdapter) adapterName += ' (software fallback adapter)';
+        fallbackAdapter = !!(adapter.isFallbackAdapter || info.isFallbackAdapter);
+        if (fallbackAdapter) adapterName += ' (software fallback adapter)';
       }
     } catch (e) {
       reason = `requesting a WebGPU adapter failed: ${e}`;
     }
   }
-  const device = JSON.parse(await open_device(reason === null, adapterName));
+  let device = JSON.parse(await open_device(reason === null, adapterName));
+  if (reason === null && backend === 'auto' && (fallbackAdapter || device.software)) {
+    reason = `WebGPU's adapter here is software (${device.adapter}), far slower than the CPU backend; ?backend=webgpu uses it anyway`;
+    device = JSON.parse(await open_device(false, ''));
+  }
   const notice = $('backend');
   if (reason === null) {
     notice.textContent = `WebGPU: ${device.adapter}`;
     notice.classList.remove('fallback');
   } else {
-    notice.textContent = `CPU fallback (slower): ${reason}`;
+    notice.textContent = `CPU backend: ${reason}`;
     notice.classList.add('fallback');
   }
   return device;
@@ -283,75 +292,94 @@ async function runComparison(form) {
   const comparison = COMPARISONS[form.compare];
   const text = form.customText ?? state.text;
   state.results = { backend: state.device.backend, adapter: state.device.adapter, sweep: !!comparison.sweep, variants: [] };
+  window.simplegptResults = state.results; // filled in as the runs train
   // Clear the last comparison's charts and table now, so that a failure below leaves none
   // of its results looking like this one's.
   redraw();
   updateTable();
   const jobs = comparisonJobs(comparison, form);
   $('grad-variant').innerHTML = jobs.map((job) => `<option>${job.name}</option>`).join('');
+  $('grad-variant').value = jobs[jobs.length - 1].name;
   $('samples').innerHTML = '';
-  for (const job of jobs) {
-    if (state.stop) break;
-    const configJson = JSON.stringify(job.config);
-    setState('running', `${job.name}: building the model`);
-    const run = await Run.create(configJson, text);
-    try {
-      await trainRun(run, job, configJson, form);
-    } finally {
-      run.free(); // its GPU memory, also when a step failed
+  const runs = [];
+  try {
+    for (const job of jobs) {
+      setState('running', `${job.name}: building the model`);
+      runs.push(startRun(await Run.create(JSON.stringify(job.config), text), job));
     }
+    // A step of each unfinished run in turn (as `simplegpt compare --interleave`), so that
+    // the curves grow side by side; each run's numbers are what it gives trained alone.
+    let live = runs;
+    while (live.length && !state.stop) {
+      for (const r of live) await stepRun(r, form);
+      for (const r of live) if (r.run.finished()) await finishRun(r, form);
+      live = live.filter((r) => !r.done);
+      await nextTask(); // let the page paint and take clicks between steps
+    }
+    for (const r of live) await finishRun(r, form); // stopped: what they reached
+  } finally {
+    for (const r of runs) r.run.free(); // their GPU memory, also when a step failed
   }
-  window.simplegptResults = state.results;
 }
 
-// Trains one run to its end (or divergence, or Stop), recording and drawing each step.
-async function trainRun(run, job, configJson, form) {
+// A run's page state: its results entry (the table's row, the charts' curves) and the
+// place of its sample, in the order of the comparison.
+function startRun(run, job) {
   state.results.unigram ??= run.unigram_loss();
+  const configJson = JSON.stringify(job.config);
   const v = { name: job.name, variant: job.variant, config: job.config, header: JSON.parse(run.header()),
     steps: [], loss: [], val_step: null, records: [], summary: null, grad: { grouped: null, series: {} },
     diag: { attn_logit_max: {}, linear_rms: {}, act_rms: {} } };
   // The table's numbers: the core's summary of the records so far. Each call sends every
   // record, so it is made at every logged step while that is cheap, and on a long run at
   // about a twentieth of the time (and at an evaluation, a divergence and the end).
-  let [summarized, cost] = [-Infinity, 0];
-  const summarizeNow = () => {
+  const r = { run, v, done: false, summarized: -Infinity, cost: 0, sample: document.createElement('div') };
+  r.summarizeNow = () => {
     const t0 = performance.now();
     v.summary = JSON.parse(summarize(v.name, configJson, JSON.stringify(v.records)));
-    summarized = performance.now();
-    cost = summarized - t0;
+    r.summarized = performance.now();
+    r.cost = r.summarized - t0;
   };
-  summarizeNow();
+  r.summarizeNow();
   state.results.variants.push(v);
-  $('grad-variant').value = job.name;
-  setState('running', `${job.name}: compiling shaders (the first step)`);
-  while (!run.finished() && !state.stop) {
-    const json = await run.step();
-    if (json) {
-      const r = JSON.parse(json);
-      v.records.push(r);
-      // A non-finite loss arrives as null (JSON has no NaN).
-      if (r.loss !== undefined) { v.steps.push(r.step); v.loss.push(r.loss ?? NaN); }
-      if (r.val_loss !== undefined) v.val_step = r.step;
-      if (r.grad_norms) addGradNorms(v, r);
-      if (r.attn_logit_max) addDiagnostics(v, r);
-      if (r.diverged || r.val_loss !== undefined || performance.now() - summarized >= 20 * cost) summarizeNow();
-      const loss = r.loss === undefined ? '' : r.loss === null ? ', loss not finite' : `, loss ${r.loss.toFixed(4)}`;
-      setState('running', `${job.name}: step ${r.step} of ${form.steps}${loss}${r.diverged ? ' (diverged)' : ''}`);
-      redraw();
-      updateTable();
-    }
-    await nextTask(); // let the page paint and take clicks between steps
-  }
-  summarizeNow();
+  $('samples').append(r.sample);
+  return r;
+}
+
+// One training step of a run, recorded and drawn.
+async function stepRun(r, form) {
+  const v = r.v;
+  if (v.records.length === 0) setState('running', `${v.name}: compiling shaders (the first step)`);
+  const json = await r.run.step();
+  if (!json) return;
+  const rec = JSON.parse(json);
+  v.records.push(rec);
+  // A non-finite loss arrives as null (JSON has no NaN).
+  if (rec.loss !== undefined) { v.steps.push(rec.step); v.loss.push(rec.loss ?? NaN); }
+  if (rec.val_loss !== undefined) v.val_step = rec.step;
+  if (rec.grad_norms) addGradNorms(v, rec);
+  if (rec.attn_logit_max) addDiagnostics(v, rec);
+  if (rec.diverged || rec.val_loss !== undefined || performance.now() - r.summarized >= 20 * r.cost) r.summarizeNow();
+  const loss = rec.loss === undefined ? '' : rec.loss === null ? ', loss not finite' : `, loss ${rec.loss.toFixed(4)}`;
+  setState('running', `${v.name}: step ${rec.step} of ${form.steps}${loss}${rec.diverged ? ' (diverged)' : ''}`);
   redraw();
   updateTable();
-  const sample = await run.sample('', 200, BigInt(form.seed));
+}
+
+// A run at its end (or divergence, or Stop): its final summary, and a text sample.
+async function finishRun(r, form) {
+  r.done = true;
+  r.summarizeNow();
+  redraw();
+  updateTable();
+  const { name, summary } = r.v;
+  const sample = await r.run.sample('', 200, BigInt(form.seed));
   const heading = document.createElement('h3');
-  heading.textContent = v.summary.diverged_at == null ? job.name
-    : `${job.name}: diverged at step ${v.summary.diverged_at}; what the broken model writes`;
+  heading.textContent = summary.diverged_at == null ? name
+    : `${name}: diverged at step ${summary.diverged_at}; what the broken model writes`;
   const pre = document.createElement('pre');
   pre.textContent = sample;
-  $('samples').append(heading, pre);
+  r.sample.append(heading, pre);
 }
 
 // The records in the format the native CLI writes (run.json + metrics.jsonl as one object),
@@ -528,7 +556,9 @@ async function main() {
     lockForm(false);
     $('start').disabled = true; // until the device is open
     setState('loading', 'opening the GPU');
-    state.device = await openDevice(params.get('backend') !== 'cpu');
+    const backend = params.get('backend') ?? 'auto';
+    if (!['auto', 'webgpu', 'cpu'].includes(backend)) throw new Error(`unknown backend '${backend}'; choose one of auto, webgpu, cpu`);
+    state.device = await openDevice(backend);
     const extra = state.extraSet.length ? ` (with ${state.extraSet.join(', ')})` : '';
     setState('ready', `ready${extra}: pick a comparison and press Train`);
   } catch (e) {
