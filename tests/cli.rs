@@ -869,11 +869,22 @@ fn an_independent_torch_trainer_gets_the_same_losses_over_30_steps_for_every_pla
         ("pre_rms", &["--set", "norm=pre_rms"]),
         ("pre_rms_qk", &["--set", "norm=pre_rms_qk", "--set", "pos=rope"]),
         ("post_ln", &["--set", "norm=post_ln"]),
-        // SimpleNorm as its reference: SwiGLU, an untied head; with the logit soft cap, low
-        // enough to bend its logits (about 1 at init).
+        // SimpleNorm as its reference: SwiGLU, an untied head, weight decay on every
+        // parameter; with the logit soft cap, low enough to bend its logits (about 1 at init).
         (
             "simple",
-            &["--set", "norm=simple", "--set", "mlp=swiglu", "--set", "tie_weights=false", "--set", "logit_softcap=2"],
+            &[
+                "--set",
+                "norm=simple",
+                "--set",
+                "mlp=swiglu",
+                "--set",
+                "tie_weights=false",
+                "--set",
+                "logit_softcap=2",
+                "--set",
+                "decay_all=true",
+            ],
         ),
         ("peri_ln", &["--set", "norm=peri_ln"]),
         // Mix-LN with its first block of 4 post-LN, and LayerNorm biases.
