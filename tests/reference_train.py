@@ -65,6 +65,7 @@ import tomllib
 
 import torch
 
+sys.dont_write_bytecode = True  # no __pycache__ in the checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference_gpt import expected_names  # noqa: E402  (which tensors a config's model has)
 
