@@ -809,6 +809,136 @@ fn an_independent_numpy_model_gets_the_same_first_loss_from_the_exported_weights
     );
 }
 
+/// The settings of the torch training test: a small model that trains 30 steps, every step
+/// logged, at a learning rate that moves the loss and is still low enough that float32's
+/// rounding is not amplified (at 3e-3 the QK-norm variants part from a float64 run by 1e-2),
+/// warmup and cosine decay, clipping that acts, weight decay.
+const TORCH_TRAIN: &[&str] = &[
+    "--set",
+    "n_layer=2",
+    "--set",
+    "n_embd=32",
+    "--set",
+    "n_head=2",
+    "--set",
+    "block_size=16",
+    "--set",
+    "batch_size=4",
+    "--set",
+    "lr=1e-3",
+    "--set",
+    "min_lr=1e-4",
+    "--set",
+    "warmup_steps=3",
+    "--set",
+    "max_steps=30",
+    "--set",
+    "lr_decay_steps=30",
+    "--set",
+    "grad_clip=1.0",
+    "--set",
+    "weight_decay=0.1",
+    "--set",
+    "log_interval=1",
+    "--set",
+    "eval_interval=1000",
+    "--set",
+    "eval_iters=1",
+    "--set",
+    "diag_interval=1000",
+];
+
+/// Runs tests/reference_train.py (torch) on `pairs` of export and run directory, with
+/// `extra` options; returns its exit status and output.
+fn reference_train(pairs: &[(PathBuf, PathBuf)], extra: &[&str]) -> (bool, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference_train.py");
+    let mut c = Command::new("python3");
+    c.arg(script).args(extra);
+    for (export, run) in pairs {
+        c.arg(export).arg(run);
+    }
+    let out = c.output().expect("python3 runs");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn an_independent_torch_trainer_gets_the_same_losses_over_30_steps_for_every_placement() {
+    let dir = tmp("torch-train");
+    let placements: &[(&str, &[&str])] = &[
+        ("pre_ln", &["--set", "bias=true"]),
+        ("pre_rms", &["--set", "norm=pre_rms"]),
+        ("pre_rms_qk", &["--set", "norm=pre_rms_qk", "--set", "pos=rope"]),
+        ("post_ln", &["--set", "norm=post_ln"]),
+        // SimpleNorm as its reference: SwiGLU, an untied head, weight decay on every
+        // parameter; with the logit soft cap, low enough to bend its logits (about 1 at init).
+        (
+            "simple",
+            &[
+                "--set",
+                "norm=simple",
+                "--set",
+                "mlp=swiglu",
+                "--set",
+                "tie_weights=false",
+                "--set",
+                "logit_softcap=2",
+                "--set",
+                "decay_all=true",
+            ],
+        ),
+        ("peri_ln", &["--set", "norm=peri_ln"]),
+        // Mix-LN with its first block of 4 post-LN, and LayerNorm biases.
+        ("mix_ln", &["--set", "norm=mix_ln", "--set", "n_layer=4", "--set", "bias=true"]),
+        // OLMo 2 as it is (SwiGLU, RoPE) with its z-loss, which changes the gradient.
+        ("olmo2", &["--set", "norm=olmo2", "--set", "mlp=swiglu", "--set", "pos=rope", "--set", "z_loss=1e-2"]),
+        ("deepnorm", &["--set", "norm=deepnorm"]),
+        // nGPT: its weights back on the unit sphere after every update.
+        ("ngpt", &["--set", "norm=ngpt", "--set", "mlp=swiglu", "--set", "pos=rope", "--set", "tie_weights=false"]),
+        ("none", &["--set", "norm=none"]),
+        // The qk_norm switch on pre-LN, with two micro-batches a step.
+        ("qk_norm", &["--set", "qk_norm=true", "--set", "grad_accum=2"]),
+    ];
+    let mut pairs = Vec::new();
+    for (name, extra) in placements {
+        let run = dir.join(name);
+        let mut c = bin();
+        c.args(["train", "--device", "cpu"]).args(TORCH_TRAIN).args(*extra).arg("--out").arg(&run);
+        ok(c);
+        // 60 batches: 30 steps of two micro-batches at most.
+        let export = dir.join(format!("{name}.safetensors"));
+        let mut c = bin();
+        c.args(["export", "--batches", "60", "--out"]).arg(&export).args(TORCH_TRAIN).args(*extra);
+        ok(c);
+        pairs.push((export, run));
+    }
+    // And it has teeth: the reference trained with one thing wrong must fail (in the same
+    // process: torch is imported once). Each where the change matters: nGPT's projection
+    // undoes most of what weight decay does, and its gradient norms stay under the clip.
+    let wrong: Vec<String> = [
+        ("pre_ln", "beta2=0.999"),
+        ("pre_ln", "weight_decay=0"),
+        ("simple", "logit_softcap=0"),
+        ("olmo2", "z_loss=0"),
+        ("mix_ln", "mix_ln_fraction=0.5"),
+    ]
+    .iter()
+    .map(|(name, setting)| format!("{}:{setting}", dir.join(name).display()))
+    .collect();
+    let options: Vec<&str> = wrong.iter().flat_map(|w| ["--must-fail", w.as_str()]).collect();
+    let (passed, text) = reference_train(&pairs, &options);
+    assert!(passed, "{text}");
+    for (name, _) in placements {
+        let line = text.lines().find(|l| l.starts_with(&format!("{}: ", dir.join(name).display()))).expect(&text);
+        assert!(line.contains("30 steps") && line.ends_with("pass"), "{name}: {text}");
+    }
+    for w in &wrong {
+        let (run, setting) = w.rsplit_once(':').unwrap();
+        let line = text.lines().find(|l| l.starts_with(&format!("{run} with {setting}: "))).expect(&text);
+        assert!(line.contains("FAIL at"), "{w}: {text}");
+    }
+    assert!(text.contains("every --must-fail differed, as it must (5)"), "{text}");
+}
+
 /// A study's summary.json: the numbers of its report.
 fn report_summary(out: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
