@@ -301,11 +301,15 @@ async function runComparison(form) {
   $('grad-variant').innerHTML = jobs.map((job) => `<option>${job.name}</option>`).join('');
   $('grad-variant').value = jobs[jobs.length - 1].name;
   $('samples').innerHTML = '';
+  const created = []; // every Run built, freed below whatever happens
   const runs = [];
   try {
     for (const job of jobs) {
+      if (state.stop) break;
       setState('running', `${job.name}: building the model`);
-      runs.push(startRun(await Run.create(JSON.stringify(job.config), text), job));
+      const run = await Run.create(JSON.stringify(job.config), text);
+      created.push(run);
+      runs.push(startRun(run, job));
     }
     // A step of each unfinished run in turn (as `simplegpt compare --interleave`), so that
     // the curves grow side by side; each run's numbers are what it gives trained alone.
@@ -318,7 +322,7 @@ async function runComparison(form) {
     }
     for (const r of live) await finishRun(r, form); // stopped: what they reached
   } finally {
-    for (const r of runs) r.run.free(); // their GPU memory, also when a step failed
+    for (const run of created) run.free(); // their GPU memory, also when a step failed
   }
 }
 
@@ -372,7 +376,8 @@ async function finishRun(r, form) {
   r.summarizeNow();
   redraw();
   updateTable();
-  const { name, summary } = r.v;
+  const { name, summary, records } = r.v;
+  if (records.length === 0) return; // stopped before its first step: nothing to sample
   const sample = await r.run.sample('', 200, BigInt(form.seed));
   const heading = document.createElement('h3');
   heading.textContent = summary.diverged_at == null ? name

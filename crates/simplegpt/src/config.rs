@@ -210,7 +210,7 @@ pub struct ModelConfig {
     /// as they did.
     #[serde(default, skip_serializing_if = "is_false")]
     pub qk_norm: bool,
-    /// Mix-LN's share of post-LN blocks, the first floor(mix_ln_fraction x n_layer); 0 to 1.
+    /// Mix-LN's share of post-LN blocks, the first floor(mix_ln_fraction x n_layer); in [0, 1).
     #[serde(default = "default_mix_ln_fraction", skip_serializing_if = "is_default_mix_ln_fraction")]
     pub mix_ln_fraction: f64,
     /// Gemma 2's soft cap on the logits, `c tanh(logits / c)` (in every forward pass:
@@ -584,8 +584,14 @@ impl Config {
                  set mlp=swiglu, pos=rope, tie_weights=false, bias=false, residual=true"
                 .into());
         }
-        if !(0.0..=1.0).contains(&m.mix_ln_fraction) {
-            return bad(format!("mix_ln_fraction must be in [0, 1], got {}", m.mix_ln_fraction));
+        if m.norm == NormKind::Ngpt && m.qk_norm {
+            return bad("ngpt has no norm layers (q and k are made unit per head): leave qk_norm off".into());
+        }
+        if !(0.0..1.0).contains(&m.mix_ln_fraction) {
+            return bad(format!(
+                "mix_ln_fraction must be in [0, 1) (at 1 every block is post-LN: use norm = post_ln), got {}",
+                m.mix_ln_fraction
+            ));
         }
         if !(m.logit_softcap >= 0.0 && m.logit_softcap.is_finite()) {
             return bad(format!("logit_softcap must be >= 0 (0 turns it off), got {}", m.logit_softcap));

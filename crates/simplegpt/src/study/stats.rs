@@ -160,8 +160,12 @@ pub fn lr_stability(runs: &[(String, Summary)], near: f64) -> BTreeMap<String, L
 /// LRs scores near its initial loss minus its best. Lower is more tolerant.
 ///
 /// `runs`: (learning rate, the run's summary), any number of seeds per LR; each LR's value
-/// is the mean over its seeds. None without a run that has both losses.
+/// is the mean over its seeds. None unless some run trained (did not diverge and ended below
+/// its initial loss): a variant that failed at every LR is not "insensitive".
 pub fn lr_sensitivity(runs: &[(f64, &Summary)]) -> Option<f64> {
+    if !runs.iter().any(|(_, s)| s.trained()) {
+        return None;
+    }
     let capped = |s: &Summary| -> Option<f64> {
         let initial = s.first_loss?;
         match s.end_loss() {
@@ -191,12 +195,17 @@ pub struct WelchTest {
 }
 
 impl WelchTest {
-    /// None unless each side has two values or more, and not every value is equal.
+    /// None unless each side has two values or more, all finite, and some spread (a
+    /// standard error above rounding's, relative to the means).
     pub fn of(a: &[f64], b: &[f64]) -> Option<WelchTest> {
+        if !a.iter().chain(b).all(|v| v.is_finite()) {
+            return None;
+        }
         let (va, vb) = (sample_sd(a)?.powi(2) / a.len() as f64, sample_sd(b)?.powi(2) / b.len() as f64);
         let se2 = va + vb;
-        let difference = mean(a)? - mean(b)?;
-        if se2 == 0.0 {
+        let (ma, mb) = (mean(a)?, mean(b)?);
+        let difference = ma - mb;
+        if se2.sqrt() <= 1e-12 * ma.abs().max(mb.abs()).max(f64::MIN_POSITIVE) {
             return None;
         }
         let t = difference / se2.sqrt();
@@ -428,8 +437,11 @@ mod tests {
         // Swapping the sides flips the sign only.
         let back = WelchTest::of(&[4.0, 5.0, 6.0, 7.0], &[1.0, 2.0, 3.0]).unwrap();
         assert!(back.t == -w.t && back.p == w.p);
-        // One seed, or no spread at all, says nothing.
+        // One seed, no spread (beyond the rounding of a mean of 2.1s), or a value that is
+        // not finite, says nothing.
         assert!(WelchTest::of(&[1.0], &[2.0, 3.0]).is_none() && WelchTest::of(&[1.0, 1.0], &[2.0, 2.0]).is_none());
+        assert!(WelchTest::of(&[2.1; 3], &[2.2; 3]).is_none());
+        assert!(WelchTest::of(&[1.0, f64::INFINITY], &[2.0, 3.0]).is_none());
     }
 
     #[test]
@@ -451,6 +463,8 @@ mod tests {
         let s = lr_sensitivity(&[(1e-3, &a), (1e-3, &b), (1e-2, &b)]).unwrap();
         assert!((s - 0.1).abs() < 1e-12, "{s}");
         assert_eq!(lr_sensitivity(&[(1e-3, &a)]), Some(0.0), "one LR: nothing to be sensitive to");
+        // Failing everywhere is not tolerance: no figure.
+        assert_eq!(lr_sensitivity(&[(1e-1, &up), (1.0, &nan)]), None);
     }
 
     #[test]
