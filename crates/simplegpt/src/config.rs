@@ -909,8 +909,12 @@ mod tests {
             c.set(set).unwrap();
             assert!(c.validate().unwrap_err().to_string().contains("ngpt is defined with"), "{set}");
         }
-        bad("mix_ln_fraction=1.5", "mix_ln_fraction must be in [0, 1], got 1.5");
-        bad("mix_ln_fraction=-0.1", "mix_ln_fraction must be in [0, 1]");
+        bad(
+            "mix_ln_fraction=1.5",
+            "mix_ln_fraction must be in [0, 1) (at 1 every block is post-LN: use norm = post_ln), got 1.5",
+        );
+        bad("mix_ln_fraction=1", "use norm = post_ln");
+        bad("mix_ln_fraction=-0.1", "mix_ln_fraction must be in [0, 1)");
         bad("mix_ln_fraction=nan", "mix_ln_fraction");
         bad("logit_softcap=-1", "logit_softcap must be >= 0");
         bad("z_loss=-1e-4", "z_loss must be >= 0");
