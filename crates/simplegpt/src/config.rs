@@ -102,6 +102,20 @@ pub struct ModelConfig {
     pub residual: bool,
     pub mlp: MlpKind,
     pub pos: PosKind,
+    /// Our fused CPU kernels (the norms, `simplegpt_shaders::norm`) where there is one, else
+    /// burn's tensor ops; the two differ by rounding, so `false` lets a user compare. No
+    /// effect on the GPU, which runs the tensor ops. Absent from configs of earlier versions
+    /// and left out of the TOML when true, so that their text (and hash) is what it was.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub fused: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -282,9 +296,10 @@ impl Config {
         let key = key.trim();
         let raw = raw.trim();
         let mut table = toml::Table::try_from(&*self).expect("a Config always serialises");
-        // A `char` tokenizer is left out of the TOML; it is a key all the same.
+        // A `char` tokenizer and `fused = true` are left out of the TOML; keys all the same.
         if let Some(toml::Value::Table(model)) = table.get_mut("model") {
             model.entry("tokenizer").or_insert_with(|| self.model.tokenizer.to_string().into());
+            model.entry("fused").or_insert(self.model.fused.into());
         }
         let (section, field) = match key.split_once('.') {
             Some((s, f)) => (s.to_string(), f.to_string()),
@@ -513,6 +528,19 @@ mod tests {
         assert_eq!(c, tiny);
         let e = tiny.clone().set("tokenizer=bpe").unwrap_err().to_string();
         assert!(e.contains("tokenizer"), "{e}");
+    }
+
+    #[test]
+    fn the_fused_key_defaults_to_true_and_leaves_configs_as_they_were() {
+        let tiny = Config::preset("tiny").unwrap();
+        assert!(tiny.model.fused);
+        assert!(!tiny.to_toml().contains("fused"));
+        let mut c = tiny.clone();
+        c.set("fused=false").unwrap();
+        assert!(!c.model.fused);
+        assert!(c.to_toml().contains("fused = false"));
+        c.set("model.fused=true").unwrap();
+        assert_eq!(c, tiny);
     }
 
     #[test]

@@ -20,24 +20,41 @@ use crate::rng::{self, Stream};
 const NORM_EPS: f64 = 1e-5;
 
 /// LayerNorm (`rms = false`) or RMSNorm (`rms = true`), each with a learnable gain.
+/// `fused`: on the CPU, one kernel forward and one backward (`simplegpt_shaders::norm`)
+/// rather than the tensor ops below (config key `fused`).
 #[derive(Module, Debug)]
 pub struct Norm {
     pub weight: Param<Tensor<1>>,
     pub bias: Option<Param<Tensor<1>>>,
     pub rms: bool,
+    pub fused: bool,
 }
 
 impl Norm {
-    fn new(d: usize, rms: bool, bias: bool, device: &Device) -> Self {
+    fn new(d: usize, rms: bool, bias: bool, fused: bool, device: &Device) -> Self {
         Norm {
             weight: Param::from_data(TensorData::new(vec![1.0f32; d], [d]), device),
             bias: (bias && !rms).then(|| Param::from_data(TensorData::new(vec![0.0f32; d], [d]), device)),
             rms,
+            fused,
         }
     }
 
     /// Normalises over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let x = if self.fused && x.device().inner() == Device::flex() {
+            simplegpt_shaders::norm(x, self.weight.val(), self.rms, NORM_EPS)
+        } else {
+            self.unfused(x)
+        };
+        match &self.bias {
+            Some(b) => x + b.val().unsqueeze(),
+            None => x,
+        }
+    }
+
+    /// The norm and its gain as tensor ops.
+    fn unfused<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let x = if self.rms {
             let rms = (x.clone().square().mean_dim(D - 1) + NORM_EPS).sqrt();
             x / rms
@@ -46,11 +63,7 @@ impl Norm {
             let std = (x.clone().square().mean_dim(D - 1) + NORM_EPS).sqrt();
             x / std
         };
-        let x = x * self.weight.val().unsqueeze();
-        match &self.bias {
-            Some(b) => x + b.val().unsqueeze(),
-            None => x,
-        }
+        x * self.weight.val().unsqueeze()
     }
 }
 
@@ -305,9 +318,9 @@ impl ModelConfig {
         let simple = self.norm == NormKind::Simple;
         let mut init = Initializer { seed, count: 0, bias: self.bias, device };
         // The variant's own norm (LayerNorm or RMSNorm) over the width, where `on`.
-        let norm = |on: bool| on.then(|| Norm::new(c, !self.norm.layer_norm(), self.bias, device));
+        let norm = |on: bool| on.then(|| Norm::new(c, !self.norm.layer_norm(), self.bias, self.fused, device));
         // SimpleNorm's and QK-norm's RMSNorms have no bias, as the reference's.
-        let rms_norm = |on: bool, d: usize| on.then(|| Norm::new(d, true, false, device));
+        let rms_norm = |on: bool, d: usize| on.then(|| Norm::new(d, true, false, self.fused, device));
         let dropout = |site: usize| Dropout { prob: self.dropout, site: site as u64 };
 
         let wte_std = if !simple {
