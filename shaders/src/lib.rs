@@ -12,11 +12,15 @@
 //!   same bits as burn's; on the GPU no kernel of ours: burn's own, which its fusion fuses.
 //! - `norm`: LayerNorm and RMSNorm with a gain, forward and backward, one pass each on all
 //!   cores; CPU only (on the GPU the model keeps the tensor ops, which fusion fuses).
+//! - `softmax`: the attention's causal softmax (scale, mask, softmax) and its gradient, one
+//!   pass each on all cores; CPU only, as `norm`.
 
 pub mod dropout;
 pub mod gelu;
 pub mod norm;
+pub mod softmax;
 
 pub use dropout::{DropoutMaskOps, dropout};
 pub use gelu::{GeluOps, gelu};
 pub use norm::{NormOps, norm};
+pub use softmax::{CausalSoftmaxOps, causal_softmax};

@@ -131,6 +131,9 @@ pub struct Attention {
     pub attn_dropout: Dropout,
     pub resid_dropout: Dropout,
     pub n_head: usize,
+    /// On the CPU, the causal softmax as one kernel each way (`simplegpt_shaders::causal_softmax`)
+    /// rather than tensor ops (config key `fused`).
+    pub fused: bool,
 }
 
 impl Attention {
@@ -149,10 +152,15 @@ impl Attention {
             k = rope.forward(k);
         }
         // [B, nh, T, T]: each position attends to itself and the past only.
-        let att = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hs as f64).sqrt());
-        let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &att.device());
-        let att = att.mask_fill(future.unsqueeze::<4>().expand([b, nh, t, t]), f32::NEG_INFINITY);
-        let att = self.attn_dropout.forward(activation::softmax(att, 3), key);
+        let (att, scale) = (q.matmul(k.swap_dims(2, 3)), 1.0 / (hs as f64).sqrt());
+        let att = if self.fused && att.device().inner() == Device::flex() {
+            simplegpt_shaders::causal_softmax(att, scale)
+        } else {
+            let att = att * scale;
+            let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &att.device());
+            activation::softmax(att.mask_fill(future.unsqueeze::<4>().expand([b, nh, t, t]), f32::NEG_INFINITY), 3)
+        };
+        let att = self.attn_dropout.forward(att, key);
         // [B, nh, T, T] x [B, nh, T, hs] -> [B, nh, T, hs] -> [B, T, C]: the heads side by side.
         let y = att.matmul(v).swap_dims(1, 2).reshape([b, t, c]);
         self.resid_dropout.forward(norm_opt(&self.o_norm, linear(&self.o, y)), key)
@@ -355,6 +363,7 @@ impl ModelConfig {
                         attn_dropout: dropout(1 + 3 * layer),
                         resid_dropout: dropout(2 + 3 * layer),
                         n_head: self.n_head,
+                        fused: self.fused,
                     },
                     ln_2: norm(self.norm.block_norms()),
                     mlp: Mlp {
