@@ -25,22 +25,31 @@ use burn::tensor::{DType, Tensor, TensorData};
 
 // The specification: one row of `d` elements.
 
-/// Sums in eight interleaved lanes (`i mod 8`), then the lanes in order: a fixed order that
-/// the compiler can keep in vector registers (a single running sum it may not reorder).
-fn lane_sum(xs: impl Iterator<Item = f32>) -> f32 {
+/// `sum_i f(i)` for `i < n`, in eight interleaved lanes (`i mod 8`), then the lanes in
+/// order: a fixed order that the compiler can keep in vector registers (a single running sum
+/// it may not reorder).
+#[inline(always)]
+fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
     let mut lanes = [0.0f32; 8];
-    for (i, x) in xs.enumerate() {
-        lanes[i % 8] += x;
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane += f(i + l);
+        }
+    }
+    for (lane, i) in lanes.iter_mut().zip(full..n) {
+        *lane += f(i);
     }
     lanes.iter().sum()
 }
 
 /// The row's mean (0 for RMSNorm) and `1 / sqrt(var + eps)` (`var`: the mean square of the
 /// row less its mean).
+#[inline(always)]
 fn row_stats(x: &[f32], rms: bool, eps: f32) -> (f32, f32) {
     let d = x.len() as f32;
-    let mean = if rms { 0.0 } else { lane_sum(x.iter().copied()) / d };
-    let var = lane_sum(x.iter().map(|v| (v - mean) * (v - mean))) / d;
+    let mean = if rms { 0.0 } else { lane_sum(x.len(), |i| x[i]) / d };
+    let var = lane_sum(x.len(), |i| (x[i] - mean) * (x[i] - mean)) / d;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -57,15 +66,16 @@ pub fn norm_row(x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [f32]) {
 /// `gx = g * gain`: `rstd (gx - mean(gx) - xhat mean(gx xhat))` for LayerNorm,
 /// `rstd (gx - xhat mean(gx xhat))` for RMSNorm.
 pub fn norm_row_backward(x: &[f32], gain: &[f32], rms: bool, eps: f32, g: &mut [f32], gain_grad: &mut [f32]) {
+    let n = x.len();
+    let (gain, g, gain_grad) = (&gain[..n], &mut g[..n], &mut gain_grad[..n]);
     let (mean, rstd) = row_stats(x, rms, eps);
-    let d = x.len() as f32;
-    let xhat = |i: usize| (x[i] - mean) * rstd;
-    let gx_mean = if rms { 0.0 } else { lane_sum(g.iter().zip(gain).map(|(g, w)| g * w)) / d };
-    let gx_xhat_mean = lane_sum((0..x.len()).map(|i| g[i] * gain[i] * xhat(i))) / d;
-    for (i, (g, gw)) in g.iter_mut().zip(gain_grad.iter_mut()).enumerate() {
-        let xh = xhat(i);
-        *gw += *g * xh;
-        *g = rstd * (*g * gain[i] - gx_mean - xh * gx_xhat_mean);
+    let d = n as f32;
+    let gx_mean = if rms { 0.0 } else { lane_sum(n, |i| g[i] * gain[i]) / d };
+    let gx_xhat_mean = lane_sum(n, |i| g[i] * gain[i] * ((x[i] - mean) * rstd)) / d;
+    for i in 0..n {
+        let xh = (x[i] - mean) * rstd;
+        gain_grad[i] += g[i] * xh;
+        g[i] = rstd * (g[i] * gain[i] - gx_mean - xh * gx_xhat_mean);
     }
 }
 
