@@ -26,7 +26,7 @@ for r in $(seq 1 "$rounds"); do
     out=$(mktemp)
     # shellcheck disable=SC2086 # COMMAND is split into words on purpose
     /usr/bin/time -f 'TIME %U %S %R %M' ${cmds[$i]} bench "$@" >"$out" 2>&1
-    ms=$(grep -o '[0-9.]* ms/step' "$out" | cut -d' ' -f1)
+    ms=$(grep -o '| [0-9.]* ms/step' "$out" | head -1 | cut -d' ' -f2)
     read -r user sys faults rss < <(grep '^TIME ' "$out" | cut -d' ' -f2-)
     line="${names[$i]} round $r: $ms ms/step, cpu $(echo "$user + $sys" | bc) s, $faults minor faults, peak RSS $((rss / 1024)) MiB"
     echo "$line" >&2

@@ -9,7 +9,9 @@ which has no network). Needs python3 with numpy and torch.
         --nanogpt bench/carry/nanoGPT --data tinyshakespeare.txt --device vulkan
 
 Sizes: `shakespeare` is nanoGPT's shakespeare_char config (6 x 384, block 256, batch 64,
-dropout 0.2); `large` is GPT-2 small's shape (12 x 768, block 1024, batch 8, no dropout) on
+dropout 0.2); `tiny` simplegpt's tiny preset (1 x 64, 2 heads, block 64, batch 32, no
+dropout); `cpu` nanoGPT's README example for a CPU (4 x 128, 4 heads, block 64, batch 12, no
+dropout); `large` is GPT-2 small's shape (12 x 768, block 1024, batch 8, no dropout) on
 the same characters. nanoGPT runs in float32 (`--dtype float32`, with TF32 matmuls, as its
 train.py allows them), the precision simplegpt trains in.
 """
@@ -25,13 +27,21 @@ import sys
 
 import numpy as np
 
+def flags(n_layer, n_head, n_embd, block_size, batch_size, dropout):
+    """nanoGPT's train.py flags and simplegpt's --set equivalents (on its nanoGPT preset)."""
+    keys = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, batch_size=batch_size,
+                dropout=dropout)
+    return [f"--{k}={v}" for k, v in keys.items()], [f"{k}={v}" for k, v in keys.items()]
+
+
 SIZES = {
     # nanoGPT's train.py flags, and simplegpt's --set equivalents on its nanoGPT preset.
     "shakespeare": ([], []),
-    "large": (
-        ["--n_layer=12", "--n_head=12", "--n_embd=768", "--block_size=1024", "--batch_size=8", "--dropout=0.0"],
-        ["n_layer=12", "n_head=12", "n_embd=768", "block_size=1024", "batch_size=8", "dropout=0"],
-    ),
+    # simplegpt's `tiny` preset (the blog's one-layer model).
+    "tiny": flags(1, 2, 64, 64, 32, 0.0),
+    # nanoGPT's README example for a CPU ("4 layers, 4 heads, 128 wide, context 64, batch 12").
+    "cpu": flags(4, 4, 128, 64, 12, 0.0),
+    "large": flags(12, 12, 768, 1024, 8, 0.0),
 }
 
 
@@ -114,7 +124,8 @@ def main():
     results = []
     for size in args.sizes.split(","):
         torch_flags, sets = SIZES[size]
-        tokens = 64 * 256 if size == "shakespeare" else 8 * 1024
+        given = dict(f[2:].split("=") for f in torch_flags)
+        tokens = int(given.get("batch_size", 64)) * int(given.get("block_size", 256))
         nano = nanogpt_ms_per_step(args, torch_flags)
         pre, pre_mem = simplegpt_bench(args, sets)
         simple, simple_mem = simplegpt_bench(args, sets + ["norm=simple"])

@@ -10,9 +10,17 @@
 //! - `dropout`: the dropout mask, a keyed hash of each element's index (`dropout::feistel30`).
 //! - `gelu`: GELU and its gradient, on all cores on the CPU (burn's run on one) with the
 //!   same bits as burn's; on the GPU no kernel of ours: burn's own, which its fusion fuses.
+//! - `norm`: LayerNorm and RMSNorm with a gain, forward and backward, one pass each on all
+//!   cores; CPU only (on the GPU the model keeps the tensor ops, which fusion fuses).
+//! - `softmax`: the attention's causal softmax (scale, mask, softmax) and its gradient, one
+//!   pass each on all cores; CPU only, as `norm`.
 
 pub mod dropout;
 pub mod gelu;
+pub mod norm;
+pub mod softmax;
 
 pub use dropout::{DropoutMaskOps, dropout};
 pub use gelu::{GeluOps, gelu};
+pub use norm::{NormOps, norm};
+pub use softmax::{CausalSoftmaxOps, causal_softmax};

@@ -220,6 +220,21 @@ pub struct ModelConfig {
     pub residual: bool,
     pub mlp: MlpKind,
     pub pos: PosKind,
+    /// Our fused CPU kernels (the norms and the attention's causal softmax,
+    /// `simplegpt_shaders::{norm, causal_softmax}`) where there is one, else
+    /// burn's tensor ops; the two differ by rounding, so `false` lets a user compare. No
+    /// effect on the GPU, which runs the tensor ops. Absent from configs of earlier versions
+    /// and left out of the TOML when true, so that their text (and hash) is what it was.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub fused: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 const DEFAULT_MIX_LN_FRACTION: f64 = 0.25;
@@ -437,8 +452,9 @@ impl Config {
     fn table_with_every_key(&self) -> toml::Table {
         let mut table = toml::Table::try_from(self).expect("a Config always serialises");
         let (m, t) = (&self.model, &self.train);
-        let left_out: [(&str, &str, toml::Value); 5] = [
+        let left_out: [(&str, &str, toml::Value); 6] = [
             ("model", "tokenizer", m.tokenizer.to_string().into()),
+            ("model", "fused", m.fused.into()),
             ("model", "qk_norm", m.qk_norm.into()),
             ("model", "mix_ln_fraction", m.mix_ln_fraction.into()),
             ("model", "logit_softcap", m.logit_softcap.into()),
@@ -804,6 +820,19 @@ mod tests {
         assert_eq!(c.post_norm_blocks(), 6);
         c.norm = NormKind::PeriLn;
         assert_eq!(c.post_norm_blocks(), 0);
+    }
+
+    #[test]
+    fn the_fused_key_defaults_to_true_and_leaves_configs_as_they_were() {
+        let tiny = Config::preset("tiny").unwrap();
+        assert!(tiny.model.fused);
+        assert!(!tiny.to_toml().contains("fused"));
+        let mut c = tiny.clone();
+        c.set("fused=false").unwrap();
+        assert!(!c.model.fused);
+        assert!(c.to_toml().contains("fused = false"));
+        c.set("model.fused=true").unwrap();
+        assert_eq!(c, tiny);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! gradients of its trained inputs need (a matmul both operands; a product both factors,
 //! but only the other one when one is a constant such as a dropout mask; `exp`, `square`,
 //! `sigmoid` and GELU their input), and a tensor several ops keep is counted once. burn's
-//! attention is unfused, so the [B, nh, T, T] scores are materialised.
+//! attention is unfused, so the [B, nh, T, T] scores are materialised. (On the CPU with
+//! `fused`, the default, the norms keep only their input and the softmax only its
+//! probabilities: less than counted here, so there the estimate is a little high.)
 //!
 //! Checked against the peak resident memory of `simplegpt bench --device cpu` (less the
 //! 21 MiB the process holds before it trains) over 23 configs (every norm, SwiGLU, RoPE,

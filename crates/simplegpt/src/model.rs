@@ -22,24 +22,41 @@ use crate::rng::{self, Stream};
 const NORM_EPS: f64 = 1e-5;
 
 /// LayerNorm (`rms = false`) or RMSNorm (`rms = true`), each with a learnable gain.
+/// `fused`: on the CPU, one kernel forward and one backward (`simplegpt_shaders::norm`)
+/// rather than the tensor ops below (config key `fused`).
 #[derive(Module, Debug)]
 pub struct Norm {
     pub weight: Param<Tensor<1>>,
     pub bias: Option<Param<Tensor<1>>>,
     pub rms: bool,
+    pub fused: bool,
 }
 
 impl Norm {
-    fn new(d: usize, rms: bool, bias: bool, device: &Device) -> Self {
+    fn new(d: usize, rms: bool, bias: bool, fused: bool, device: &Device) -> Self {
         Norm {
             weight: Param::from_data(TensorData::new(vec![1.0f32; d], [d]), device),
             bias: (bias && !rms).then(|| Param::from_data(TensorData::new(vec![0.0f32; d], [d]), device)),
             rms,
+            fused,
         }
     }
 
     /// Normalises over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let x = if self.fused && x.device().inner() == Device::flex() {
+            simplegpt_shaders::norm(x, self.weight.val(), self.rms, NORM_EPS)
+        } else {
+            self.unfused(x)
+        };
+        match &self.bias {
+            Some(b) => x + b.val().unsqueeze(),
+            None => x,
+        }
+    }
+
+    /// The norm and its gain as tensor ops.
+    fn unfused<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let x = if self.rms {
             let rms = (x.clone().square().mean_dim(D - 1) + NORM_EPS).sqrt();
             x / rms
@@ -48,11 +65,7 @@ impl Norm {
             let std = (x.clone().square().mean_dim(D - 1) + NORM_EPS).sqrt();
             x / std
         };
-        let x = x * self.weight.val().unsqueeze();
-        match &self.bias {
-            Some(b) => x + b.val().unsqueeze(),
-            None => x,
-        }
+        x * self.weight.val().unsqueeze()
     }
 }
 
@@ -189,6 +202,9 @@ pub struct Attention {
     pub attn_dropout: Dropout,
     pub resid_dropout: Dropout,
     pub n_head: usize,
+    /// On the CPU, the causal softmax as one kernel each way (`simplegpt_shaders::causal_softmax`)
+    /// rather than tensor ops (config key `fused`).
+    pub fused: bool,
 }
 
 impl Attention {
@@ -224,13 +240,20 @@ impl Attention {
             None => 1.0 / (hs as f64).sqrt(),
         };
         // [B, nh, T, T]: each position attends to itself and the past only.
-        let att = q.matmul(k.swap_dims(2, 3)) * score_scale;
-        let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &att.device());
-        let att = att.mask_fill(future.unsqueeze::<4>().expand([b, nh, t, t]), f32::NEG_INFINITY);
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let masked = |scores: Tensor<4>| {
+            let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &scores.device());
+            scores.mask_fill(future.unsqueeze::<4>().expand([b, nh, t, t]), f32::NEG_INFINITY)
+        };
         if let Some(p) = probes.as_deref_mut() {
-            p.attn_logit_max.push(att.clone().detach().max());
+            p.attn_logit_max.push(masked(scores.clone().detach() * score_scale).max());
         }
-        let att = self.attn_dropout.forward(activation::softmax(att, 3), key);
+        let att = if self.fused && scores.device().inner() == Device::flex() {
+            simplegpt_shaders::causal_softmax(scores, score_scale)
+        } else {
+            activation::softmax(masked(scores * score_scale), 3)
+        };
+        let att = self.attn_dropout.forward(att, key);
         // [B, nh, T, T] x [B, nh, T, hs] -> [B, nh, T, hs] -> [B, T, C]: the heads side by side.
         let y = att.matmul(v).swap_dims(1, 2).reshape([b, t, c]);
         let o = Probes::linear(&mut probes, "attn.o", linear(&self.o, y));
@@ -520,9 +543,9 @@ impl ModelConfig {
         let (deepnorm_alpha, deepnorm_beta) = self.deepnorm_scales();
         let mut init = Initializer { seed, count: 0, bias: self.bias, device };
         // The variant's own norm (LayerNorm or RMSNorm) over the width, where `on`.
-        let norm = |on: bool| on.then(|| Norm::new(c, !self.norm.layer_norm(), self.bias, device));
+        let norm = |on: bool| on.then(|| Norm::new(c, !self.norm.layer_norm(), self.bias, self.fused, device));
         // SimpleNorm's and QK-norm's RMSNorms have no bias, as the reference's.
-        let rms_norm = |on: bool, d: usize| on.then(|| Norm::new(d, true, false, device));
+        let rms_norm = |on: bool, d: usize| on.then(|| Norm::new(d, true, false, self.fused, device));
         let dropout = |site: usize| Dropout { prob: self.dropout, site: site as u64 };
         // nGPT's learned vectors, (init, scale) as the paper's: alpha (0.05, C^-1/2), s_qk and
         // s_z (1, C^-1/2), s_u (1, 1), s_nu (1, 1) with the constant sqrt(C) folded in.
@@ -564,6 +587,7 @@ impl ModelConfig {
                         attn_dropout: dropout(1 + 3 * layer),
                         resid_dropout: dropout(2 + 3 * layer),
                         n_head: self.n_head,
+                        fused: self.fused,
                     },
                     attn_out_norm: norm(self.norm.out_norms()),
                     ln_2: norm(self.norm.block_norms()),

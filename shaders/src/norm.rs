@@ -1,0 +1,340 @@
+//! LayerNorm and RMSNorm with a gain, forward and backward each one pass on all CPU cores.
+//!
+//! As tensor ops a norm is about eight element-wise passes over its input (square, mean,
+//! add, sqrt, divide, multiply by the gain; the mean subtracted too for LayerNorm), each
+//! allocating a tensor, on one thread on burn's Flex backend, and its gradient as many again.
+//! SimpleNorm has six norms a block, three of them over the MLP's 4C width. Here the forward
+//! reads each row once for its statistics and once to write it; the backward recomputes the
+//! row's statistics (the row is in cache) and writes the input's gradient over the incoming
+//! one, and the gain's gradient is summed per fixed block of rows, then over the blocks in
+//! order: no atomics, and the same bits whatever the number of threads.
+//!
+//! CPU only: the GPU backends keep the tensor ops (`model::Norm` routes by device), which
+//! their fusion can fuse. The results differ from the tensor ops by rounding (`x * (1 / s)`
+//! here, `x / s` there, and sums taken in another order): simplegpt's `fused = false` runs the
+//! tensor ops on the CPU too, to compare.
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::tensor::{DType, Tensor, TensorData};
+
+// The specification: one row of `d` elements.
+
+/// `sum_i f(i)` for `i < n`, in eight interleaved lanes (`i mod 8`), then the lanes in
+/// order: a fixed order that the compiler can keep in vector registers (a single running sum
+/// it may not reorder).
+#[inline(always)]
+fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane += f(i + l);
+        }
+    }
+    for (lane, i) in lanes.iter_mut().zip(full..n) {
+        *lane += f(i);
+    }
+    lanes.iter().sum()
+}
+
+/// The row's mean (0 for RMSNorm) and `1 / sqrt(var + eps)` (`var`: the mean square of the
+/// row less its mean).
+#[inline(always)]
+fn row_stats(x: &[f32], rms: bool, eps: f32) -> (f32, f32) {
+    let d = x.len() as f32;
+    let mean = if rms { 0.0 } else { lane_sum(x.len(), |i| x[i]) / d };
+    let var = lane_sum(x.len(), |i| (x[i] - mean) * (x[i] - mean)) / d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `y = (x - mean) / sqrt(var + eps) * gain` for one row (LayerNorm; RMSNorm without the mean).
+pub fn norm_row(x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [f32]) {
+    let (mean, rstd) = row_stats(x, rms, eps);
+    for ((y, x), w) in y.iter_mut().zip(x).zip(gain) {
+        *y = (x - mean) * rstd * w;
+    }
+}
+
+/// The gradient of one row, given `g` (the output's gradient, overwritten with the input's)
+/// and `gain_grad` (`g * xhat` is added to it). With `xhat = (x - mean) rstd` and
+/// `gx = g * gain`: `rstd (gx - mean(gx) - xhat mean(gx xhat))` for LayerNorm,
+/// `rstd (gx - xhat mean(gx xhat))` for RMSNorm.
+pub fn norm_row_backward(x: &[f32], gain: &[f32], rms: bool, eps: f32, g: &mut [f32], gain_grad: &mut [f32]) {
+    let n = x.len();
+    let (gain, g, gain_grad) = (&gain[..n], &mut g[..n], &mut gain_grad[..n]);
+    let (mean, rstd) = row_stats(x, rms, eps);
+    let d = n as f32;
+    let gx_mean = if rms { 0.0 } else { lane_sum(n, |i| g[i] * gain[i]) / d };
+    let gx_xhat_mean = lane_sum(n, |i| g[i] * gain[i] * ((x[i] - mean) * rstd)) / d;
+    for i in 0..n {
+        let xh = (x[i] - mean) * rstd;
+        gain_grad[i] += g[i] * xh;
+        g[i] = rstd * (g[i] * gain[i] - gx_mean - xh * gx_xhat_mean);
+    }
+}
+
+// The op.
+
+/// A norm over the last dimension, with a gain of that size. `rms`: RMSNorm, else LayerNorm.
+#[backend_extension(Flex, Autodiff)]
+pub trait NormOps: Backend {
+    fn norm_forward(x: FloatTensor<Self>, gain: FloatTensor<Self>, rms: bool, eps: f32) -> FloatTensor<Self>;
+
+    /// The gradients of `x` and of `gain`, given the output's.
+    fn norm_backward(
+        x: FloatTensor<Self>,
+        gain: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        rms: bool,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// LayerNorm (`rms = false`) or RMSNorm (`rms = true`) of `x` over its last dimension, times
+/// `gain`, differentiable. On burn's Flex (CPU) backend only: the caller keeps the tensor ops
+/// for other devices.
+pub fn norm<const D: usize>(x: Tensor<D>, gain: Tensor<1>, rms: bool, eps: f64) -> Tensor<D> {
+    Tensor::from_dispatch(Dispatch::norm_forward(x.into_dispatch(), gain.into_dispatch(), rms, eps as f32))
+}
+
+/// Rows per task: about 2^14 elements, so that a task outweighs handing it to a thread. A
+/// function of the row's width only, so that the gain's gradient is summed in the same
+/// blocks on any machine.
+fn rows_per_task(d: usize) -> usize {
+    ((1 << 14) / d.max(1)).max(1)
+}
+
+/// The tensor's f32 values, in row-major order (a copy when it is a strided view).
+fn contiguous_f32(t: FloatTensor<Flex>) -> FloatTensor<Flex> {
+    if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() }
+}
+
+impl NormOps for Flex {
+    fn norm_forward(x: FloatTensor<Self>, gain: FloatTensor<Self>, rms: bool, eps: f32) -> FloatTensor<Self> {
+        assert!(x.dtype() == DType::F32 && gain.dtype() == DType::F32, "the fused norm computes in f32");
+        let shape = x.shape();
+        let d = shape[shape.num_dims() - 1];
+        let (x, gain) = (contiguous_f32(x), contiguous_f32(gain));
+        let (x, gain): (&[f32], &[f32]) = (x.as_slice().expect("contiguous"), gain.as_slice().expect("contiguous"));
+        assert_eq!(gain.len(), d, "the gain has the size of the normalised dimension");
+        let mut y = vec![0.0f32; x.len()];
+        let task = |(y, x): (&mut [f32], &[f32])| {
+            for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                norm_row(x, gain, rms, eps, y);
+            }
+        };
+        let n = rows_per_task(d) * d;
+        #[cfg(not(target_family = "wasm"))]
+        {
+            use rayon::prelude::*;
+            y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(task);
+        }
+        #[cfg(target_family = "wasm")]
+        y.chunks_mut(n).zip(x.chunks(n)).for_each(task);
+        FloatTensor::<Flex>::from_data(TensorData::new(y, shape))
+    }
+
+    fn norm_backward(
+        x: FloatTensor<Self>,
+        gain: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        rms: bool,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let shape = grad.shape();
+        let d = shape[shape.num_dims() - 1];
+        let (x, gain) = (contiguous_f32(x), contiguous_f32(gain));
+        let (x, gain): (&[f32], &[f32]) = (x.as_slice().expect("contiguous"), gain.as_slice().expect("contiguous"));
+        // The input's gradient is written over the incoming one (its buffer when nothing else
+        // holds it).
+        let mut g: Vec<f32> = grad.into_data().try_into_vec().expect("f32 data");
+        assert_eq!(g.len(), x.len(), "the gradient has the input's shape");
+        let task = |(g, x): (&mut [f32], &[f32])| {
+            let mut gain_grad = vec![0.0f32; d];
+            for (g, x) in g.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                norm_row_backward(x, gain, rms, eps, g, &mut gain_grad);
+            }
+            gain_grad
+        };
+        let n = rows_per_task(d) * d;
+        #[cfg(not(target_family = "wasm"))]
+        let partials: Vec<Vec<f32>> = {
+            use rayon::prelude::*;
+            g.par_chunks_mut(n).zip(x.par_chunks(n)).map(task).collect()
+        };
+        #[cfg(target_family = "wasm")]
+        let partials: Vec<Vec<f32>> = g.chunks_mut(n).zip(x.chunks(n)).map(task).collect();
+        // The blocks' sums, added in block order.
+        let mut gain_grad = vec![0.0f32; d];
+        for partial in &partials {
+            gain_grad.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
+        }
+        (
+            FloatTensor::<Flex>::from_data(TensorData::new(g, shape)),
+            FloatTensor::<Flex>::from_data(TensorData::new(gain_grad, [d])),
+        )
+    }
+}
+
+/// Under autodiff: the inner backend's `norm_forward`, and its `norm_backward` for the
+/// gradients of the input and the gain.
+impl<B: NormOps, C: CheckpointStrategy> NormOps for Autodiff<B, C> {
+    fn norm_forward(x: FloatTensor<Self>, gain: FloatTensor<Self>, rms: bool, eps: f32) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct NormBackward;
+
+        impl<B: NormOps> Backward<B, 2> for NormBackward {
+            type State = (NodeId, NodeId, bool, f32);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+                let [node_x, node_gain] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, gain, rms, eps) = ops.state;
+                let x = checkpointer.retrieve_node_output(x);
+                let gain = checkpointer.retrieve_node_output(gain);
+                let (x_grad, gain_grad) = B::norm_backward(x, gain, grad, rms, eps);
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, x_grad);
+                }
+                if let Some(node) = node_gain {
+                    grads.register::<B>(node.id, gain_grad);
+                }
+            }
+        }
+
+        match NormBackward.prepare::<C>([x.node(), gain.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&gain), rms, eps);
+                prep.finish(state, B::norm_forward(x.into_primitive(), gain.into_primitive(), rms, eps))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::norm_forward(x.into_primitive(), gain.into_primitive(), rms, eps))
+            }
+        }
+    }
+
+    fn norm_backward(
+        _x: FloatTensor<Self>,
+        _gain: FloatTensor<Self>,
+        _grad: FloatTensor<Self>,
+        _rms: bool,
+        _eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        panic!("the norm's backward is not differentiable (no second derivatives)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    const EPS: f64 = 1e-5;
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    /// The same norm as tensor ops (simplegpt's `model::Norm` unfused).
+    fn unfused<const D: usize>(x: Tensor<D>, gain: Tensor<1>, rms: bool) -> Tensor<D> {
+        let x = if rms {
+            let rms = (x.clone().square().mean_dim(D - 1) + EPS).sqrt();
+            x / rms
+        } else {
+            let x = x.clone() - x.mean_dim(D - 1);
+            let std = (x.clone().square().mean_dim(D - 1) + EPS).sqrt();
+            x / std
+        };
+        x * gain.unsqueeze()
+    }
+
+    /// [5, 300, 45]: rows of 45 (not a multiple of the 8 lanes), 1500 rows, so several tasks
+    /// of `rows_per_task(45)` = 364 rows, the last one partial. Values of several scales and
+    /// a nonzero mean.
+    fn input(device: &Device) -> Tensor<3> {
+        let xs: Vec<f32> = (0..5 * 300 * 45).map(|i| (i as f32 * 0.37).sin() * (1.0 + (i % 7) as f32) + 0.3).collect();
+        Tensor::<1>::from_floats(xs.as_slice(), device).reshape([5, 300, 45])
+    }
+
+    fn gain(device: &Device) -> Tensor<1> {
+        let g: Vec<f32> = (0..45).map(|i| 0.5 + (i as f32 * 0.11).cos()).collect();
+        Tensor::from_floats(g.as_slice(), device)
+    }
+
+    /// The largest difference, relative to the largest magnitude of `want`.
+    fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+    }
+
+    /// Values, and the gradients of the input and the gain under a weighted sum.
+    fn run(x: Tensor<3>, g: Tensor<1>, rms: bool, fused: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (x, g) = (x.require_grad(), g.require_grad());
+        let y = if fused { norm(x.clone(), g.clone(), rms, EPS) } else { unfused(x.clone(), g.clone(), rms) };
+        let weights = input(&x.device()).cos();
+        let grads = (y.clone() * weights).sum().backward();
+        (values(y), values(x.grad(&grads).unwrap()), values(g.grad(&grads).unwrap()))
+    }
+
+    #[test]
+    fn values_and_gradients_are_the_tensor_ops_up_to_rounding() {
+        let device = Device::flex().autodiff();
+        for rms in [false, true] {
+            let fused = run(input(&device), gain(&device), rms, true);
+            let ops = run(input(&device), gain(&device), rms, false);
+            assert!(rel_diff(&fused.0, &ops.0) < 1e-6, "rms {rms}: values {}", rel_diff(&fused.0, &ops.0));
+            assert!(rel_diff(&fused.1, &ops.1) < 1e-5, "rms {rms}: input's gradient {}", rel_diff(&fused.1, &ops.1));
+            assert!(rel_diff(&fused.2, &ops.2) < 1e-5, "rms {rms}: gain's gradient {}", rel_diff(&fused.2, &ops.2));
+        }
+    }
+
+    #[test]
+    fn the_same_bits_on_one_thread_as_on_all() {
+        let device = Device::flex().autodiff();
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        for rms in [false, true] {
+            let all = run(input(&device), gain(&device), rms, true);
+            assert_eq!(one.install(|| run(input(&device), gain(&device), rms, true)), all, "rms {rms}");
+        }
+    }
+
+    #[test]
+    fn a_strided_input_gives_the_same_values_and_gradients() {
+        let device = Device::flex().autodiff();
+        for rms in [false, true] {
+            let contiguous = run(input(&device), gain(&device), rms, true);
+            // The same values stored [5, 45, 300], read through a transposed view.
+            let stored = Tensor::<3>::from_data(input(&device).swap_dims(1, 2).into_data(), &device).require_grad();
+            let y = norm(stored.clone().swap_dims(1, 2), gain(&device), rms, EPS);
+            let grads = (y.clone() * input(&device).cos()).sum().backward();
+            assert_eq!(values(y), contiguous.0, "rms {rms}");
+            assert_eq!(values(stored.grad(&grads).unwrap().swap_dims(1, 2)), contiguous.1, "rms {rms}");
+        }
+    }
+
+    #[test]
+    fn constant_and_huge_rows_stay_finite_where_the_tensor_ops_do() {
+        let device = Device::flex().autodiff();
+        // Row 0 constant (variance 0), row 1 around 1e15, row 2 tiny values.
+        let mut xs = vec![3.0f32; 45];
+        xs.extend((0..45).map(|i| 1e15 * (1.0 + i as f32 * 0.01)));
+        xs.extend((0..45).map(|i| 1e-20 * i as f32));
+        let x = || Tensor::<1>::from_floats(xs.as_slice(), &device).reshape([1, 3, 45]);
+        for rms in [false, true] {
+            for fused in [true, false] {
+                let (x, g) = (x().require_grad(), gain(&device).require_grad());
+                let y = if fused { norm(x.clone(), g.clone(), rms, EPS) } else { unfused(x.clone(), g.clone(), rms) };
+                let grads = y.clone().sum().backward();
+                let all = [values(y), values(x.grad(&grads).unwrap()), values(g.grad(&grads).unwrap())];
+                assert!(all.iter().flatten().all(|v| v.is_finite()), "rms {rms}, fused {fused}: {all:?}");
+            }
+        }
+    }
+}
