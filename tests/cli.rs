@@ -281,18 +281,21 @@ fn every_norm_placement_trains_from_the_cli() {
             help.contains(&format!(" {norm},")) || help.contains(&format!(" {norm};")),
             "--help lists {norm}: {help}"
         );
-        // Four layers, so that Mix-LN has a post-LN block; QK-norm on, the soft cap and the
-        // z-loss too, each on every placement.
+        // Four layers, so that Mix-LN has a post-LN block; QK-norm on (but for nGPT, which
+        // has no norm layers), the soft cap and the z-loss too, each on every placement; and
+        // what the placement is defined with.
         let run_dir = dir.join(&norm);
         let norm_set = format!("norm={norm}");
-        let mut sets = vec![norm_set.as_str(), "n_layer=4", "qk_norm=true", "logit_softcap=30", "z_loss=1e-4"];
-        if norm == "ngpt" {
-            sets.extend(["mlp=swiglu", "pos=rope", "tie_weights=false"]);
-        }
+        let ngpt = norm == "ngpt";
+        let mut sets = vec![norm_set.as_str(), "n_layer=4", "logit_softcap=30", "z_loss=1e-4"];
+        sets.extend(if ngpt { None } else { Some("qk_norm=true") });
+        let kind: simplegpt::config::NormKind = serde_json::from_value(norm.clone().into()).unwrap();
+        sets.extend(kind.defined_with());
         let args: Vec<&str> = sets.iter().flat_map(|s| ["--set", *s]).collect();
         ok(train(&run_dir, 5, &args));
         let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
-        assert!(config.contains(&format!("norm = \"{norm}\"")) && config.contains("qk_norm = true"), "{config}");
+        assert!(config.contains(&format!("norm = \"{norm}\"")), "{config}");
+        assert_eq!(config.contains("qk_norm = true"), !ngpt, "{config}");
         let records = metrics(&run_dir);
         let losses: Vec<f64> = records.iter().filter_map(|r| r["loss"].as_f64()).collect();
         let z_terms: Vec<f64> = records.iter().filter_map(|r| r["z_loss"].as_f64()).collect();
