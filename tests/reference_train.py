@@ -59,7 +59,6 @@ import argparse
 import json
 import math
 import os
-import struct
 import sys
 import tomllib
 
@@ -67,6 +66,7 @@ import torch
 
 sys.dont_write_bytecode = True  # no __pycache__ in the checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference_gpt  # noqa: E402  (its safetensors reader)
 from reference_gpt import expected_names  # noqa: E402  (which tensors a config's model has)
 
 EPS = 1e-5
@@ -75,18 +75,9 @@ PRE_OR_POST = ("pre_ln", "pre_rms", "pre_rms_qk", "post_ln", "peri_ln", "mix_ln"
 
 
 def read_safetensors(path):
-    with open(path, "rb") as f:
-        raw = f.read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + n])
-    meta = header.pop("__metadata__", {})
-    dtypes = {"F32": torch.float32, "I32": torch.int32}
-    tensors = {}
-    for name, info in header.items():
-        start, end = info["data_offsets"]
-        buf = bytearray(raw[8 + n + start : 8 + n + end])
-        tensors[name] = torch.frombuffer(buf, dtype=dtypes[info["dtype"]]).reshape(info["shape"]).clone()
-    return tensors, meta
+    """reference_gpt's reader (its numpy arrays are read-only views of the file), as torch tensors."""
+    arrays, meta = reference_gpt.read_safetensors(path)
+    return {name: torch.from_numpy(a.copy()) for name, a in arrays.items()}, meta
 
 
 def qk_norm(m):
