@@ -1,25 +1,140 @@
 #!/usr/bin/env bash
-# On the GPU machine, from the repository root with bench/carry/ from bench/pack.sh:
-# installs the Vulkan loader from the carried .deb, then runs the side-by-side benchmark.
-# Extra arguments go to bench/side_by_side.py (e.g. --device cuda --sizes shakespeare).
-set -euo pipefail
+# The GPU machine's one run. That machine has no Rust, no network and no Vulkan loader:
+# bench/pack.sh packs what it needs into bench/carry/, which travels with the checkout. From
+# the repository root there:
+#
+#   bash bench/gpu.sh OUT
+#
+# SIZE=tiny TORCH_DEVICE=cpu tries the script quickly on a machine without a GPU (Vulkan on
+# lavapipe).
+# Within BUDGET seconds (default 540), in this order, each part's output in OUT/PART.log and
+# everything it prints also in OUT/gpu.log:
+#   setup  the Vulkan loader and CUDA's libraries found; `simplegpt devices`; nvidia-smi
+#   speed  bench/side_by_side.py at nanoGPT's shakespeare_char size: nanoGPT (float32 with
+#          TF32 matmuls, and bfloat16) beside simplegpt pre-LN and SimpleNorm, for each packed
+#          build (default; burn's fusion) on Vulkan and on CUDA
+#   train  the nanogpt-shakespeare-char preset on the faster of Vulkan and CUDA, for the time
+#          left less what repro needs (nanoGPT's own run reaches val 1.466 near step 1500)
+#   repro  tiny, 100 steps, on the CPU, Vulkan and CUDA, compared step by step; and 40 steps
+#          with dropout
+# With SWEEP=1, the CPU cores that the GPU runs leave idle train the docs' learning-rate sweep
+# of every placement meanwhile (bench/sweep-jobs.sh), into OUT/sweep, until the end.
+set -uo pipefail
 cd "$(dirname "$0")/.."
+out=${1:?usage: bash bench/gpu.sh OUT}
+budget=${BUDGET:-540}
 carry=bench/carry
+mkdir -p "$out"
+exec > >(tee -a "$out/gpu.log") 2>&1
+
+# Seconds left of the budget, less $1 kept for the parts after.
+left() { echo $((budget - SECONDS - ${1:-0})); }
+# part NAME SECONDS CMD...: runs CMD for at most SECONDS (and never past the budget), its
+# output in OUT/NAME.log, and says how it ended.
+part() {
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  if [ "$limit" -lt 5 ]; then echo "== $name: skipped, no time left"; return; fi
+  echo "== $name (at most ${limit} s): $*"
+  timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$name.log"
+  echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
+}
+
+echo "== setup"
 for deb in "$carry"/debs/*.deb; do dpkg -x "$deb" /; done
 ldconfig
 if [ -z "${VK_DRIVER_FILES:-}" ]; then
-  for icd in /usr/share/vulkan/icd.d/nvidia_icd.json /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; do
+  for icd in /usr/share/vulkan/icd.d/nvidia_icd.json /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json \
+    /etc/vulkan/icd.d/nvidia_icd.json; do
     [ -f "$icd" ] && export VK_DRIVER_FILES="$icd" && break
   done
 fi
-gunzip -c "$carry/simplegpt.gz" > /tmp/simplegpt && chmod +x /tmp/simplegpt
-/tmp/simplegpt devices
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
-python3 bench/side_by_side.py --simplegpt /tmp/simplegpt --nanogpt "$carry/nanoGPT" \
-  --data "$carry/input.txt" "$@"
-if [ -f "$carry/simplegpt-fusion.gz" ]; then
-  echo "== the same with burn's kernel fusion (--features fusion)"
-  gunzip -c "$carry/simplegpt-fusion.gz" > /tmp/simplegpt-fusion && chmod +x /tmp/simplegpt-fusion
-  python3 bench/side_by_side.py --simplegpt /tmp/simplegpt-fusion --nanogpt "$carry/nanoGPT" \
-    --data "$carry/input.txt" "$@"
+echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-none found}"
+# CUDA's run-time compiler (burn's CUDA backend compiles its kernels with NVRTC at run time):
+# the toolkit's, else the one PyTorch's wheels carry.
+nvrtc=$(ls /usr/local/cuda/lib64/libnvrtc.so* 2>/dev/null | head -1)
+[ -n "$nvrtc" ] || nvrtc=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null |
+  xargs -I{} find {} -name 'libnvrtc.so*' 2>/dev/null | head -1)
+echo "NVRTC: ${nvrtc:-not found}"
+[ -n "$nvrtc" ] && export LD_LIBRARY_PATH="$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+[ -d /usr/local/cuda ] && export CUDA_PATH=/usr/local/cuda
+builds=()
+for gz in "$carry"/simplegpt*.gz; do
+  bin=/tmp/$(basename "$gz" .gz)
+  gunzip -c "$gz" > "$bin" && chmod +x "$bin" && builds+=("$bin")
+done
+sg=${builds[0]}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
+"$sg" devices
+
+# The devices that open, in the default build.
+gpus=()
+for device in vulkan cuda; do
+  if "$sg" bench --preset tiny --device "$device" --warmup 1 --steps 1 > /dev/null 2> "$out/open-$device.log"; then
+    gpus+=("$device")
+  else
+    echo "$device does not train here: $(tail -1 "$out/open-$device.log")"
+  fi
+done
+[ ${#gpus[@]} -gt 0 ] || { echo "no GPU device trains; stopping"; exit 1; }
+
+if [ "${SWEEP:-0}" = 1 ]; then
+  # One core each on all but the first four, which this script and its GPU runs keep for
+  # themselves (taskset), so that the sweep does not slow the timed GPU steps.
+  cpus=$(nproc)
+  jobs=$((cpus > 5 ? cpus - 4 : 1))
+  pin=()
+  if [ "$cpus" -gt 5 ] && command -v taskset > /dev/null; then
+    pin=(taskset -c "4-$((cpus - 1))")
+    taskset -p -c 0-3 $$ > /dev/null
+  fi
+  setsid "${pin[@]}" bash bench/sweep-jobs.sh "$sg" "$out/sweep" "$jobs" 3 --device cpu --preset tiny \
+    --set n_layer=4 --data "$carry/input.txt" --set checkpoint=false --set max_steps=300 --set lr_decay_steps=300 \
+    --set warmup_steps=30 --set eval_interval=100 --lr-min 1e-3 --lr-max 3.16 --points 8 \
+    --variant pre_ln:norm=pre_ln --variant pre_rms:norm=pre_rms --variant pre_rms_qk:norm=pre_rms_qk \
+    --variant post_ln:norm=post_ln --variant simple:norm=simple --variant peri_ln:norm=peri_ln \
+    --variant mix_ln:norm=mix_ln --variant olmo2:norm=olmo2 --variant deepnorm:norm=deepnorm \
+    --variant none:norm=none --variant ngpt:norm=ngpt,mlp=swiglu,pos=rope,tie_weights=false,bias=false \
+    > "$out/sweep.log" 2>&1 &
+  sweep=$!
 fi
+
+runs=()
+for bin in "${builds[@]}"; do for device in "${gpus[@]}"; do runs+=(--simplegpt "$bin@$device"); done; done
+part speed "$(left 240)" python3 bench/side_by_side.py "${runs[@]}" --nanogpt "$carry/nanoGPT" \
+  --data "$carry/input.txt" --sizes "${SIZE:-shakespeare}" --dtype float32,bfloat16 --warmup 5 --steps 30 \
+  --torch-device "${TORCH_DEVICE:-cuda}" --json "$out/speed.json"
+
+# The faster device of the default build, by its pre-LN step.
+fastest=$(python3 - "$out/speed.json" "$sg" <<'EOF' 2>/dev/null || echo "${gpus[0]}"
+import json, os, sys
+rows = [r for r in json.load(open(sys.argv[1]))["results"] if r["ms"] and r["run"].endswith("pre-LN")
+        and r["run"].startswith(os.path.basename(sys.argv[2]) + " on ")]
+print(min(rows, key=lambda r: r["ms"])["run"].split(" on ")[1].split(",")[0])
+EOF
+)
+echo "fastest device: $fastest"
+
+part "train-$fastest" "$(left 100)" "$sg" train --preset nanogpt-shakespeare-char --data "$carry/input.txt" \
+  --device "$fastest" --out "$out/nanogpt-$fastest" --overwrite
+python3 - "$out/nanogpt-$fastest/metrics.jsonl" <<'EOF' || true
+import json, sys
+evals = [r for r in map(json.loads, open(sys.argv[1])) if r.get("val_loss") is not None]
+if not evals:
+    sys.exit("no evaluation yet")
+best = min(evals, key=lambda r: r["val_loss"])
+print(f"best val loss {best['val_loss']:.4f} at step {best['step']} of {evals[-1]['step']} evaluated")
+EOF
+
+backends=cpu,$(IFS=,; echo "${gpus[*]}")
+part repro "$(left 50)" "$sg" repro --backends "$backends" --preset tiny --data "$carry/input.txt" --steps 100
+part repro-dropout "$(left 15)" "$sg" repro --backends "$backends" --preset tiny --data "$carry/input.txt" \
+  --steps 40 --set dropout=0.1
+
+if [ -n "${sweep:-}" ]; then
+  kill -TERM -- "-$sweep" 2>/dev/null
+  wait "$sweep"
+  echo "== sweep: $(find "$out/sweep" -name metrics.jsonl -path '*/seed-*' | wc -l) runs trained or begun"
+fi
+echo "== done after $SECONDS s"

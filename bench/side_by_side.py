@@ -8,6 +8,11 @@ which has no network). Needs python3 with numpy and torch.
     python3 bench/side_by_side.py --simplegpt target/release/simplegpt \\
         --nanogpt bench/carry/nanoGPT --data tinyshakespeare.txt --device vulkan
 
+Several simplegpt builds and devices can be measured in one run (`--simplegpt` again,
+as PATH@DEVICE), and nanoGPT at several precisions (`--dtype float32,bfloat16`); ratios are
+to nanoGPT at the first dtype. A simplegpt run that fails (a device the binary lacks) is
+reported and the rest go on.
+
 Sizes: `shakespeare` is nanoGPT's shakespeare_char config (6 x 384, block 256, batch 64,
 dropout 0.2); `tiny` simplegpt's tiny preset (1 x 64, 2 heads, block 64, batch 32, no
 dropout); `cpu` nanoGPT's README example for a CPU (4 x 128, 4 heads, block 64, batch 12, no
@@ -60,21 +65,33 @@ def prepare_nanogpt_data(nanogpt, text_path):
         pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
 
 
-def run(cmd, cwd=None):
+def run(cmd, cwd=None, check=True):
+    """The command's stdout; on failure, exits (check) or returns None with its error printed."""
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if p.returncode != 0:
-        sys.exit(f"error: {cmd[0]} failed (exit {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+        message = f"{cmd[0]} failed (exit {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+        if check:
+            sys.exit("error: " + message)
+        print("skipped: " + message, file=sys.stderr, flush=True)
+        return None
     return p.stdout
 
 
-def nanogpt_ms_per_step(args, flags):
-    """Mean of nanoGPT's own per-iteration times after the warm-up iterations."""
+# nanoGPT's train.py run as a script, then its peak device memory (PyTorch's allocator's own count).
+NANOGPT_WITH_MEMORY = (
+    "import runpy, sys, torch; sys.argv = sys.argv[1:]; runpy.run_path('train.py', run_name='__main__'); "
+    "print(f'peak memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB' if torch.cuda.is_available() else '')"
+)
+
+
+def nanogpt_ms_per_step(args, flags, dtype):
+    """Mean of nanoGPT's own per-iteration times after the warm-up iterations, and its peak memory."""
     iters = args.warmup + args.steps
     out = run(
-        [sys.executable, "train.py", "config/train_shakespeare_char.py", f"--max_iters={iters}",
-         f"--lr_decay_iters={iters}", "--eval_interval=1000000", "--eval_iters=1", "--log_interval=1",
-         "--always_save_checkpoint=False", f"--device={args.torch_device}", f"--dtype={args.dtype}",
+        [sys.executable, "-c", NANOGPT_WITH_MEMORY, "train.py", "config/train_shakespeare_char.py",
+         f"--max_iters={iters}", f"--lr_decay_iters={iters}", "--eval_interval=1000000", "--eval_iters=1",
+         "--log_interval=1", "--always_save_checkpoint=False", f"--device={args.torch_device}", f"--dtype={dtype}",
          f"--compile={args.compile}", *flags],
         cwd=args.nanogpt,
     )
@@ -82,15 +99,20 @@ def nanogpt_ms_per_step(args, flags):
     timed = [t for i, t in times if i > args.warmup]
     if len(timed) < args.steps - 1:
         sys.exit(f"error: could not read nanoGPT's iteration times from its output:\n{out[-2000:]}")
-    return statistics.mean(timed)
+    memory = re.search(r"^peak memory (.*)$", out, re.M)
+    return statistics.mean(timed), memory[1] if memory else "?"
 
 
-def simplegpt_bench(args, sets):
-    cmd = [args.simplegpt, "bench", "--preset", "nanogpt-shakespeare-char", "--device", args.device,
+def simplegpt_bench(args, binary, device, sets):
+    """(ms/step, peak device memory), or None where the run failed."""
+    cmd = [binary, "bench", "--preset", "nanogpt-shakespeare-char", "--device", device,
            "--data", args.data, "--warmup", str(args.warmup), "--steps", str(args.steps)]
     for s in sets:
         cmd += ["--set", s]
-    line = run(cmd).strip().splitlines()[-1]
+    out = run(cmd, check=False)
+    if out is None:
+        return None
+    line = out.strip().splitlines()[-1]
     ms = re.search(r"\| ([\d.]+) ms/step \|", line)
     memory = re.search(r"peak device memory (.*)$", line)
     if not ms:
@@ -100,12 +122,13 @@ def simplegpt_bench(args, sets):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--simplegpt", required=True, help="the simplegpt binary")
+    ap.add_argument("--simplegpt", required=True, action="append",
+                    help="the simplegpt binary, or BINARY@DEVICE; again for more builds or devices")
     ap.add_argument("--nanogpt", required=True, help="a nanoGPT checkout (it is written to: data/shakespeare_char)")
     ap.add_argument("--data", required=True, help="tiny Shakespeare (input.txt)")
-    ap.add_argument("--device", default="vulkan", help="simplegpt's --device (default vulkan)")
+    ap.add_argument("--device", default="vulkan", help="simplegpt's --device where --simplegpt names none (default vulkan)")
     ap.add_argument("--torch-device", default="cuda", help="nanoGPT's --device (default cuda)")
-    ap.add_argument("--dtype", default="float32", help="nanoGPT's --dtype (default float32)")
+    ap.add_argument("--dtype", default="float32", help="nanoGPT's --dtype, or several, comma-separated (default float32)")
     ap.add_argument("--compile", default="False", choices=["True", "False"], help="nanoGPT's torch.compile")
     ap.add_argument("--sizes", default="shakespeare,large")
     ap.add_argument("--warmup", type=int, default=20)
@@ -117,37 +140,60 @@ def main():
             sys.exit(f"error: unknown size '{size}'; choose from {', '.join(SIZES)}")
     if not os.path.isfile(os.path.join(args.nanogpt, "train.py")):
         sys.exit(f"error: {args.nanogpt} is not a nanoGPT checkout (no train.py); see bench/pack.sh")
+    builds = [tuple(b.rsplit("@", 1)) if "@" in b else (b, args.device) for b in args.simplegpt]
+    for binary, _ in builds:
+        if not os.path.isfile(binary):
+            sys.exit(f"error: no simplegpt binary at {binary}")
+    dtypes = args.dtype.split(",")
 
     prepare_nanogpt_data(args.nanogpt, args.data)
     import torch  # only now: the checks above need no torch
 
-    results = []
+    # Each row: size, what ran, ms/step (None: failed), memory.
+    rows = []
     for size in args.sizes.split(","):
         torch_flags, sets = SIZES[size]
-        given = dict(f[2:].split("=") for f in torch_flags)
-        tokens = int(given.get("batch_size", 64)) * int(given.get("block_size", 256))
-        nano = nanogpt_ms_per_step(args, torch_flags)
-        pre, pre_mem = simplegpt_bench(args, sets)
-        simple, simple_mem = simplegpt_bench(args, sets + ["norm=simple"])
-        results.append({
-            "size": size, "tokens_per_step": tokens, "nanogpt_ms": nano, "pre_ln_ms": pre, "simple_ms": simple,
-            "pre_ln_memory": pre_mem, "simple_memory": simple_mem,
-        })
+        for dtype in dtypes:
+            ms, mem = nanogpt_ms_per_step(args, torch_flags, dtype)
+            rows.append({"size": size, "run": f"nanoGPT pre-LN ({dtype})", "ms": ms, "memory": mem})
+            print(f"measured: {rows[-1]}", file=sys.stderr, flush=True)
+        for binary, device in builds:
+            label = f"{os.path.basename(binary)} on {device}"
+            for norm, name in [("pre_ln", "pre-LN"), ("simple", "SimpleNorm")]:
+                result = simplegpt_bench(args, binary, device, sets + [f"norm={norm}"])
+                ms, mem = result if result else (None, "failed")
+                rows.append({"size": size, "run": f"{label}, {name}", "ms": ms, "memory": mem})
+                print(f"measured: {rows[-1]}", file=sys.stderr, flush=True)
 
-    print(f"\nnanoGPT: torch {torch.__version__} on {args.torch_device}, dtype {args.dtype}, compile {args.compile}; "
-          f"simplegpt on {args.device}; {args.warmup} warm-up + {args.steps} timed steps\n")
+    print(f"\nnanoGPT: torch {torch.__version__} on {args.torch_device}, compile {args.compile}; "
+          f"{args.warmup} warm-up + {args.steps} timed steps; ratios: nanoGPT's ms/step ({dtypes[0]}) over the run's")
+    if torch.cuda.is_available():
+        print(f"GPU: {torch.cuda.get_device_name()}")
+    print()
     print("| size | run | ms/step | tokens/s | speed vs nanoGPT | device memory |")
     print("|---|---|---:|---:|---:|---:|")
-    for r in results:
-        for name, ms, mem in [("nanoGPT (pre-LN)", r["nanogpt_ms"], "–"),
-                              ("simplegpt pre-LN", r["pre_ln_ms"], r["pre_ln_memory"]),
-                              ("simplegpt SimpleNorm", r["simple_ms"], r["simple_memory"])]:
-            print(f"| {r['size']} | {name} | {ms:.2f} | {r['tokens_per_step'] / ms * 1e3:,.0f} | "
-                  f"{r['nanogpt_ms'] / ms:.2f}x | {mem} |")
-        print(f"| {r['size']} | SimpleNorm / pre-LN step time | {r['simple_ms'] / r['pre_ln_ms']:.3f} | | | |")
+    for size in args.sizes.split(","):
+        torch_flags, _ = SIZES[size]
+        given = dict(f[2:].split("=") for f in torch_flags)
+        tokens = int(given.get("batch_size", 64)) * int(given.get("block_size", 256))
+        here = [r for r in rows if r["size"] == size]
+        base = here[0]["ms"]
+        for r in here:
+            r["tokens_per_step"] = tokens
+            if r["ms"] is None:
+                print(f"| {size} | {r['run']} | failed | | | |")
+                continue
+            print(f"| {size} | {r['run']} | {r['ms']:.2f} | {tokens / r['ms'] * 1e3:,.0f} | {base / r['ms']:.2f}x | "
+                  f"{r['memory']} |")
+        for binary, device in builds:
+            label = f"{os.path.basename(binary)} on {device}"
+            pre = next(r["ms"] for r in here if r["run"] == f"{label}, pre-LN")
+            simple = next(r["ms"] for r in here if r["run"] == f"{label}, SimpleNorm")
+            if pre and simple:
+                print(f"| {size} | {label}: SimpleNorm / pre-LN step time | {simple / pre:.3f} | | | |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "args": vars(args), "results": results}, f, indent=1)
+            json.dump({"torch": torch.__version__, "args": vars(args), "results": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
