@@ -1826,3 +1826,19 @@ fn preparing_and_training_take_memory_that_does_not_grow_with_the_corpus() {
     assert!(b - a < 100.0, "train: {a:.0} MiB on 2 MiB of tokens, {b:.0} MiB on 200 MiB");
     println!("peak memory of train: {a:.0} and {b:.0} MiB");
 }
+
+/// `simplegpt devices | head -1`, where head has gone before simplegpt writes: it must end as
+/// Unix tools do (SIGPIPE), not report an internal error from a failed `println!`.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // a pipe nobody reads, from the start
+    let out = bin().arg("devices").stdout(writer).stderr(Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("internal error"), "{stderr}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(13), "killed by SIGPIPE; status {:?}, stderr {stderr}", out.status);
+    }
+}

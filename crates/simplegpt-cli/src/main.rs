@@ -67,6 +67,7 @@ enum Command {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    end_quietly_on_closed_pipe();
     // Vulkan and EGL loaders print errors to stderr when this is unset (headless servers).
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         // SAFETY: nothing else runs yet; no other thread can be reading the environment.
@@ -134,6 +135,24 @@ fn dispatch(command: Command) -> Result<ExitCode> {
 /// `M_TRIM_THRESHOLD` -1 never shrinks it, so the process keeps its peak footprint, which
 /// it reaches at every step anyway. Both are documented settings (mallopt(3)); other libcs
 /// are left as they are.
+/// `simplegpt devices | head -1`: once the reader has gone, end as Unix tools do (killed by
+/// SIGPIPE, silently) rather than panic in `println!` (Rust ignores SIGPIPE, so the write
+/// fails) and report an internal error.
+fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    {
+        unsafe extern "C" {
+            fn signal(signum: std::ffi::c_int, handler: usize) -> usize;
+        }
+        const SIGPIPE: std::ffi::c_int = 13; // on Linux and macOS alike
+        const SIG_DFL: usize = 0;
+        // SAFETY: restores the default action of one signal before any thread starts.
+        unsafe {
+            signal(SIGPIPE, SIG_DFL);
+        }
+    }
+}
+
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
