@@ -422,8 +422,8 @@ impl Gpt {
 
     /// nGPT's weights, every matrix's vectors along the width at unit norm: the embedding's
     /// rows and the head's columns (each token's vector), q, k, v and the MLP's input linears
-    /// over their input, o and the MLP's output over their output. Applied at init and after
-    /// every optimizer step.
+    /// over their input, o and the MLP's output over their output. Applied after every
+    /// optimizer step (at init, `ModelConfig::init` does the same on the host).
     pub fn with_unit_vectors(self) -> Gpt {
         params::map(self, &mut UnitVectors)
     }
@@ -491,20 +491,43 @@ struct Initializer<'a> {
     seed: u64,
     count: u64,
     bias: bool,
+    /// nGPT: each matrix's vectors along the width put at unit norm, here on the host in a
+    /// fixed order (f64), so that the initial weights are the same bits on every backend and
+    /// CPU (a device's sum rounds in its own order).
+    unit_vectors: bool,
     device: &'a Device,
 }
 
 impl Initializer<'_> {
-    fn normal(&mut self, shape: [usize; 2], std: f64, truncate: bool) -> Param<Tensor<2>> {
+    /// A matrix drawn from N(0, std) (truncated at 2 std where `truncate`); `width_dim` is the
+    /// dimension that runs along the model's width, which nGPT's unit vectors lie along.
+    fn normal(&mut self, shape: [usize; 2], std: f64, truncate: bool, width_dim: usize) -> Param<Tensor<2>> {
         self.count += 1;
-        let data = Stream::new(self.seed, "init", self.count).normal_vec(shape[0] * shape[1], std, truncate);
+        let mut data = Stream::new(self.seed, "init", self.count).normal_vec(shape[0] * shape[1], std, truncate);
+        if self.unit_vectors {
+            unit_vectors_along(&mut data, shape, width_dim);
+        }
         Param::from_data(TensorData::new(data, shape), self.device)
     }
 
-    fn linear(&mut self, d_in: usize, d_out: usize, std: f64) -> Linear {
+    /// A linear [d_in, d_out]; `width_dim` as for `normal` (0 for one that reads the width, 1 for
+    /// one that writes it).
+    fn linear(&mut self, d_in: usize, d_out: usize, std: f64, width_dim: usize) -> Linear {
         Linear {
-            weight: self.normal([d_in, d_out], std, false),
+            weight: self.normal([d_in, d_out], std, false, width_dim),
             bias: self.bias.then(|| Param::from_data(TensorData::new(vec![0.0f32; d_out], [d_out]), self.device)),
+        }
+    }
+}
+
+/// Divides each vector of a row-major [rows, cols] matrix along `dim` by its length.
+fn unit_vectors_along(data: &mut [f32], [rows, cols]: [usize; 2], dim: usize) {
+    let (count, len, stride, step) = if dim == 1 { (rows, cols, cols, 1) } else { (cols, rows, 1, cols) };
+    for vector in 0..count {
+        let at = |i: usize| vector * stride + i * step;
+        let length = (0..len).map(|i| (data[at(i)] as f64).powi(2)).sum::<f64>().sqrt();
+        for i in 0..len {
+            data[at(i)] = (data[at(i)] as f64 / length) as f32;
         }
     }
 }
@@ -533,15 +556,16 @@ impl ModelConfig {
     ///   beta sqrt(2 / (fan_in + fan_out)), C^-1/2 beta for a C x C matrix); the base std here
     ///   stays 0.02 for every shape, as for the other variants, so only the factor beta and
     ///   which matrices take it are DeepNet's.
-    /// - `ngpt`: drawn as nanoGPT's, then every matrix's vectors put at unit norm
-    ///   (`Gpt::with_unit_vectors`), which keeps only their directions, as nGPT's init does.
+    /// - `ngpt`: drawn as nanoGPT's, then every matrix's vectors put at unit norm (where
+    ///   `Gpt::with_unit_vectors` puts them after each step), which keeps only their
+    ///   directions, as nGPT's init does.
     pub fn init(&self, seed: u64, device: &Device) -> Gpt {
         assert!(self.vocab_size > 0, "vocab_size is resolved from the data before init");
         let (c, v, hidden) = (self.n_embd, self.vocab_size, self.mlp_hidden());
         let simple = self.norm == NormKind::Simple;
         let ngpt = self.norm == NormKind::Ngpt;
         let (deepnorm_alpha, deepnorm_beta) = self.deepnorm_scales();
-        let mut init = Initializer { seed, count: 0, bias: self.bias, device };
+        let mut init = Initializer { seed, count: 0, bias: self.bias, unit_vectors: ngpt, device };
         // The variant's own norm (LayerNorm or RMSNorm) over the width, where `on`.
         let norm = |on: bool| on.then(|| Norm::new(c, !self.norm.layer_norm(), self.bias, self.fused, device));
         // SimpleNorm's and QK-norm's RMSNorms have no bias, as the reference's.
@@ -560,8 +584,8 @@ impl ModelConfig {
         } else {
             1.0
         };
-        let wte = init.normal([v, c], wte_std, simple && self.tie_weights);
-        let wpe = (self.pos == PosKind::Learned).then(|| init.normal([self.block_size, c], 0.02, false));
+        let wte = init.normal([v, c], wte_std, simple && self.tie_weights, 1);
+        let wpe = (self.pos == PosKind::Learned).then(|| init.normal([self.block_size, c], 0.02, false, 0));
         let blocks = (0..self.n_layer)
             .map(|layer| {
                 // The std of v and the MLP's input linears, and of o and the MLP's output.
@@ -575,10 +599,10 @@ impl ModelConfig {
                 Block {
                     ln_1: norm(self.norm.block_norms()),
                     attn: Attention {
-                        q: init.linear(c, c, 0.02),
-                        k: init.linear(c, c, 0.02),
-                        v: init.linear(c, c, in_std),
-                        o: init.linear(c, c, out_std),
+                        q: init.linear(c, c, 0.02, 0),
+                        k: init.linear(c, c, 0.02, 0),
+                        v: init.linear(c, c, in_std, 0),
+                        o: init.linear(c, c, out_std, 1),
                         q_norm: rms_norm(self.has_qk_norm(), c),
                         k_norm: rms_norm(self.has_qk_norm(), c),
                         v_norm: rms_norm(simple, c),
@@ -592,9 +616,9 @@ impl ModelConfig {
                     attn_out_norm: norm(self.norm.out_norms()),
                     ln_2: norm(self.norm.block_norms()),
                     mlp: Mlp {
-                        fc: init.linear(c, hidden, in_std),
-                        gate: swiglu.then(|| init.linear(c, hidden, in_std)),
-                        proj: init.linear(hidden, c, out_std),
+                        fc: init.linear(c, hidden, in_std, 0),
+                        gate: swiglu.then(|| init.linear(c, hidden, in_std, 0)),
+                        proj: init.linear(hidden, c, out_std, 1),
                         fc_norm: rms_norm(simple, hidden),
                         gate_norm: rms_norm(simple && swiglu, hidden),
                         proj_norm: rms_norm(simple, c),
@@ -614,7 +638,7 @@ impl ModelConfig {
         let ln_f = norm(self.norm.final_norm());
         let lm_head = (!self.tie_weights).then(|| {
             let std = if simple { (c as f64).powf(-0.5) } else { 0.02 };
-            init.normal([c, v], std, simple)
+            init.normal([c, v], std, simple, 0)
         });
         let rope = (self.pos == PosKind::Rope)
             .then(|| RotaryEncodingConfig::new(self.block_size, c / self.n_head).init(device));
@@ -630,7 +654,7 @@ impl ModelConfig {
             logit_scale,
             logit_softcap: self.logit_softcap,
         };
-        if ngpt { gpt.with_unit_vectors() } else { gpt }
+        gpt
     }
 
     /// DeepNet's (alpha, beta) for a decoder-only model of n_layer blocks, (2 n_layer)^(1/4)

@@ -240,6 +240,27 @@ fn cpu_and_wgpu_agree_within_tolerance() {
     assert!(cpu.last().unwrap() < &(cpu[0] - 0.5), "and both learned: {cpu:?}");
 }
 
+/// Every placement's initial weights are the same bits on the CPU and on wgpu, as `repro`
+/// requires: nGPT's unit vectors included, which a device's own sum would round in its own
+/// order.
+#[test]
+fn initial_weights_are_the_same_bits_on_the_cpu_and_on_wgpu() {
+    let gpu = simplegpt::device::open("wgpu").expect("a wgpu adapter (lavapipe in CI)").device;
+    for norm in NormKind::ALL {
+        let mut c = config(1);
+        c.model.norm = norm;
+        for set in norm.defined_with() {
+            c.set(set).unwrap();
+        }
+        let checksum = |device: &Device| {
+            let t = Trainer::new(c.clone(), data(), device).unwrap();
+            let header = simplegpt::record::RunHeader::new(&c, &t.model, &t.data, "any", "any");
+            pollster::block_on(header).unwrap().init_checksum
+        };
+        assert_eq!(checksum(&Device::flex()), checksum(&gpu), "{norm:?}: initial weights differ");
+    }
+}
+
 #[test]
 fn a_sum_over_a_whole_tensor_is_the_same_on_every_run_on_wgpu() {
     use burn::tensor::{Tensor, TensorData};
