@@ -59,10 +59,11 @@ nvrtc=$(ls /usr/local/cuda/lib64/libnvrtc.so* 2>/dev/null | head -1)
 echo "NVRTC: ${nvrtc:-not found}"
 [ -n "$nvrtc" ] && export LD_LIBRARY_PATH="$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 [ -d /usr/local/cuda ] && export CUDA_PATH=/usr/local/cuda
+# The default build first (the one the parts after the speed use), then burn's fusion if packed.
 builds=()
-for gz in "$carry"/simplegpt*.gz; do
-  bin=/tmp/$(basename "$gz" .gz)
-  gunzip -c "$gz" > "$bin" && chmod +x "$bin" && builds+=("$bin")
+for name in simplegpt simplegpt-fusion; do
+  [ -f "$carry/$name.gz" ] || continue
+  gunzip -c "$carry/$name.gz" > "/tmp/$name" && chmod +x "/tmp/$name" && builds+=("/tmp/$name")
 done
 sg=${builds[0]}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
