@@ -119,7 +119,7 @@ echo "fastest device: $fastest"
 
 part "train-$fastest" "$(left 100)" "$sg" train --preset nanogpt-shakespeare-char --data "$carry/input.txt" \
   --device "$fastest" --out "$out/nanogpt-$fastest" --overwrite
-python3 - "$out/nanogpt-$fastest/metrics.jsonl" <<'EOF' || true
+[ -f "$out/nanogpt-$fastest/metrics.jsonl" ] && python3 - "$out/nanogpt-$fastest/metrics.jsonl" <<'EOF' || true
 import json, sys
 evals = [r for r in map(json.loads, open(sys.argv[1])) if r.get("val_loss") is not None]
 if not evals:
