@@ -65,6 +65,7 @@ for name in simplegpt simplegpt-fusion; do
   [ -f "$carry/$name.gz" ] || continue
   gunzip -c "$carry/$name.gz" > "/tmp/$name" && chmod +x "/tmp/$name" && builds+=("/tmp/$name")
 done
+[ ${#builds[@]} -gt 0 ] || { echo "no simplegpt binary in $carry: run bench/pack.sh first"; exit 1; }
 sg=${builds[0]}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
 "$sg" devices
@@ -139,3 +140,6 @@ if [ -n "${sweep:-}" ]; then
   echo "== sweep: $(find "$out/sweep" -name metrics.jsonl -path '*/seed-*' | wc -l) runs trained or begun"
 fi
 echo "== done after $SECONDS s"
+# Let tee write the end of gpu.log before the script exits.
+exec >&- 2>&-
+wait

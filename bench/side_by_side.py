@@ -86,7 +86,8 @@ NANOGPT_WITH_MEMORY = (
 
 
 def nanogpt_ms_per_step(args, flags, dtype):
-    """Mean of nanoGPT's own per-iteration times after the warm-up iterations, and its peak memory."""
+    """Mean of nanoGPT's own per-iteration times after the warm-up iterations, and its peak
+    memory; None where the run failed (a dtype the device lacks, say)."""
     iters = args.warmup + args.steps
     out = run(
         [sys.executable, "-c", NANOGPT_WITH_MEMORY, "train.py", "config/train_shakespeare_char.py",
@@ -94,11 +95,15 @@ def nanogpt_ms_per_step(args, flags, dtype):
          "--log_interval=1", "--always_save_checkpoint=False", f"--device={args.torch_device}", f"--dtype={dtype}",
          f"--compile={args.compile}", *flags],
         cwd=args.nanogpt,
+        check=False,
     )
+    if out is None:
+        return None
     times = [(int(m[1]), float(m[2])) for m in re.finditer(r"^iter (\d+): loss [^,]+, time ([\d.]+)ms", out, re.M)]
     timed = [t for i, t in times if i > args.warmup]
     if len(timed) < args.steps - 1:
-        sys.exit(f"error: could not read nanoGPT's iteration times from its output:\n{out[-2000:]}")
+        print(f"skipped: could not read nanoGPT's iteration times from its output:\n{out[-2000:]}", file=sys.stderr)
+        return None
     memory = re.search(r"^peak memory (.*)$", out, re.M)
     return statistics.mean(timed), memory[1] if memory else "?"
 
@@ -112,11 +117,12 @@ def simplegpt_bench(args, binary, device, sets):
     out = run(cmd, check=False)
     if out is None:
         return None
-    line = out.strip().splitlines()[-1]
+    line = (out.strip().splitlines() or [""])[-1]
     ms = re.search(r"\| ([\d.]+) ms/step \|", line)
     memory = re.search(r"peak device memory (.*)$", line)
     if not ms:
-        sys.exit(f"error: unexpected output from simplegpt bench: {line}")
+        print(f"skipped: unexpected output from simplegpt bench: {line!r}", file=sys.stderr)
+        return None
     return float(ms[1]), memory[1] if memory else "?"
 
 
@@ -149,21 +155,30 @@ def main():
     prepare_nanogpt_data(args.nanogpt, args.data)
     import torch  # only now: the checks above need no torch
 
-    # Each row: size, what ran, ms/step (None: failed), memory.
+    # Each row: size, what ran, ms/step (None: failed), memory. Printed, and the JSON
+    # rewritten, as each is measured, so that a run stopped early keeps what it measured.
     rows = []
+
+    def measured(row):
+        rows.append(row)
+        print(f"measured: {row}", file=sys.stderr, flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"torch": torch.__version__, "args": vars(args), "results": rows}, f, indent=1)
+
     for size in args.sizes.split(","):
         torch_flags, sets = SIZES[size]
+        given = dict(f[2:].split("=") for f in torch_flags)
+        tokens = int(given.get("batch_size", 64)) * int(given.get("block_size", 256))
         for dtype in dtypes:
-            ms, mem = nanogpt_ms_per_step(args, torch_flags, dtype)
-            rows.append({"size": size, "run": f"nanoGPT pre-LN ({dtype})", "ms": ms, "memory": mem})
-            print(f"measured: {rows[-1]}", file=sys.stderr, flush=True)
+            ms, mem = nanogpt_ms_per_step(args, torch_flags, dtype) or (None, "failed")
+            measured({"size": size, "run": f"nanoGPT pre-LN ({dtype})", "ms": ms, "memory": mem,
+                      "tokens_per_step": tokens})
         for binary, device in builds:
             label = f"{os.path.basename(binary)} on {device}"
             for norm, name in [("pre_ln", "pre-LN"), ("simple", "SimpleNorm")]:
-                result = simplegpt_bench(args, binary, device, sets + [f"norm={norm}"])
-                ms, mem = result if result else (None, "failed")
-                rows.append({"size": size, "run": f"{label}, {name}", "ms": ms, "memory": mem})
-                print(f"measured: {rows[-1]}", file=sys.stderr, flush=True)
+                ms, mem = simplegpt_bench(args, binary, device, sets + [f"norm={norm}"]) or (None, "failed")
+                measured({"size": size, "run": f"{label}, {name}", "ms": ms, "memory": mem, "tokens_per_step": tokens})
 
     print(f"\nnanoGPT: torch {torch.__version__} on {args.torch_device}, compile {args.compile}; "
           f"{args.warmup} warm-up + {args.steps} timed steps; ratios: nanoGPT's ms/step ({dtypes[0]}) over the run's")
@@ -173,27 +188,21 @@ def main():
     print("| size | run | ms/step | tokens/s | speed vs nanoGPT | device memory |")
     print("|---|---|---:|---:|---:|---:|")
     for size in args.sizes.split(","):
-        torch_flags, _ = SIZES[size]
-        given = dict(f[2:].split("=") for f in torch_flags)
-        tokens = int(given.get("batch_size", 64)) * int(given.get("block_size", 256))
         here = [r for r in rows if r["size"] == size]
         base = here[0]["ms"]
         for r in here:
-            r["tokens_per_step"] = tokens
+            tokens = r["tokens_per_step"]
             if r["ms"] is None:
                 print(f"| {size} | {r['run']} | failed | | | |")
                 continue
-            print(f"| {size} | {r['run']} | {r['ms']:.2f} | {tokens / r['ms'] * 1e3:,.0f} | {base / r['ms']:.2f}x | "
-                  f"{r['memory']} |")
+            ratio = f"{base / r['ms']:.2f}x" if base else "–"
+            print(f"| {size} | {r['run']} | {r['ms']:.2f} | {tokens / r['ms'] * 1e3:,.0f} | {ratio} | {r['memory']} |")
         for binary, device in builds:
             label = f"{os.path.basename(binary)} on {device}"
             pre = next(r["ms"] for r in here if r["run"] == f"{label}, pre-LN")
             simple = next(r["ms"] for r in here if r["run"] == f"{label}, SimpleNorm")
             if pre and simple:
                 print(f"| {size} | {label}: SimpleNorm / pre-LN step time | {simple / pre:.3f} | | | |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "args": vars(args), "results": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

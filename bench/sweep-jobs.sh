@@ -51,13 +51,14 @@ collect() {
   done
 }
 # Stopped (e.g. by `timeout`, or `kill -- -PGID` when started with setsid): stop every job, keep
-# what they trained.
+# what they trained. `kill 0` signals the whole process group: start this script in a group
+# of its own (setsid, or an interactive shell's job) when it is stopped from another script.
 trap 'trap "" TERM INT; kill -TERM 0; wait; collect; exit 143' TERM INT
 
 # Seeds outermost, so that a machine that stops early has whole seeds of every variant.
 for ((s = base; s < base + seeds; s++)); do
   for v in "${variants[@]}"; do printf '%s\0%s\0' "$v" "$s"; done
 done | xargs -0 -n 2 -P "$jobs" bash -c 'eval "common=($common_args)"; job "$@"' _ &
-wait $!
+wait $! || echo "some jobs failed (see $out/.jobs/*/*.log)" >&2
 collect
 echo "trained into $out; now run the sweep with --seeds $seeds --out $out to write its report"

@@ -126,15 +126,6 @@ fn dispatch(command: Command) -> Result<ExitCode> {
     done.map(|()| ExitCode::SUCCESS)
 }
 
-/// Tells glibc's malloc to keep the memory that is freed, for the next allocation, rather
-/// than give it back to the kernel. By default each allocation over a threshold (128 KiB,
-/// rising to 32 MiB at most) is a fresh `mmap`, unmapped when freed: the CPU backend's large
-/// activations and gradients (100 MB each at nanoGPT's size) have every page faulted in and
-/// zeroed by the kernel again at every step: 10.6 M page faults and a tenth of the CPU time
-/// of a 3-step nanoGPT-size bench (BENCHMARKS.md, "CPU step: memory and linears"). `M_MMAP_MAX` 0 serves them from the heap, and
-/// `M_TRIM_THRESHOLD` -1 never shrinks it, so the process keeps its peak footprint, which
-/// it reaches at every step anyway. Both are documented settings (mallopt(3)); other libcs
-/// are left as they are.
 /// `simplegpt devices | head -1`: once the reader has gone, end as Unix tools do (killed by
 /// SIGPIPE, silently) rather than panic in `println!` (Rust ignores SIGPIPE, so the write
 /// fails) and report an internal error.
@@ -153,6 +144,15 @@ fn end_quietly_on_closed_pipe() {
     }
 }
 
+/// Tells glibc's malloc to keep the memory that is freed, for the next allocation, rather
+/// than give it back to the kernel. By default each allocation over a threshold (128 KiB,
+/// rising to 32 MiB at most) is a fresh `mmap`, unmapped when freed: the CPU backend's large
+/// activations and gradients (100 MB each at nanoGPT's size) have every page faulted in and
+/// zeroed by the kernel again at every step: 10.6 M page faults and a tenth of the CPU time
+/// of a 3-step nanoGPT-size bench (BENCHMARKS.md, "CPU step: memory and linears"). `M_MMAP_MAX` 0 serves them from the heap, and
+/// `M_TRIM_THRESHOLD` -1 never shrinks it, so the process keeps its peak footprint, which
+/// it reaches at every step anyway. Both are documented settings (mallopt(3)); other libcs
+/// are left as they are.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
