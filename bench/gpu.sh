@@ -8,23 +8,29 @@
 # SIZE=tiny TORCH_DEVICE=cpu tries the script quickly on a machine without a GPU (Vulkan on
 # lavapipe).
 # Within BUDGET seconds (default 540), in this order, each part's output in OUT/PART.log and
-# everything it prints also in OUT/gpu.log:
-#   setup  the Vulkan loader and CUDA's libraries found; `simplegpt devices`; nvidia-smi
-#   speed  bench/side_by_side.py at nanoGPT's shakespeare_char size: nanoGPT (float32 with
-#          TF32 matmuls, and bfloat16) beside simplegpt pre-LN and SimpleNorm, for each packed
-#          build (default; burn's fusion) on Vulkan and on CUDA
-#   train  the nanogpt-shakespeare-char preset on the faster of Vulkan and CUDA, for the time
-#          left less what repro needs (nanoGPT's own run reaches val 1.466 near step 1500)
-#   repro  tiny, 100 steps, on the CPU, Vulkan and CUDA, compared step by step; and 40 steps
-#          with dropout
+# everything it prints also in OUT/gpu.log. "Each build": each one bench/pack.sh packed (the
+# default build, and those with burn's autotune, SPIR-V compiler or fusion), default first.
+#   setup    the Vulkan loader and CUDA's libraries found; `simplegpt devices`; nvidia-smi
+#   profile  each build's kernels at nanoGPT's shakespeare_char size, by kind, with CubeCL's
+#            profiler (bench/kernel_profile.py): OUT/profile-BUILD.txt
+#   speed    bench/side_by_side.py at that size: nanoGPT (DTYPES, default float32 with TF32
+#            matmuls) beside simplegpt pre-LN and SimpleNorm, for each build on Vulkan and CUDA
+#   repeat   each autotuned build trains tiny twice in two processes, compared step by step
+#            (autotune picks kernels by timing them: are two runs still the same numbers?)
+#   train    the nanogpt-shakespeare-char preset with the fastest build and device, for the
+#            time left less what repro needs (nanoGPT's own run reaches val 1.466 near step 1500)
+#   repro    tiny, 100 steps, on the CPU, Vulkan and CUDA, compared step by step; and 40 steps
+#            with dropout; with the fastest build
 # With SWEEP=1, the CPU cores that the GPU runs leave idle train the docs' learning-rate sweep
-# of every placement meanwhile (bench/sweep-jobs.sh), into OUT/sweep, until the end.
+# of every placement meanwhile (bench/sweep-jobs.sh, SEEDS seeds, default 3), into OUT/sweep,
+# until the end; it goes on from bench/carry/sweep where that holds runs of an earlier one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bash bench/gpu.sh OUT}
 budget=${BUDGET:-540}
 carry=bench/carry
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 exec > >(tee -a "$out/gpu.log") 2>&1
 
 # Seconds left of the budget, less $1 kept for the parts after.
@@ -59,13 +65,14 @@ nvrtc=$(ls /usr/local/cuda/lib64/libnvrtc.so* 2>/dev/null | head -1)
 echo "NVRTC: ${nvrtc:-not found}"
 [ -n "$nvrtc" ] && export LD_LIBRARY_PATH="$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 [ -d /usr/local/cuda ] && export CUDA_PATH=/usr/local/cuda
-# The default build first (the one the parts after the speed use), then burn's fusion if packed.
+# The default build first (the one the devices are probed with).
 builds=()
-for name in simplegpt simplegpt-fusion; do
-  [ -f "$carry/$name.gz" ] || continue
-  gunzip -c "$carry/$name.gz" > "/tmp/$name" && chmod +x "/tmp/$name" && builds+=("/tmp/$name")
+for packed in "$carry"/simplegpt.xz "$carry"/simplegpt-*.xz; do
+  [ -f "$packed" ] || continue
+  bin=/tmp/$(basename "$packed" .xz)
+  xz -dc "$packed" > "$bin" && chmod +x "$bin" && builds+=("$bin")
 done
-[ ${#builds[@]} -gt 0 ] || { echo "no simplegpt binary in $carry: run bench/pack.sh first"; exit 1; }
+[ ${#builds[@]} -gt 0 ] || { echo "no simplegpt build in $carry: run bench/pack.sh first"; exit 1; }
 sg=${builds[0]}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
 "$sg" devices
@@ -80,6 +87,8 @@ for device in vulkan cuda; do
   fi
 done
 [ ${#gpus[@]} -gt 0 ] || { echo "no GPU device trains; stopping"; exit 1; }
+size=${SIZE:-shakespeare}
+if [ "$size" = tiny ]; then shape=(--preset tiny); else shape=(--preset nanogpt-shakespeare-char); fi
 
 if [ "${SWEEP:-0}" = 1 ]; then
   # One core each on all but the first four, which this script and its GPU runs keep for
@@ -91,7 +100,8 @@ if [ "${SWEEP:-0}" = 1 ]; then
     pin=(taskset -c "4-$((cpus - 1))")
     taskset -p -c 0-3 $$ > /dev/null
   fi
-  setsid "${pin[@]}" bash bench/sweep-jobs.sh "$sg" "$out/sweep" "$jobs" 3 --device cpu --preset tiny \
+  [ -d "$carry/sweep" ] && mkdir -p "$out/sweep" && cp -r "$carry/sweep/." "$out/sweep/"
+  setsid "${pin[@]}" bash bench/sweep-jobs.sh "$sg" "$out/sweep" "$jobs" "${SEEDS:-3}" --device cpu --preset tiny \
     --set n_layer=4 --data "$carry/input.txt" --set checkpoint=false --set max_steps=300 --set lr_decay_steps=300 \
     --set warmup_steps=30 --set eval_interval=100 --lr-min 1e-3 --lr-max 3.16 --points 8 \
     --variant pre_ln:norm=pre_ln --variant pre_rms:norm=pre_rms --variant pre_rms_qk:norm=pre_rms_qk \
@@ -102,24 +112,58 @@ if [ "${SWEEP:-0}" = 1 ]; then
   sweep=$!
 fi
 
+# profile BIN DEVICE DATA SUMMARY PRESET_ARGS...: a build's kernels, pre-LN: 3 warm-up steps
+# (autotuning happens there), and the 3 steps after them summed.
+profile() {
+  local bin=$1 device=$2 data=$3 summary=$4 dir=/tmp/profile-$(basename "$1")
+  shift 4
+  mkdir -p "$dir"
+  printf '[profiling.logger]\nlevel = "basic"\nfile = "%s/profile.log"\n' "$dir" > "$dir/cubecl.toml"
+  (cd "$dir" && "$bin" bench "$@" --device "$device" --data "$data" --warmup 3 --steps 4) &&
+    python3 bench/kernel_profile.py "$dir/profile.log" --steps 3 | tee "$summary"
+}
+export -f profile
+for bin in "${builds[@]}"; do
+  part "profile-$(basename "$bin")" "$(left 400)" bash -c 'profile "$@"' _ "$bin" "${gpus[0]}" \
+    "$PWD/$carry/input.txt" "$out/profile-$(basename "$bin").txt" "${shape[@]}"
+done
+
 runs=()
 for bin in "${builds[@]}"; do for device in "${gpus[@]}"; do runs+=(--simplegpt "$bin@$device"); done; done
-part speed "$(left 240)" python3 bench/side_by_side.py "${runs[@]}" --nanogpt "$carry/nanoGPT" \
-  --data "$carry/input.txt" --sizes "${SIZE:-shakespeare}" --dtype float32,bfloat16 --warmup 5 --steps 30 \
+part speed "$(left 260)" python3 bench/side_by_side.py "${runs[@]}" --nanogpt "$carry/nanoGPT" \
+  --data "$carry/input.txt" --sizes "$size" --dtype "${DTYPES:-float32}" --warmup 5 --steps 30 \
   --torch-device "${TORCH_DEVICE:-cuda}" --json "$out/speed.json"
 
-# The faster device of the default build, by its pre-LN step.
-fastest=$(python3 - "$out/speed.json" "$sg" <<'EOF' 2>/dev/null || echo "${gpus[0]}"
-import json, os, sys
+# The fastest build and device, by their pre-LN step.
+read -r fast fastest < <(python3 - "$out/speed.json" <<'EOF' 2>/dev/null || echo "$(basename "$sg") ${gpus[0]}"
+import json, sys
 rows = [r for r in json.load(open(sys.argv[1]))["results"] if r["ms"] and r["run"].endswith("pre-LN")
-        and r["run"].startswith(os.path.basename(sys.argv[2]) + " on ")]
-print(min(rows, key=lambda r: r["ms"])["run"].split(" on ")[1].split(",")[0])
+        and r["run"].startswith("simplegpt")]
+print(*min(rows, key=lambda r: r["ms"])["run"].split(",")[0].split(" on "))
 EOF
 )
-echo "fastest device: $fastest"
+fast=/tmp/$fast
+echo "fastest: $(basename "$fast") on $fastest"
 
-part "train-$fastest" "$(left 100)" "$sg" train --preset nanogpt-shakespeare-char --data "$carry/input.txt" \
-  --device "$fastest" --out "$out/nanogpt-$fastest" --overwrite
+# repeat BIN DEVICE DATA: two processes of a build train tiny with the same seed; the same losses?
+repeat() {
+  local bin=$1 device=$2 data=$3 name run
+  name=$(basename "$bin")
+  for run in a b; do
+    "$bin" train --preset tiny --data "$data" --device "$device" --set max_steps=50 --set eval_interval=1000 \
+      --set checkpoint=false --out "/tmp/repeat-$name-$run" --overwrite > /dev/null || return
+  done
+  "$bin" repro "/tmp/repeat-$name-a" "/tmp/repeat-$name-b"
+}
+export -f repeat
+for bin in "${builds[@]}"; do
+  case $bin in *autotune*)
+    part "repeat-$(basename "$bin")" "$(left 230)" bash -c 'repeat "$@"' _ "$bin" "$fastest" "$carry/input.txt" ;;
+  esac
+done
+
+part "train-$fastest" "$(left 100)" "$fast" train --preset nanogpt-shakespeare-char --data "$carry/input.txt" \
+  --device "$fastest" --set checkpoint=false --out "$out/nanogpt-$fastest" --overwrite
 [ -f "$out/nanogpt-$fastest/metrics.jsonl" ] && python3 - "$out/nanogpt-$fastest/metrics.jsonl" <<'EOF' || true
 import json, sys
 evals = [r for r in map(json.loads, open(sys.argv[1])) if r.get("val_loss") is not None]
@@ -130,8 +174,8 @@ print(f"best val loss {best['val_loss']:.4f} at step {best['step']} of {evals[-1
 EOF
 
 backends=cpu,$(IFS=,; echo "${gpus[*]}")
-part repro "$(left 50)" "$sg" repro --backends "$backends" --preset tiny --data "$carry/input.txt" --steps 100
-part repro-dropout "$(left 15)" "$sg" repro --backends "$backends" --preset tiny --data "$carry/input.txt" \
+part repro "$(left 50)" "$fast" repro --backends "$backends" --preset tiny --data "$carry/input.txt" --steps 100
+part repro-dropout "$(left 15)" "$fast" repro --backends "$backends" --preset tiny --data "$carry/input.txt" \
   --steps 40 --set dropout=0.1
 
 if [ -n "${sweep:-}" ]; then

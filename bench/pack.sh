@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Packs what bench/gpu.sh needs on the GPU machine, which has no Rust, no network and no
-# Vulkan loader, into bench/carry/ (ignored by git; small enough to copy along): the release
-# simplegpt binary (stripped, gzipped; FEATURES=cuda: CUDA beside wgpu), Debian's libvulkan1
-# .deb, a nanoGPT export (NANOGPT_SRC: a git URL or a local clone) and tiny Shakespeare (DATA: a path,
-# or downloaded). Then, on the GPU machine: bash bench/gpu.sh OUT
+# Vulkan loader, into bench/carry/ (ignored by git; small enough to copy along): release
+# builds of simplegpt (stripped, compressed), Debian's libvulkan1 .deb, a nanoGPT export
+# (NANOGPT_SRC: a git URL or a local clone) and tiny Shakespeare (DATA: a path, or
+# downloaded). Then, on the GPU machine: bash bench/gpu.sh OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/simplegpt-target}"
@@ -11,21 +11,18 @@ NANOGPT_SRC="${NANOGPT_SRC:-https://github.com/karpathy/nanoGPT}"
 carry=bench/carry
 rm -rf "$carry" && mkdir -p "$carry/debs"
 
-# A cold release build of burn takes tens of minutes on 2 cores.
+# One release build for each name in BUILDS (default: just `default`), each a cold build of
+# burn's GPU crates taking tens of minutes on 2 cores: `default`, or a comma-separated list of
+# the CLI's features (autotune, vulkan, fusion, cuda), packed as simplegpt-FEATURE-FEATURE.xz.
 # CUDA needs no toolkit to build (the driver and NVRTC are found at run time), but its build
 # downloads an LLVM bundle from GitHub (tracel-llvm-bundler, for cubecl-cuda's PTX path): where
 # that is blocked, only the wgpu backends build.
-features=${FEATURES:-}
-cargo build --release --locked -p simplegpt-cli --features "$features"
-strip -o "$carry/simplegpt" "$CARGO_TARGET_DIR/release/simplegpt"
-gzip -9 "$carry/simplegpt"
-# FUSION=1 also packs a build with burn's kernel fusion (--features fusion; another long
-# release build), which bench/gpu.sh then measures beside the default one.
-if [ "${FUSION:-0}" = 1 ]; then
-  cargo build --release --locked -p simplegpt-cli --features "${features:+$features,}fusion"
-  strip -o "$carry/simplegpt-fusion" "$CARGO_TARGET_DIR/release/simplegpt"
-  gzip -9 "$carry/simplegpt-fusion"
-fi
+for build in ${BUILDS:-default}; do
+  if [ "$build" = default ]; then features="" name=simplegpt; else features=$build name=simplegpt-${build//,/-}; fi
+  cargo build --release --locked -p simplegpt-cli --features "$features"
+  strip -o "$carry/$name" "$CARGO_TARGET_DIR/release/simplegpt"
+  xz -9 -T2 "$carry/$name"
+done
 
 # The Vulkan loader, and the GL dispatch libraries that NVIDIA's Vulkan driver loads.
 (cd "$carry/debs" && apt-get download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 2>/dev/null)
