@@ -9,7 +9,7 @@ shares and the kernels' own times, not the step's):
     level = "basic"
     file = "profile.log"
 
-then `simplegpt bench --device vulkan ... --warmup 2 --steps 4` and
+then `simplegpt bench --device vulkan ... --warmup 3 --steps 4` and
 
     python3 bench/kernel_profile.py profile.log --steps 3
 
@@ -27,6 +27,8 @@ import sys
 from collections import defaultdict
 
 LINE = re.compile(r"^\|\s*([0-9.]+)(ns|µs|us|ms|s)\s*\|\s*(.+?)\s*$")
+# A kernel CubeCL named but could not time.
+UNTIMED = re.compile(r"^\|\s*not measured\s*\|")
 UNIT_MS = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -36,7 +38,7 @@ def kind(name: str) -> str:
     fields[-1] = re.sub(r"_[0-9a-f]{8}$", "", fields[-1])
     if fields[0] == "MatmulEntry":
         routine = [f for f in fields if f.endswith("Family") or f.endswith("Partitioner")]
-        return "matmul " + " ".join(routine)
+        return " ".join(["matmul"] + (routine or ["(routine not named)"]))
     if len(fields) > 2:
         fields = fields[:2]
     return " ".join(fields)
@@ -50,9 +52,17 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25, help="kinds to list (the rest summed)")
     args = parser.parse_args()
 
+    if args.steps < 1:
+        sys.exit(f"error: --steps {args.steps}: give at least 1")
     steps = [[]]
-    with open(args.log, encoding="utf-8", errors="replace") as log:
+    untimed = 0
+    try:
+        log = open(args.log, encoding="utf-8", errors="replace")
+    except OSError as e:
+        sys.exit(f"error: cannot read {args.log}: {e.strerror}")
+    with log:
         for line in log:
+            untimed += bool(UNTIMED.match(line))
             match = LINE.match(line)
             if not match:
                 continue
@@ -62,6 +72,8 @@ def main() -> None:
                 steps.append([])
             steps[-1].append((key, float(value) * UNIT_MS[unit]))
     complete = steps[1:-1]
+    if not any(steps):
+        sys.exit(f"error: no kernel timings in {args.log}: was the profiling logger on (cubecl.toml)?")
     if len(complete) < args.steps:
         sys.exit(f"error: {args.log} holds {len(complete)} complete steps (each starting with "
                  f"{args.step_start}), fewer than --steps {args.steps}: bench more steps")
@@ -72,10 +84,12 @@ def main() -> None:
             total[key] += ms
             launches[key] += 1
 
-    whole = sum(total.values())
+    whole = sum(total.values()) or 1.0
     steps = args.steps
     print(f"{sum(launches.values()) / steps:.0f} kernel launches and {whole / steps:.2f} ms of "
           f"kernel time per step ({steps} steps)")
+    if untimed:
+        print(f"({untimed} launches in the log were not timed by CubeCL and are not counted)")
     print(f"{'kind':<60} {'launches/step':>13} {'ms/step':>9} {'share':>6}")
     ranked = sorted(total, key=total.get, reverse=True)
     for key in ranked[: args.top]:

@@ -175,8 +175,9 @@ pub fn fits(estimate: &MemoryEstimate, memory: &DeviceMemory) -> Result<()> {
 }
 
 /// What `device` can hold, as far as its backend says: the memory available on the CPU (Flex);
-/// on a GPU (cubecl) its memory where the runtime states it (CUDA; Vulkan only when built with
-/// SPIR-V, which this build's wgpu is not, so wgpu and WebGPU are not checked). Opens the device.
+/// on a GPU (cubecl) its memory where the runtime states it (CUDA; Vulkan only in a build with
+/// the `vulkan` feature, wgpu's SPIR-V compiler: otherwise wgpu and WebGPU are not checked).
+/// Opens the device.
 ///
 /// A GPU's largest buffer (cubecl's `max_page_size`, the smaller of the adapter's largest
 /// buffer and largest storage binding) is not checked against the largest tensor: it is not a
