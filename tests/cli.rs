@@ -1842,3 +1842,24 @@ fn a_closed_stdout_ends_the_command_quietly() {
         assert_eq!(out.status.signal(), Some(13), "killed by SIGPIPE; status {:?}, stderr {stderr}", out.status);
     }
 }
+
+/// `devices` says which GPU kernels this build runs (the cargo features it was built with), and
+/// tells no one on a software rasteriser or the CPU to rebuild for speed.
+#[test]
+fn devices_reports_the_builds_gpu_kernels() {
+    let out = bin().arg("devices").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let on = |feature: bool| if feature { "on" } else { "off" };
+    let want = format!(
+        "GPU kernels in this build: autotune {}, Vulkan shaders {}, fusion {}",
+        on(cfg!(feature = "autotune")),
+        if cfg!(feature = "vulkan") { "SPIR-V" } else { "WGSL" },
+        on(cfg!(feature = "fusion"))
+    );
+    assert!(stdout.lines().any(|l| l == want), "no line {want:?} in:\n{stdout}");
+    let picks = stdout.lines().find(|l| l.starts_with("--device auto picks:")).unwrap_or("");
+    if picks.contains("cpu (burn flex)") || picks.contains("llvmpipe") || picks.contains("SwiftShader") {
+        assert!(!stdout.contains("note: this build runs one fixed kernel"), "{stdout}");
+    }
+}

@@ -34,6 +34,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let data = options.data(&config)?;
     let opened = device::open(&options.device)?;
     eprintln!("bench on {}: {warmup} warm-up + {steps} timed steps", opened.adapter);
+    if let Some(hint) = crate::devices::speed_hint(&opened) {
+        eprintln!("{hint}");
+    }
     let result = BenchResult { peak_tflops, ..bench(config, data, &opened, warmup, steps)? };
     println!("{result}");
     Ok(())

@@ -65,6 +65,9 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         opened.adapter,
         dir.path.display()
     );
+    if let Some(hint) = crate::devices::speed_hint(&opened) {
+        eprintln!("{hint}");
+    }
     let bar = progress::bar(trainer.config.train.max_steps as u64, "");
     bar.set_position(trainer.progress.step as u64);
     let mut last_loss = String::new();
