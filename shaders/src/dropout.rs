@@ -179,19 +179,6 @@ impl<B: DropoutMaskOps, C: CheckpointStrategy> DropoutMaskOps for Autodiff<B, C>
 mod tests {
     use super::*;
     use burn::tensor::Device;
-    use std::sync::OnceLock;
-
-    /// The wgpu device, opened once per process (wgpu allows one runtime per adapter and API).
-    fn wgpu() -> Device {
-        static DEVICE: OnceLock<Device> = OnceLock::new();
-        DEVICE
-            .get_or_init(|| {
-                Device::wgpu_options().init().unwrap_or_else(|e| {
-                    panic!("no wgpu adapter ({e}); this test runs the real kernel on lavapipe where there is no GPU: apt-get install mesa-vulkan-drivers")
-                })
-            })
-            .clone()
-    }
 
     /// The mask each backend's kernel writes, read back, against the specification.
     fn check_mask(device: &Device) {
@@ -217,12 +204,12 @@ mod tests {
 
     #[test]
     fn the_gpu_kernel_mask_is_the_specified_hash() {
-        check_mask(&wgpu());
+        check_mask(&crate::tests::wgpu());
     }
 
     #[test]
     fn the_gradient_of_dropout_is_the_mask() {
-        for device in [Device::flex().autodiff(), wgpu().autodiff()] {
+        for device in [Device::flex().autodiff(), crate::tests::wgpu().autodiff()] {
             let x = Tensor::<2>::from_floats([[1.0, -2.0, 3.0, 4.0], [5.0, 6.0, -7.0, 8.0]], &device).require_grad();
             let key = splitmix64(3);
             let y = dropout(x.clone(), key, 0.5);

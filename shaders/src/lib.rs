@@ -11,7 +11,7 @@
 //! - `gelu`: GELU and its gradient, on all cores on the CPU (burn's run on one) with the
 //!   same bits as burn's; on the GPU no kernel of ours: burn's own, which its fusion fuses.
 //! - `norm`: LayerNorm and RMSNorm with a gain, forward and backward, one pass each on all
-//!   cores; CPU only (on the GPU the model keeps the tensor ops, which fusion fuses).
+//!   cores on the CPU, one cube per row on the GPU (not under burn's fusion).
 //! - `softmax`: the attention's causal softmax (scale, mask, softmax) and its gradient, one
 //!   pass each on all cores; CPU only, as `norm`.
 
@@ -24,3 +24,21 @@ pub use dropout::{DropoutMaskOps, dropout};
 pub use gelu::{GeluOps, gelu};
 pub use norm::{NormOps, norm};
 pub use softmax::{CausalSoftmaxOps, causal_softmax};
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Device;
+    use std::sync::OnceLock;
+
+    /// The wgpu device, opened once per process (wgpu allows one runtime per adapter and API).
+    pub fn wgpu() -> Device {
+        static DEVICE: OnceLock<Device> = OnceLock::new();
+        DEVICE
+            .get_or_init(|| {
+                Device::wgpu_options().init().unwrap_or_else(|e| {
+                    panic!("no wgpu adapter ({e}); these tests run the real kernels on lavapipe where there is no GPU: apt-get install mesa-vulkan-drivers")
+                })
+            })
+            .clone()
+    }
+}

@@ -9,10 +9,13 @@
 //! one, and the gain's gradient is summed per fixed block of rows, then over the blocks in
 //! order: no atomics, and the same bits whatever the number of threads.
 //!
-//! CPU only: the GPU backends keep the tensor ops (`model::Norm` routes by device), which
-//! their fusion can fuse. The results differ from the tensor ops by rounding (`x * (1 / s)`
-//! here, `x / s` there, and sums taken in another order): simplegpt's `fused = false` runs the
-//! tensor ops on the CPU too, to compare.
+//! On the GPU backends the same op is CubeCL kernels: one cube of 32 units per row, forward
+//! and backward, each row's sums taken as a fixed tree in shared memory, and the gain's
+//! gradient summed per fixed block of 64 rows, then over the blocks in order (no atomics,
+//! the same bits on every run). Not under burn's fusion (the `fusion` feature), whose lazy
+//! tensors this op does not take part in: there `model::Norm` keeps the tensor ops. The
+//! results differ from the tensor ops by rounding (`x * (1 / s)` here, `x / s` there, and sums
+//! taken in another order): simplegpt's `fused = false` runs the tensor ops, to compare.
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -21,7 +24,13 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::calculate_cube_count_elemwise;
+use cubecl::prelude::{CubeCount, CubeDim};
 
 // The specification: one row of `d` elements.
 
@@ -82,7 +91,7 @@ pub fn norm_row_backward(x: &[f32], gain: &[f32], rms: bool, eps: f32, g: &mut [
 // The op.
 
 /// A norm over the last dimension, with a gain of that size. `rms`: RMSNorm, else LayerNorm.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Cube, Flex, Autodiff)]
 pub trait NormOps: Backend {
     fn norm_forward(x: FloatTensor<Self>, gain: FloatTensor<Self>, rms: bool, eps: f32) -> FloatTensor<Self>;
 
@@ -97,8 +106,8 @@ pub trait NormOps: Backend {
 }
 
 /// LayerNorm (`rms = false`) or RMSNorm (`rms = true`) of `x` over its last dimension, times
-/// `gain`, differentiable. On burn's Flex (CPU) backend only: the caller keeps the tensor ops
-/// for other devices.
+/// `gain`, differentiable. On burn's Flex (CPU) and CubeCL (wgpu, WebGPU, CUDA) backends, not
+/// under burn's fusion: the caller keeps the tensor ops there.
 pub fn norm<const D: usize>(x: Tensor<D>, gain: Tensor<1>, rms: bool, eps: f64) -> Tensor<D> {
     Tensor::from_dispatch(Dispatch::norm_forward(x.into_dispatch(), gain.into_dispatch(), rms, eps as f32))
 }
@@ -179,6 +188,289 @@ impl NormOps for Flex {
             FloatTensor::<Flex>::from_data(TensorData::new(g, shape)),
             FloatTensor::<Flex>::from_data(TensorData::new(gain_grad, [d])),
         )
+    }
+}
+
+mod cube_kernel {
+    use cubecl::prelude::*;
+
+    /// Units per cube: each row's sums are trees of this many leaves. A warp's worth: on
+    /// lavapipe 32 units made SimpleNorm's step faster than 64 or 256 did, where idle units
+    /// still cost their barriers.
+    pub const UNITS: usize = 32;
+    /// Rows whose `g * xhat` one unit sums for the gain's gradient, before the blocks' sums
+    /// are added in order: fixed, so that the same bits come out on any GPU.
+    pub const ROWS_PER_BLOCK: usize = 64;
+
+    /// The sum of every unit's `value`, as a fixed tree in `shared`; every unit gets it. Called
+    /// by all units of the cube (it synchronises them).
+    #[cube]
+    fn cube_sum(value: f32, shared: &mut Shared<[f32]>) -> f32 {
+        let unit = UNIT_POS_X as usize;
+        shared[unit] = value;
+        sync_cube();
+        // The cube's size, UNITS, read at run time: the loop counts it down.
+        let mut stride = CUBE_DIM_X as usize / 2;
+        while stride > 0 {
+            if unit < stride {
+                let other = shared[unit + stride];
+                shared[unit] = shared[unit] + other;
+            }
+            sync_cube();
+            stride = stride / 2;
+        }
+        let sum = shared[0];
+        // Before the next sum writes over it.
+        sync_cube();
+        sum
+    }
+
+    /// The row's mean (0 for RMSNorm) and `1 / sqrt(var + eps)`, as `row_stats`.
+    #[cube]
+    fn row_stats(
+        x: &Tensor<f32>,
+        start: usize,
+        d: usize,
+        eps: f32,
+        shared: &mut Shared<[f32]>,
+        #[comptime] rms: bool,
+    ) -> (f32, f32) {
+        let n = f32::cast_from(d);
+        let mut mean = 0.0f32;
+        if !rms {
+            let mut sum = 0.0f32;
+            let mut i = UNIT_POS_X as usize;
+            while i < d {
+                sum += x[start + i];
+                i += UNITS;
+            }
+            mean = cube_sum(sum, shared) / n;
+        }
+        let mut squares = 0.0f32;
+        let mut i = UNIT_POS_X as usize;
+        while i < d {
+            let c = x[start + i] - mean;
+            squares += c * c;
+            i += UNITS;
+        }
+        let var = cube_sum(squares, shared) / n;
+        (mean, 1.0f32 / f32::sqrt(var + eps))
+    }
+
+    /// `y = (x - mean) rstd gain`, one cube per row. A cube past the last row computes row 0
+    /// and writes nothing (rather than return early: every unit must reach the barriers).
+    #[cube(launch_unchecked)]
+    pub fn norm_forward_kernel(
+        x: &Tensor<f32>,
+        gain: &Tensor<f32>,
+        y: &mut Tensor<f32>,
+        rows: u32,
+        d: u32,
+        eps: f32,
+        #[comptime] rms: bool,
+    ) {
+        let mut shared = Shared::<[f32]>::new_slice(UNITS);
+        let (d, row) = (d as usize, CUBE_POS);
+        let active = row < rows as usize;
+        let start = select(active, row, 0) * d;
+        let (mean, rstd) = row_stats(x, start, d, eps, &mut shared, rms);
+        let mut i = UNIT_POS_X as usize;
+        while active && i < d {
+            y[start + i] = (x[start + i] - mean) * rstd * gain[i];
+            i += UNITS;
+        }
+    }
+
+    /// The input's gradient of one row per cube (as `norm_row_backward`), and the row's mean
+    /// and rstd into `stats` for the gain's gradient.
+    #[cube(launch_unchecked)]
+    pub fn norm_backward_kernel(
+        x: &Tensor<f32>,
+        gain: &Tensor<f32>,
+        g: &Tensor<f32>,
+        dx: &mut Tensor<f32>,
+        stats: &mut Tensor<f32>,
+        rows: u32,
+        d: u32,
+        eps: f32,
+        #[comptime] rms: bool,
+    ) {
+        let mut shared = Shared::<[f32]>::new_slice(UNITS);
+        let (d, row) = (d as usize, CUBE_POS);
+        let active = row < rows as usize;
+        let start = select(active, row, 0) * d;
+        let n = f32::cast_from(d);
+        let (mean, rstd) = row_stats(x, start, d, eps, &mut shared, rms);
+        let mut gx_mean = 0.0f32;
+        if !rms {
+            let mut sum = 0.0f32;
+            let mut i = UNIT_POS_X as usize;
+            while i < d {
+                sum += g[start + i] * gain[i];
+                i += UNITS;
+            }
+            gx_mean = cube_sum(sum, &mut shared) / n;
+        }
+        let mut sum = 0.0f32;
+        let mut i = UNIT_POS_X as usize;
+        while i < d {
+            sum += g[start + i] * gain[i] * ((x[start + i] - mean) * rstd);
+            i += UNITS;
+        }
+        let gx_xhat_mean = cube_sum(sum, &mut shared) / n;
+        let mut i = UNIT_POS_X as usize;
+        while active && i < d {
+            let xhat = (x[start + i] - mean) * rstd;
+            dx[start + i] = rstd * (g[start + i] * gain[i] - gx_mean - xhat * gx_xhat_mean);
+            i += UNITS;
+        }
+        if active && UNIT_POS_X == 0 {
+            stats[2 * row] = mean;
+            stats[2 * row + 1] = rstd;
+        }
+    }
+
+    /// `partial[block, j]`: the sum of `g * xhat` over the block's rows of column `j`, in row
+    /// order; one unit per (column, block), the block in `CUBE_POS_Y`.
+    #[cube(launch_unchecked)]
+    pub fn gain_grad_blocks_kernel(
+        x: &Tensor<f32>,
+        g: &Tensor<f32>,
+        stats: &Tensor<f32>,
+        partial: &mut Tensor<f32>,
+        rows: u32,
+        d: u32,
+    ) {
+        let (d, j, block) = (d as usize, ABSOLUTE_POS_X as usize, CUBE_POS_Y as usize);
+        if j >= d {
+            terminate!();
+        }
+        let first = block * ROWS_PER_BLOCK;
+        let rows = rows as usize;
+        let end = select(first + ROWS_PER_BLOCK < rows, first + ROWS_PER_BLOCK, rows);
+        let mut sum = 0.0f32;
+        let mut row = first;
+        while row < end {
+            sum += g[row * d + j] * ((x[row * d + j] - stats[2 * row]) * stats[2 * row + 1]);
+            row += 1;
+        }
+        partial[block * d + j] = sum;
+    }
+
+    /// The gain's gradient: the blocks' sums of each column, added in block order.
+    #[cube(launch_unchecked)]
+    pub fn sum_blocks_kernel(partial: &Tensor<f32>, gain_grad: &mut Tensor<f32>, blocks: u32, d: u32) {
+        let (d, j) = (d as usize, ABSOLUTE_POS);
+        if j >= d {
+            terminate!();
+        }
+        let mut sum = 0.0f32;
+        for block in 0..blocks as usize {
+            sum += partial[block * d + j];
+        }
+        gain_grad[j] = sum;
+    }
+}
+
+/// One cube per row: as many cubes as rows, laid out in two dimensions (one dimension of a
+/// launch is limited to 65535 cubes).
+fn cube_per_row(rows: usize) -> CubeCount {
+    let x = rows.clamp(1, 32768);
+    CubeCount::Static(x as u32, rows.div_ceil(x).max(1) as u32, 1)
+}
+
+/// The rows (all dimensions but the last) and the row's length.
+fn rows_and_width(shape: &Shape) -> (usize, usize) {
+    let d = shape[shape.num_dims() - 1];
+    (shape.num_elements() / d.max(1), d)
+}
+
+fn empty_like(t: &CubeTensor, shape: Shape) -> CubeTensor {
+    empty_device_contiguous_dtype(t.client.clone(), t.device.clone(), shape, DType::F32)
+}
+
+impl NormOps for CubeBackend {
+    fn norm_forward(x: FloatTensor<Self>, gain: FloatTensor<Self>, rms: bool, eps: f32) -> FloatTensor<Self> {
+        assert!(x.dtype == DType::F32 && gain.dtype == DType::F32, "the fused norm computes in f32");
+        let (x, gain) = (into_contiguous(x), into_contiguous(gain));
+        let shape = x.shape();
+        let (rows, d) = rows_and_width(&shape);
+        assert_eq!(gain.shape().num_elements(), d, "the gain has the size of the normalised dimension");
+        let y = empty_like(&x, shape);
+        // SAFETY: every index the kernel reads or writes is below rows * d (or d, for the gain).
+        unsafe {
+            cube_kernel::norm_forward_kernel::launch_unchecked(
+                &x.client,
+                cube_per_row(rows),
+                CubeDim::new_1d(cube_kernel::UNITS as u32),
+                x.clone().into_tensor_arg(),
+                gain.into_tensor_arg(),
+                y.clone().into_tensor_arg(),
+                rows as u32,
+                d as u32,
+                eps,
+                rms,
+            );
+        }
+        y
+    }
+
+    fn norm_backward(
+        x: FloatTensor<Self>,
+        gain: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        rms: bool,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (x, gain, grad) = (into_contiguous(x), into_contiguous(gain), into_contiguous(grad));
+        let shape = x.shape();
+        let (rows, d) = rows_and_width(&shape);
+        let client = x.client.clone();
+        let dx = empty_like(&x, shape);
+        let stats = empty_like(&x, Shape::new([rows, 2]));
+        let blocks = rows.div_ceil(cube_kernel::ROWS_PER_BLOCK).max(1);
+        let partial = empty_like(&x, Shape::new([blocks, d]));
+        let gain_grad = empty_like(&x, Shape::new([d]));
+        let columns = CubeDim::new_1d(cube_kernel::UNITS as u32);
+        let column_cubes = d.div_ceil(cube_kernel::UNITS) as u32;
+        // SAFETY: as the forward's; the column kernels check j < d before they touch memory.
+        unsafe {
+            cube_kernel::norm_backward_kernel::launch_unchecked(
+                &client,
+                cube_per_row(rows),
+                columns,
+                x.clone().into_tensor_arg(),
+                gain.into_tensor_arg(),
+                grad.clone().into_tensor_arg(),
+                dx.clone().into_tensor_arg(),
+                stats.clone().into_tensor_arg(),
+                rows as u32,
+                d as u32,
+                eps,
+                rms,
+            );
+            cube_kernel::gain_grad_blocks_kernel::launch_unchecked(
+                &client,
+                CubeCount::Static(column_cubes, blocks as u32, 1),
+                columns,
+                x.into_tensor_arg(),
+                grad.into_tensor_arg(),
+                stats.into_tensor_arg(),
+                partial.clone().into_tensor_arg(),
+                rows as u32,
+                d as u32,
+            );
+            cube_kernel::sum_blocks_kernel::launch_unchecked(
+                &client,
+                calculate_cube_count_elemwise(&client, d, columns),
+                columns,
+                partial.into_tensor_arg(),
+                gain_grad.clone().into_tensor_arg(),
+                blocks as u32,
+                d as u32,
+            );
+        }
+        (dx, gain_grad)
     }
 }
 
@@ -285,7 +577,13 @@ mod tests {
 
     #[test]
     fn values_and_gradients_are_the_tensor_ops_up_to_rounding() {
-        let device = Device::flex().autodiff();
+        for device in [Device::flex().autodiff(), crate::tests::wgpu().autodiff()] {
+            values_and_gradients_match(&device);
+        }
+    }
+
+    fn values_and_gradients_match(device: &Device) {
+        let device = device.clone();
         for rms in [false, true] {
             let fused = run(input(&device), gain(&device), rms, true);
             let ops = run(input(&device), gain(&device), rms, false);
@@ -305,9 +603,55 @@ mod tests {
         }
     }
 
+    /// The GPU kernels: the same bits on every run (fixed trees, no atomics), and rows wider
+    /// than a cube's units (several elements per unit) and more rows than one block.
+    #[test]
+    fn the_gpu_kernels_give_the_same_bits_twice_and_take_wide_rows() {
+        let device = crate::tests::wgpu().autodiff();
+        for rms in [false, true] {
+            assert_eq!(
+                run(input(&device), gain(&device), rms, true),
+                run(input(&device), gain(&device), rms, true),
+                "rms {rms}"
+            );
+            // [150, 700]: rows of 700 (about 22 per unit), 150 rows (three blocks of 64, the last
+            // partial).
+            let xs: Vec<f32> = (0..150 * 700).map(|i| (i as f32 * 0.013).sin() * 2.0 - 0.4).collect();
+            let g: Vec<f32> = (0..700).map(|i| 1.0 + (i as f32 * 0.07).cos() * 0.5).collect();
+            let x = || Tensor::<1>::from_floats(xs.as_slice(), &device).reshape([150, 700]).require_grad();
+            let gain = || Tensor::<1>::from_floats(g.as_slice(), &device).require_grad();
+            let weights = Tensor::<1>::from_floats(xs.as_slice(), &device).reshape([150, 700]).cos();
+            let mut got = Vec::new();
+            for fused in [true, false] {
+                let (x, gain) = (x(), gain());
+                let y =
+                    if fused { norm(x.clone(), gain.clone(), rms, EPS) } else { unfused(x.clone(), gain.clone(), rms) };
+                let grads = (y.clone() * weights.clone()).sum().backward();
+                got.push((values(y), values(x.grad(&grads).unwrap()), values(gain.grad(&grads).unwrap())));
+            }
+            assert!(rel_diff(&got[0].0, &got[1].0) < 1e-6, "rms {rms}: values {}", rel_diff(&got[0].0, &got[1].0));
+            assert!(
+                rel_diff(&got[0].1, &got[1].1) < 1e-5,
+                "rms {rms}: input's gradient {}",
+                rel_diff(&got[0].1, &got[1].1)
+            );
+            assert!(
+                rel_diff(&got[0].2, &got[1].2) < 1e-5,
+                "rms {rms}: gain's gradient {}",
+                rel_diff(&got[0].2, &got[1].2)
+            );
+        }
+    }
+
     #[test]
     fn a_strided_input_gives_the_same_values_and_gradients() {
-        let device = Device::flex().autodiff();
+        for device in [Device::flex().autodiff(), crate::tests::wgpu().autodiff()] {
+            strided_input_matches(&device);
+        }
+    }
+
+    fn strided_input_matches(device: &Device) {
+        let device = device.clone();
         for rms in [false, true] {
             let contiguous = run(input(&device), gain(&device), rms, true);
             // The same values stored [5, 45, 300], read through a transposed view.
@@ -321,7 +665,13 @@ mod tests {
 
     #[test]
     fn constant_and_huge_rows_stay_finite_where_the_tensor_ops_do() {
-        let device = Device::flex().autodiff();
+        for device in [Device::flex().autodiff(), crate::tests::wgpu().autodiff()] {
+            rows_stay_finite(&device);
+        }
+    }
+
+    fn rows_stay_finite(device: &Device) {
+        let device = device.clone();
         // Row 0 constant (variance 0), row 1 around 1e15, row 2 tiny values.
         let mut xs = vec![3.0f32; 45];
         xs.extend((0..45).map(|i| 1e15 * (1.0 + i as f32 * 0.01)));

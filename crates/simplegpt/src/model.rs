@@ -22,8 +22,9 @@ use crate::rng::{self, Stream};
 const NORM_EPS: f64 = 1e-5;
 
 /// LayerNorm (`rms = false`) or RMSNorm (`rms = true`), each with a learnable gain.
-/// `fused`: on the CPU, one kernel forward and one backward (`simplegpt_shaders::norm`)
-/// rather than the tensor ops below (config key `fused`).
+/// `fused`: one kernel forward and one backward (`simplegpt_shaders::norm`, on the CPU and
+/// the GPU backends) rather than the tensor ops below (config key `fused`); not under burn's
+/// fusion (the `fusion` feature), where the tensor ops run on the GPU.
 #[derive(Module, Debug)]
 pub struct Norm {
     pub weight: Param<Tensor<1>>,
@@ -44,7 +45,8 @@ impl Norm {
 
     /// Normalises over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let x = if self.fused && x.device().inner() == Device::flex() {
+        let kernel = x.device().inner() == Device::flex() || !cfg!(feature = "fusion");
+        let x = if self.fused && kernel {
             simplegpt_shaders::norm(x, self.weight.val(), self.rms, NORM_EPS)
         } else {
             self.unfused(x)
