@@ -22,9 +22,10 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Shape, Tensor, TensorData};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -91,7 +92,9 @@ pub fn norm_row_backward(x: &[f32], gain: &[f32], rms: bool, eps: f32, g: &mut [
 // The op.
 
 /// A norm over the last dimension, with a gain of that size. `rms`: RMSNorm, else LayerNorm.
-#[backend_extension(Cube, Flex, Autodiff)]
+// Not on the GPU under burn's fusion (there `Cube` is `Fusion<CubeBackend>`, whose lazy
+// tensors this op does not take part in: the model keeps the tensor ops there).
+#[backend_extension(Cube: cfg(not(feature = "fusion")), Flex, Autodiff)]
 pub trait NormOps: Backend {
     fn norm_forward(x: FloatTensor<Self>, gain: FloatTensor<Self>, rms: bool, eps: f32) -> FloatTensor<Self>;
 
@@ -199,7 +202,7 @@ mod cube_kernel {
     /// still cost their barriers.
     pub const UNITS: usize = 32;
     /// Rows whose `g * xhat` one unit sums for the gain's gradient, before the blocks' sums
-    /// are added in order: fixed, so that the same bits come out on any GPU.
+    /// are added in order: fixed, so that every run on a GPU gives the same bits.
     pub const ROWS_PER_BLOCK: usize = 64;
 
     /// The sum of every unit's `value`, as a fixed tree in `shared`; every unit gets it. Called
@@ -209,7 +212,8 @@ mod cube_kernel {
         let unit = UNIT_POS_X as usize;
         shared[unit] = value;
         sync_cube();
-        // The cube's size, UNITS, read at run time: the loop counts it down.
+        // The cube's size (UNITS: the launches' CubeDim) as a variable, which the loop halves
+        // (a constant cannot be assigned in a loop).
         let mut stride = CUBE_DIM_X as usize / 2;
         while stride > 0 {
             if unit < stride {
@@ -397,6 +401,9 @@ impl NormOps for CubeBackend {
         let (rows, d) = rows_and_width(&shape);
         assert_eq!(gain.shape().num_elements(), d, "the gain has the size of the normalised dimension");
         let y = empty_like(&x, shape);
+        if rows * d == 0 {
+            return y;
+        }
         // SAFETY: every index the kernel reads or writes is below rows * d (or d, for the gain).
         unsafe {
             cube_kernel::norm_forward_kernel::launch_unchecked(
@@ -422,13 +429,24 @@ impl NormOps for CubeBackend {
         rms: bool,
         eps: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        assert!(x.dtype == DType::F32 && grad.dtype == DType::F32, "the fused norm computes in f32");
         let (x, gain, grad) = (into_contiguous(x), into_contiguous(gain), into_contiguous(grad));
         let shape = x.shape();
         let (rows, d) = rows_and_width(&shape);
+        if rows * d == 0 {
+            let device = x.device.clone();
+            return (empty_like(&x, shape), Self::float_zeros(Shape::new([d]), &device, FloatDType::F32));
+        }
         let client = x.client.clone();
         let dx = empty_like(&x, shape);
         let stats = empty_like(&x, Shape::new([rows, 2]));
-        let blocks = rows.div_ceil(cube_kernel::ROWS_PER_BLOCK).max(1);
+        let blocks = rows.div_ceil(cube_kernel::ROWS_PER_BLOCK);
+        // One launch dimension holds at most 65535 cubes: 4 million rows of one norm.
+        assert!(
+            blocks <= 65535,
+            "the fused norm's backward takes at most {} rows",
+            65535 * cube_kernel::ROWS_PER_BLOCK
+        );
         let partial = empty_like(&x, Shape::new([blocks, d]));
         let gain_grad = empty_like(&x, Shape::new([d]));
         let columns = CubeDim::new_1d(cube_kernel::UNITS as u32);
@@ -627,6 +645,37 @@ mod tests {
                 let y =
                     if fused { norm(x.clone(), gain.clone(), rms, EPS) } else { unfused(x.clone(), gain.clone(), rms) };
                 let grads = (y.clone() * weights.clone()).sum().backward();
+                got.push((values(y), values(x.grad(&grads).unwrap()), values(gain.grad(&grads).unwrap())));
+            }
+            assert!(rel_diff(&got[0].0, &got[1].0) < 1e-6, "rms {rms}: values {}", rel_diff(&got[0].0, &got[1].0));
+            assert!(
+                rel_diff(&got[0].1, &got[1].1) < 1e-5,
+                "rms {rms}: input's gradient {}",
+                rel_diff(&got[0].1, &got[1].1)
+            );
+            assert!(
+                rel_diff(&got[0].2, &got[1].2) < 1e-5,
+                "rms {rms}: gain's gradient {}",
+                rel_diff(&got[0].2, &got[1].2)
+            );
+        }
+    }
+
+    /// 40 000 rows of 8: more rows than one launch dimension's cubes (the second dimension and
+    /// the cubes past the last row), rows narrower than a cube.
+    #[test]
+    fn the_gpu_kernels_take_many_narrow_rows() {
+        let device = crate::tests::wgpu().autodiff();
+        let xs: Vec<f32> = (0..40_000 * 8).map(|i| (i as f32 * 0.31).sin() + (i % 5) as f32 * 0.2).collect();
+        let g: Vec<f32> = (0..8).map(|i| 0.5 + i as f32 * 0.1).collect();
+        for rms in [false, true] {
+            let mut got = Vec::new();
+            for fused in [true, false] {
+                let x = Tensor::<1>::from_floats(xs.as_slice(), &device).reshape([40_000, 8]).require_grad();
+                let gain = Tensor::<1>::from_floats(g.as_slice(), &device).require_grad();
+                let y =
+                    if fused { norm(x.clone(), gain.clone(), rms, EPS) } else { unfused(x.clone(), gain.clone(), rms) };
+                let grads = (y.clone() * x.clone().detach().cos()).sum().backward();
                 got.push((values(y), values(x.grad(&grads).unwrap()), values(gain.grad(&grads).unwrap())));
             }
             assert!(rel_diff(&got[0].0, &got[1].0) < 1e-6, "rms {rms}: values {}", rel_diff(&got[0].0, &got[1].0));
