@@ -584,8 +584,11 @@ mod tests {
         got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale
     }
 
+    /// A norm's values, and the gradients of its input and its gain.
+    type Outputs = (Vec<f32>, Vec<f32>, Vec<f32>);
+
     /// Values, and the gradients of the input and the gain under a weighted sum.
-    fn run(x: Tensor<3>, g: Tensor<1>, rms: bool, fused: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    fn run(x: Tensor<3>, g: Tensor<1>, rms: bool, fused: bool) -> Outputs {
         let (x, g) = (x.require_grad(), g.require_grad());
         let y = if fused { norm(x.clone(), g.clone(), rms, EPS) } else { unfused(x.clone(), g.clone(), rms) };
         let weights = input(&x.device()).cos();
@@ -601,14 +604,27 @@ mod tests {
     }
 
     fn values_and_gradients_match(device: &Device) {
-        let device = device.clone();
         for rms in [false, true] {
-            let fused = run(input(&device), gain(&device), rms, true);
-            let ops = run(input(&device), gain(&device), rms, false);
-            assert!(rel_diff(&fused.0, &ops.0) < 1e-6, "rms {rms}: values {}", rel_diff(&fused.0, &ops.0));
-            assert!(rel_diff(&fused.1, &ops.1) < 1e-5, "rms {rms}: input's gradient {}", rel_diff(&fused.1, &ops.1));
-            assert!(rel_diff(&fused.2, &ops.2) < 1e-5, "rms {rms}: gain's gradient {}", rel_diff(&fused.2, &ops.2));
+            let fused = run(input(device), gain(device), rms, true);
+            let ops = run(input(device), gain(device), rms, false);
+            assert_within_rounding(&fused, &ops, rms);
         }
+    }
+
+    /// The fused op's values and gradients against the tensor ops': equal up to rounding.
+    fn assert_within_rounding(fused: &Outputs, ops: &Outputs, rms: bool) {
+        assert!(rel_diff(&fused.0, &ops.0) < 1e-6, "rms {rms}: values {}", rel_diff(&fused.0, &ops.0));
+        assert!(rel_diff(&fused.1, &ops.1) < 1e-5, "rms {rms}: input's gradient {}", rel_diff(&fused.1, &ops.1));
+        assert!(rel_diff(&fused.2, &ops.2) < 1e-5, "rms {rms}: gain's gradient {}", rel_diff(&fused.2, &ops.2));
+    }
+
+    /// `run` on `xs` as rows of `g.len()`, with the gain `g` and the weights `cos(x)`.
+    fn run_rows(xs: &[f32], g: &[f32], device: &Device, rms: bool, fused: bool) -> Outputs {
+        let x = Tensor::<1>::from_floats(xs, device).reshape([xs.len() / g.len(), g.len()]).require_grad();
+        let gain = Tensor::<1>::from_floats(g, device).require_grad();
+        let y = if fused { norm(x.clone(), gain.clone(), rms, EPS) } else { unfused(x.clone(), gain.clone(), rms) };
+        let grads = (y.clone() * x.clone().detach().cos()).sum().backward();
+        (values(y), values(x.grad(&grads).unwrap()), values(gain.grad(&grads).unwrap()))
     }
 
     #[test]
@@ -626,38 +642,18 @@ mod tests {
     #[test]
     fn the_gpu_kernels_give_the_same_bits_twice_and_take_wide_rows() {
         let device = crate::tests::wgpu().autodiff();
+        // [150, 700]: rows of 700 (about 22 per unit), 150 rows (three blocks of 64, the last
+        // partial).
+        let xs: Vec<f32> = (0..150 * 700).map(|i| (i as f32 * 0.013).sin() * 2.0 - 0.4).collect();
+        let g: Vec<f32> = (0..700).map(|i| 1.0 + (i as f32 * 0.07).cos() * 0.5).collect();
         for rms in [false, true] {
             assert_eq!(
                 run(input(&device), gain(&device), rms, true),
                 run(input(&device), gain(&device), rms, true),
                 "rms {rms}"
             );
-            // [150, 700]: rows of 700 (about 22 per unit), 150 rows (three blocks of 64, the last
-            // partial).
-            let xs: Vec<f32> = (0..150 * 700).map(|i| (i as f32 * 0.013).sin() * 2.0 - 0.4).collect();
-            let g: Vec<f32> = (0..700).map(|i| 1.0 + (i as f32 * 0.07).cos() * 0.5).collect();
-            let x = || Tensor::<1>::from_floats(xs.as_slice(), &device).reshape([150, 700]).require_grad();
-            let gain = || Tensor::<1>::from_floats(g.as_slice(), &device).require_grad();
-            let weights = Tensor::<1>::from_floats(xs.as_slice(), &device).reshape([150, 700]).cos();
-            let mut got = Vec::new();
-            for fused in [true, false] {
-                let (x, gain) = (x(), gain());
-                let y =
-                    if fused { norm(x.clone(), gain.clone(), rms, EPS) } else { unfused(x.clone(), gain.clone(), rms) };
-                let grads = (y.clone() * weights.clone()).sum().backward();
-                got.push((values(y), values(x.grad(&grads).unwrap()), values(gain.grad(&grads).unwrap())));
-            }
-            assert!(rel_diff(&got[0].0, &got[1].0) < 1e-6, "rms {rms}: values {}", rel_diff(&got[0].0, &got[1].0));
-            assert!(
-                rel_diff(&got[0].1, &got[1].1) < 1e-5,
-                "rms {rms}: input's gradient {}",
-                rel_diff(&got[0].1, &got[1].1)
-            );
-            assert!(
-                rel_diff(&got[0].2, &got[1].2) < 1e-5,
-                "rms {rms}: gain's gradient {}",
-                rel_diff(&got[0].2, &got[1].2)
-            );
+            let (fused, ops) = (run_rows(&xs, &g, &device, rms, true), run_rows(&xs, &g, &device, rms, false));
+            assert_within_rounding(&fused, &ops, rms);
         }
     }
 
@@ -669,38 +665,19 @@ mod tests {
         let xs: Vec<f32> = (0..40_000 * 8).map(|i| (i as f32 * 0.31).sin() + (i % 5) as f32 * 0.2).collect();
         let g: Vec<f32> = (0..8).map(|i| 0.5 + i as f32 * 0.1).collect();
         for rms in [false, true] {
-            let mut got = Vec::new();
-            for fused in [true, false] {
-                let x = Tensor::<1>::from_floats(xs.as_slice(), &device).reshape([40_000, 8]).require_grad();
-                let gain = Tensor::<1>::from_floats(g.as_slice(), &device).require_grad();
-                let y =
-                    if fused { norm(x.clone(), gain.clone(), rms, EPS) } else { unfused(x.clone(), gain.clone(), rms) };
-                let grads = (y.clone() * x.clone().detach().cos()).sum().backward();
-                got.push((values(y), values(x.grad(&grads).unwrap()), values(gain.grad(&grads).unwrap())));
-            }
-            assert!(rel_diff(&got[0].0, &got[1].0) < 1e-6, "rms {rms}: values {}", rel_diff(&got[0].0, &got[1].0));
-            assert!(
-                rel_diff(&got[0].1, &got[1].1) < 1e-5,
-                "rms {rms}: input's gradient {}",
-                rel_diff(&got[0].1, &got[1].1)
-            );
-            assert!(
-                rel_diff(&got[0].2, &got[1].2) < 1e-5,
-                "rms {rms}: gain's gradient {}",
-                rel_diff(&got[0].2, &got[1].2)
-            );
+            let (fused, ops) = (run_rows(&xs, &g, &device, rms, true), run_rows(&xs, &g, &device, rms, false));
+            assert_within_rounding(&fused, &ops, rms);
         }
     }
 
     #[test]
     fn a_strided_input_gives_the_same_values_and_gradients() {
         for device in [Device::flex().autodiff(), crate::tests::wgpu().autodiff()] {
-            strided_input_matches(&device);
+            strided_input_matches(device);
         }
     }
 
-    fn strided_input_matches(device: &Device) {
-        let device = device.clone();
+    fn strided_input_matches(device: Device) {
         for rms in [false, true] {
             let contiguous = run(input(&device), gain(&device), rms, true);
             // The same values stored [5, 45, 300], read through a transposed view.
@@ -715,12 +692,11 @@ mod tests {
     #[test]
     fn constant_and_huge_rows_stay_finite_where_the_tensor_ops_do() {
         for device in [Device::flex().autodiff(), crate::tests::wgpu().autodiff()] {
-            rows_stay_finite(&device);
+            rows_stay_finite(device);
         }
     }
 
-    fn rows_stay_finite(device: &Device) {
-        let device = device.clone();
+    fn rows_stay_finite(device: Device) {
         // Row 0 constant (variance 0), row 1 around 1e15, row 2 tiny values.
         let mut xs = vec![3.0f32; 45];
         xs.extend((0..45).map(|i| 1e15 * (1.0 + i as f32 * 0.01)));
