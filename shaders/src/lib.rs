@@ -8,8 +8,10 @@
 //! it.
 //!
 //! - `dropout`: the dropout mask, a keyed hash of each element's index (`dropout::feistel30`).
-//! - `gelu`: GELU and its gradient, on all cores on the CPU (burn's run on one) with the
-//!   same bits as burn's; on the GPU no kernel of ours: burn's own, which its fusion fuses.
+//! - `gelu`: GELU and its gradient, vectorised and on all cores on the CPU (burn's is a
+//!   scalar `erff` on one); on the GPU no kernel of ours: burn's own, which its fusion fuses.
+//! - `matmul`: the model's matrix products on the CPU, burn-flex's `gemm` calls without its
+//!   two passes over each output before the product (the same bits); on the GPU, burn's.
 //! - `norm`: LayerNorm and RMSNorm with a gain, forward and backward, one pass each on all
 //!   cores on the CPU, one cube per row on the GPU (not under burn's fusion).
 //! - `softmax`: the attention's causal softmax (scale, mask, softmax) and its gradient, one
@@ -17,18 +19,68 @@
 
 pub mod dropout;
 pub mod gelu;
+pub mod matmul;
 pub mod norm;
 pub mod softmax;
 
 pub use dropout::{DropoutMaskOps, dropout};
 pub use gelu::{GeluOps, gelu};
+pub use matmul::{MatmulOps, matmul};
 pub use norm::{NormOps, norm};
 pub use softmax::{CausalSoftmaxOps, causal_softmax};
 
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Flex, TensorMetadata};
+use burn::tensor::TensorData;
+
+/// `t`'s f32 elements in a tensor that a CPU twin may write its result over: `t` itself when
+/// nothing else holds its buffer and the buffer is exactly its elements in order (a backward's
+/// incoming gradient, usually), else one contiguous copy (burn-flex's `into_data` copies a
+/// shared buffer twice: out of the `Arc`, then into an aligned allocation).
+pub(crate) fn writable_f32(t: FloatTensor<Flex>) -> FloatTensor<Flex> {
+    let whole = t.is_unique()
+        && t.layout().is_contiguous()
+        && t.layout().start_offset() == 0
+        && t.storage::<f32>().len() == t.layout().num_elements();
+    if whole {
+        return t;
+    }
+    let t = if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() };
+    let values = t.as_slice::<f32>().expect("a contiguous tensor").to_vec();
+    FloatTensor::<Flex>::from_data(TensorData::new(values, t.shape()))
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
     use burn::tensor::Device;
     use std::sync::OnceLock;
+
+    #[test]
+    fn a_buffer_is_written_over_only_when_nothing_else_holds_it() {
+        let tensor =
+            |values: &[f32], shape: [usize; 2]| FloatTensor::<Flex>::from_data(TensorData::new(values.to_vec(), shape));
+        let address = |t: &FloatTensor<Flex>| t.storage::<f32>().as_ptr();
+        let values: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        // Held by nothing else: the same buffer.
+        let unique = tensor(&values, [3, 4]);
+        let at = address(&unique);
+        assert_eq!(address(&writable_f32(unique)), at);
+        // Shared: a copy, and writing it leaves the other holder's values as they were.
+        let shared = tensor(&values, [3, 4]);
+        let mut copy = writable_f32(shared.clone());
+        assert_ne!(address(&copy), address(&shared));
+        copy.try_storage_mut::<f32>().unwrap()[0] = 99.0;
+        assert_eq!(shared.as_slice::<f32>().unwrap(), values.as_slice());
+        // A transposed view: its elements in its own order.
+        let mut transposed = writable_f32(tensor(&values, [3, 4]).transpose(0, 1));
+        assert_eq!(transposed.shape().dims::<2>(), [4, 3]);
+        assert_eq!(&transposed.try_storage_mut::<f32>().unwrap()[..4], &[0.0, 4.0, 8.0, 1.0]);
+        // Part of a larger buffer: only its elements.
+        let row = writable_f32(tensor(&values, [3, 4]).narrow(0, 1, 1));
+        assert_eq!(row.as_slice::<f32>().unwrap(), &values[4..8]);
+        assert_eq!(row.storage::<f32>().len(), 4);
+    }
 
     /// The wgpu device, opened once per process (wgpu allows one runtime per adapter and API).
     pub fn wgpu() -> Device {

@@ -165,7 +165,8 @@ impl NormOps for Flex {
         let (x, gain): (&[f32], &[f32]) = (x.as_slice().expect("contiguous"), gain.as_slice().expect("contiguous"));
         // The input's gradient is written over the incoming one (its buffer when nothing else
         // holds it).
-        let mut g: Vec<f32> = grad.into_data().try_into_vec().expect("f32 data");
+        let mut grad = crate::writable_f32(grad);
+        let g: &mut [f32] = grad.try_storage_mut().expect("a buffer of its own");
         assert_eq!(g.len(), x.len(), "the gradient has the input's shape");
         let task = |(g, x): (&mut [f32], &[f32])| {
             let mut gain_grad = vec![0.0f32; d];
@@ -187,10 +188,7 @@ impl NormOps for Flex {
         for partial in &partials {
             gain_grad.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
         }
-        (
-            FloatTensor::<Flex>::from_data(TensorData::new(g, shape)),
-            FloatTensor::<Flex>::from_data(TensorData::new(gain_grad, [d])),
-        )
+        (grad, FloatTensor::<Flex>::from_data(TensorData::new(gain_grad, [d])))
     }
 }
 

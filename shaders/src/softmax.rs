@@ -123,10 +123,11 @@ impl CausalSoftmaxOps for Flex {
         let probs = if probs.as_slice::<f32>().is_some() { probs } else { probs.to_contiguous() };
         let y: &[f32] = probs.as_slice().expect("contiguous");
         // Written over the incoming gradient (its buffer when nothing else holds it).
-        let mut g: Vec<f32> = grad.into_data().try_into_vec().expect("f32 data");
+        let mut grad = crate::writable_f32(grad);
+        let g: &mut [f32] = grad.try_storage_mut().expect("a buffer of its own");
         assert_eq!(g.len(), y.len(), "the gradient has the probabilities' shape");
-        for_each_row(&mut g, y, t, |y, row, g| causal_softmax_row_backward(y, row, scale, g));
-        FloatTensor::<Flex>::from_data(TensorData::new(g, shape))
+        for_each_row(g, y, t, |y, row, g| causal_softmax_row_backward(y, row, scale, g));
+        grad
     }
 }
 

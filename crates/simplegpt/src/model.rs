@@ -121,10 +121,15 @@ fn norm_opt<const D: usize>(norm: &Option<Norm>, x: Tensor<D>) -> Tensor<D> {
 /// the rows itself), whose gradient is then one [in, out] matrix per batch element,
 /// [B, in, out], summed afterwards: a tensor B times the weight's size, each step. On
 /// [B*T, in] the weight's gradient is one product, [in, B*T] x [B*T, out]. The reshapes
-/// are views.
+/// are views. The product is `simplegpt_shaders::matmul`: burn's, without its extra passes
+/// over each output on the CPU.
 fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [b, t, d_in] = x.dims();
-    let y = layer.forward(x.reshape([b * t, d_in])); // [B*T, out]
+    let y = simplegpt_shaders::matmul(x.reshape([b * t, d_in]), layer.weight.val()); // [B*T, out]
+    let y = match &layer.bias {
+        Some(bias) => y + bias.val().unsqueeze(),
+        None => y,
+    };
     let d_out = y.dims()[1];
     y.reshape([b, t, d_out])
 }
@@ -241,8 +246,9 @@ impl Attention {
             }
             None => 1.0 / (hs as f64).sqrt(),
         };
-        // [B, nh, T, T]: each position attends to itself and the past only.
-        let scores = q.matmul(k.swap_dims(2, 3));
+        // [B, nh, T, T]: each position attends to itself and the past only. The products are
+        // burn's matmul without its extra passes over the output on the CPU.
+        let scores = simplegpt_shaders::matmul(q, k.swap_dims(2, 3));
         let masked = |scores: Tensor<4>| {
             let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &scores.device());
             scores.mask_fill(future.unsqueeze::<4>().expand([b, nh, t, t]), f32::NEG_INFINITY)
@@ -257,7 +263,7 @@ impl Attention {
         };
         let att = self.attn_dropout.forward(att, key);
         // [B, nh, T, T] x [B, nh, T, hs] -> [B, nh, T, hs] -> [B, T, C]: the heads side by side.
-        let y = att.matmul(v).swap_dims(1, 2).reshape([b, t, c]);
+        let y = simplegpt_shaders::matmul(att, v).swap_dims(1, 2).reshape([b, t, c]);
         let o = Probes::linear(&mut probes, "attn.o", linear(&self.o, y));
         self.resid_dropout.forward(norm_opt(&self.o_norm, o), key)
     }
@@ -266,8 +272,9 @@ impl Attention {
 /// The feed-forward sublayer: GELU (`fc -> gelu -> proj`) or SwiGLU
 /// (`proj(silu(fc x) * gate x)`). Under SimpleNorm each linear's output is normalised,
 /// the norm sitting before the activation as in the reference. nGPT scales the SiLU's
-/// input by s_nu sqrt(C) (`fc_scale`) and the gate by s_u (`gate_scale`). GELU is burn's,
-/// computed on all cores on the CPU (`simplegpt_shaders::gelu`).
+/// input by s_nu sqrt(C) (`fc_scale`) and the gate by s_u (`gate_scale`). GELU is the exact
+/// (erf) form; on the CPU vectorised and on all cores (`simplegpt_shaders::gelu`) rather than
+/// burn's scalar loop on one (config key `fused`).
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub fc: Linear,
@@ -279,6 +286,7 @@ pub struct Mlp {
     pub fc_scale: Option<Scale>,
     pub gate_scale: Option<Scale>,
     pub dropout: Dropout,
+    pub fused: bool,
 }
 
 impl Mlp {
@@ -287,7 +295,8 @@ impl Mlp {
         // [B, T, C] -> [B, T, hidden] -> [B, T, C]
         let h = scale_opt(&self.fc_scale, norm_opt(&self.fc_norm, probe("mlp.fc", linear(&self.fc, x.clone()))));
         let h = match &self.gate {
-            None => simplegpt_shaders::gelu(h),
+            None if self.fused => simplegpt_shaders::gelu(h),
+            None => activation::gelu(h),
             Some(gate) => {
                 activation::silu(h)
                     * scale_opt(&self.gate_scale, norm_opt(&self.gate_norm, probe("mlp.gate", linear(gate, x))))
@@ -409,7 +418,7 @@ impl Gpt {
             Some(w) => w.val(),
             None => self.wte.val().transpose(),
         };
-        let logits = x.reshape([b * t, c]).matmul(head).reshape([b, t, v]);
+        let logits = simplegpt_shaders::matmul(x.reshape([b * t, c]), head).reshape([b, t, v]);
         if let Some(p) = probes {
             p.linear_rms.push(("lm_head".to_string(), rms(logits.clone())));
         }
@@ -627,6 +636,7 @@ impl ModelConfig {
                         fc_scale: ngpt_scale(hidden, root_c, 1.0),
                         gate_scale: ngpt_scale(hidden, 1.0, 1.0),
                         dropout: dropout(3 + 3 * layer),
+                        fused: self.fused,
                     },
                     mlp_out_norm: norm(self.norm.out_norms()),
                     attn_alpha: ngpt_scale(c, 0.05, 1.0 / root_c),
