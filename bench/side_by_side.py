@@ -1,7 +1,8 @@
 """simplegpt next to nanoGPT (PyTorch) on the same machine, the same config and data.
 
 Runs nanoGPT's own train.py and `simplegpt bench` on the same model sizes, and prints
-ms/step, tokens/s and the ratio to nanoGPT for each. nanoGPT is not part of this project:
+ms/step, tokens/s and the ratio to nanoGPT for each, with the peak device memory (on a GPU)
+and each process's peak RSS (from GNU time, where there is one). nanoGPT is not part of this project:
 pass a checkout of it with --nanogpt (`bash bench/pack.sh` exports one for the GPU machine,
 which has no network). Needs python3 with numpy and torch.
 
@@ -29,6 +30,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -66,16 +68,22 @@ def prepare_nanogpt_data(nanogpt, text_path):
 
 
 def run(cmd, cwd=None, check=True):
-    """The command's stdout; on failure, exits (check) or returns None with its error printed."""
+    """(stdout, peak RSS in MiB or None) of the command; on failure, exits (check) or returns
+    None with its error printed. The peak RSS is the process's own, from GNU time where there
+    is one (the kernel's count from wait4 in this process would include this process's own
+    size at the fork, torch and all)."""
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    with tempfile.NamedTemporaryFile("r") as rss:
+        timed = ["/usr/bin/time", "-f", "%M", "-o", rss.name] if os.path.exists("/usr/bin/time") else []
+        p = subprocess.run(timed + cmd, cwd=cwd, capture_output=True, text=True)
+        kib = rss.read().strip().splitlines()
     if p.returncode != 0:
         message = f"{cmd[0]} failed (exit {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
         if check:
             sys.exit("error: " + message)
         print("skipped: " + message, file=sys.stderr, flush=True)
         return None
-    return p.stdout
+    return p.stdout, int(kib[-1]) / 1024 if kib and kib[-1].isdigit() else None
 
 
 # nanoGPT's train.py run as a script, then its peak device memory (PyTorch's allocator's own count).
@@ -99,13 +107,14 @@ def nanogpt_ms_per_step(args, flags, dtype):
     )
     if out is None:
         return None
+    out, rss = out
     times = [(int(m[1]), float(m[2])) for m in re.finditer(r"^iter (\d+): loss [^,]+, time ([\d.]+)ms", out, re.M)]
     timed = [t for i, t in times if i > args.warmup]
     if len(timed) < args.steps - 1:
         print(f"skipped: could not read nanoGPT's iteration times from its output:\n{out[-2000:]}", file=sys.stderr)
         return None
     memory = re.search(r"^peak memory (.*)$", out, re.M)
-    return statistics.mean(timed), memory[1] if memory else "?"
+    return statistics.mean(timed), memory[1] if memory else "?", rss
 
 
 def simplegpt_bench(args, binary, device, sets):
@@ -117,13 +126,14 @@ def simplegpt_bench(args, binary, device, sets):
     out = run(cmd, check=False)
     if out is None:
         return None
+    out, rss = out
     line = (out.strip().splitlines() or [""])[-1]
     ms = re.search(r"\| ([\d.]+) ms/step \|", line)
     memory = re.search(r"peak device memory (.*)$", line)
     if not ms:
         print(f"skipped: unexpected output from simplegpt bench: {line!r}", file=sys.stderr)
         return None
-    return float(ms[1]), memory[1] if memory else "?"
+    return float(ms[1]), memory[1] if memory else "?", rss
 
 
 def main():
@@ -171,38 +181,41 @@ def main():
         given = dict(f[2:].split("=") for f in torch_flags)
         tokens = int(given.get("batch_size", 64)) * int(given.get("block_size", 256))
         for dtype in dtypes:
-            ms, mem = nanogpt_ms_per_step(args, torch_flags, dtype) or (None, "failed")
-            measured({"size": size, "run": f"nanoGPT pre-LN ({dtype})", "ms": ms, "memory": mem,
+            ms, mem, rss = nanogpt_ms_per_step(args, torch_flags, dtype) or (None, "failed", None)
+            measured({"size": size, "run": f"nanoGPT pre-LN ({dtype})", "ms": ms, "memory": mem, "rss_mib": rss,
                       "tokens_per_step": tokens})
         for binary, device in builds:
             label = f"{os.path.basename(binary)} on {device}"
             for norm, name in [("pre_ln", "pre-LN"), ("simple", "SimpleNorm")]:
-                ms, mem = simplegpt_bench(args, binary, device, sets + [f"norm={norm}"]) or (None, "failed")
-                measured({"size": size, "run": f"{label}, {name}", "ms": ms, "memory": mem, "tokens_per_step": tokens})
+                ms, mem, rss = simplegpt_bench(args, binary, device, sets + [f"norm={norm}"]) or (None, "failed", None)
+                measured({"size": size, "run": f"{label}, {name}", "ms": ms, "memory": mem, "rss_mib": rss,
+                          "tokens_per_step": tokens})
 
     print(f"\nnanoGPT: torch {torch.__version__} on {args.torch_device}, compile {args.compile}; "
           f"{args.warmup} warm-up + {args.steps} timed steps; ratios: nanoGPT's ms/step ({dtypes[0]}) over the run's")
     if torch.cuda.is_available():
         print(f"GPU: {torch.cuda.get_device_name()}")
     print()
-    print("| size | run | ms/step | tokens/s | speed vs nanoGPT | device memory |")
-    print("|---|---|---:|---:|---:|---:|")
+    # Peak RSS: the whole process's, start-up and warm-up included (on a GPU, host memory).
+    print("| size | run | ms/step | tokens/s | speed vs nanoGPT | device memory | peak RSS |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for size in args.sizes.split(","):
         here = [r for r in rows if r["size"] == size]
         base = here[0]["ms"]
         for r in here:
             tokens = r["tokens_per_step"]
             if r["ms"] is None:
-                print(f"| {size} | {r['run']} | failed | | | |")
+                print(f"| {size} | {r['run']} | failed | | | | |")
                 continue
             ratio = f"{base / r['ms']:.2f}x" if base else "–"
-            print(f"| {size} | {r['run']} | {r['ms']:.2f} | {tokens / r['ms'] * 1e3:,.0f} | {ratio} | {r['memory']} |")
+            rss = f"{r['rss_mib']:,.0f} MiB" if r["rss_mib"] else "?"
+            print(f"| {size} | {r['run']} | {r['ms']:.2f} | {tokens / r['ms'] * 1e3:,.0f} | {ratio} | {r['memory']} | {rss} |")
         for binary, device in builds:
             label = f"{os.path.basename(binary)} on {device}"
             pre = next(r["ms"] for r in here if r["run"] == f"{label}, pre-LN")
             simple = next(r["ms"] for r in here if r["run"] == f"{label}, SimpleNorm")
             if pre and simple:
-                print(f"| {size} | {label}: SimpleNorm / pre-LN step time | {simple / pre:.3f} | | | |")
+                print(f"| {size} | {label}: SimpleNorm / pre-LN step time | {simple / pre:.3f} | | | | |")
 
 
 if __name__ == "__main__":
