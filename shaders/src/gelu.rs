@@ -6,7 +6,7 @@
 //! as PyTorch's vectorised CPU GELU does (Abramowitz and Stegun 7.1.26: a polynomial in
 //! `t = 1 / (1 + p z)` times `exp(-z^2)`, at most 1.5e-7 from erf) with a branch-free `exp`,
 //! so that the compiler turns each loop into SIMD code (8 lanes with AVX2, checked at run
-//! time; 4 with SSE2 otherwise), split over all cores. The gradient shares
+//! time; 4 with SSE2 otherwise, and 4 with wasm's SIMD), split over all cores. The gradient shares
 //! the forward's `exp(-x^2 / 2)`: one exponential per element for both erf and the density.
 //! The loops use no fused multiply-add (Rust never contracts `a * b + c`), so every path, AVX2
 //! or not, gives the same bits: those of `gelu_f32` and `gelu_backward_f32`, the
@@ -87,8 +87,8 @@ pub fn gelu_backward_f32(x: f32, g: f32) -> f32 {
     g * (cdf + x * (INV_SQRT_2PI * gaussian))
 }
 
-// The loops: one body, compiled twice on x86-64 (for AVX2, chosen at run time, and for the
-// baseline), the same bits either way.
+// The loops: one body, compiled for the SIMD the machine has (on x86-64 AVX2, chosen at run
+// time, else the baseline SSE2; in wasm its 128-bit SIMD), the same bits either way.
 
 macro_rules! with_simd {
     ($name:ident, $baseline:ident, ($($arg:ident: $ty:ty),*)) => {
@@ -102,6 +102,17 @@ macro_rules! with_simd {
                 // SAFETY: the CPU has AVX2 (checked just above).
                 return unsafe { avx2($($arg),*) };
             }
+            #[cfg(target_arch = "wasm32")]
+            {
+                #[target_feature(enable = "simd128")]
+                unsafe fn simd128($($arg: $ty),*) {
+                    $baseline($($arg),*)
+                }
+                // SAFETY: wasm cannot ask, but the module already holds SIMD code (burn-flex's
+                // `gemm` kernels), so a browser that loaded it has SIMD.
+                return unsafe { simd128($($arg),*) };
+            }
+            #[allow(unreachable_code)]
             $baseline($($arg),*)
         }
     };

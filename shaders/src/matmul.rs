@@ -21,7 +21,6 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_cubecl::CubeBackend;
-use std::mem::MaybeUninit;
 
 /// The matrix product. The default body is the backend's own matmul (burn's GPU kernels);
 /// Flex and Autodiff implement it below.
@@ -110,12 +109,12 @@ impl MatmulOps for Flex {
             let (per_matrix, total) = (m * n * k, batch * m * n * k);
             let by_matrices = total >= BATCH_PARALLEL && batch > 1;
             if per_matrix >= PARALLEL && !(by_matrices && batch >= 4) {
-                let each = |(b, o): (usize, &mut [MaybeUninit<f32>])| {
+                let each = |(b, o): (usize, &mut [std::mem::MaybeUninit<f32>])| {
                     product(b, o.as_mut_ptr().cast(), gemm::Parallelism::Rayon(0))
                 };
                 matrices.chunks_mut(m * n).enumerate().for_each(each);
             } else {
-                let each = |(b, o): (usize, &mut [MaybeUninit<f32>])| {
+                let each = |(b, o): (usize, &mut [std::mem::MaybeUninit<f32>])| {
                     product(b, o.as_mut_ptr().cast(), gemm::Parallelism::None)
                 };
                 if by_matrices {
