@@ -2,10 +2,11 @@
 //! CPU, one loop on all cores beats burn's on one).
 //!
 //! The rule: each op is one file, holding a CubeCL `#[cube]` kernel for the GPU backends
-//! (compiled to WGSL for wgpu and WebGPU, and to CUDA) and its CPU twin (a loop on burn's
-//! Flex backend), which compute the same bits; the file's tests check both against the op's
-//! specification. This crate depends on burn only, never on the simplegpt crate, which calls
-//! it.
+//! (compiled to WGSL for wgpu and WebGPU, and to CUDA) where burn's own is not enough, and its
+//! CPU twin (a loop on burn's Flex backend); the file's tests check both against the op's
+//! specification (the same bits where the op is exact, as the dropout mask; within rounding
+//! where it sums or calls `exp`). This crate depends on burn only, never on the simplegpt
+//! crate, which calls it.
 //!
 //! - `dropout`: the dropout mask, a keyed hash of each element's index (`dropout::feistel30`).
 //! - `gelu`: GELU and its gradient, vectorised and on all cores on the CPU (burn's is a
@@ -15,7 +16,7 @@
 //! - `norm`: LayerNorm and RMSNorm with a gain, forward and backward, one pass each on all
 //!   cores on the CPU, one cube per row on the GPU (not under burn's fusion).
 //! - `softmax`: the attention's causal softmax (scale, mask, softmax) and its gradient, one
-//!   pass each on all cores; CPU only, as `norm`.
+//!   pass each on all cores on the CPU, one cube per row on the GPU (as `norm`).
 
 pub mod dropout;
 pub mod gelu;

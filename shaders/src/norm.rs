@@ -192,7 +192,7 @@ impl NormOps for Flex {
     }
 }
 
-mod cube_kernel {
+pub(crate) mod cube_kernel {
     use cubecl::prelude::*;
 
     /// Units per cube: each row's sums are trees of this many leaves. A warp's worth: on
@@ -206,7 +206,7 @@ mod cube_kernel {
     /// The sum of every unit's `value`, as a fixed tree in `shared`; every unit gets it. Called
     /// by all units of the cube (it synchronises them).
     #[cube]
-    fn cube_sum(value: f32, shared: &mut Shared<[f32]>) -> f32 {
+    pub fn cube_sum(value: f32, shared: &mut Shared<[f32]>) -> f32 {
         let unit = UNIT_POS_X as usize;
         shared[unit] = value;
         sync_cube();
@@ -376,7 +376,7 @@ mod cube_kernel {
 
 /// One cube per row: as many cubes as rows, laid out in two dimensions (one dimension of a
 /// launch is limited to 65535 cubes).
-fn cube_per_row(rows: usize) -> CubeCount {
+pub(crate) fn cube_per_row(rows: usize) -> CubeCount {
     let x = rows.clamp(1, 32768);
     CubeCount::Static(x as u32, rows.div_ceil(x).max(1) as u32, 1)
 }

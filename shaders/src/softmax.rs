@@ -10,8 +10,11 @@
 //! probabilities are kept. Row by row, so no sum crosses a row and any split over threads
 //! gives the same bits.
 //!
-//! CPU only, as `norm`: the GPU backends keep the tensor ops (`model::Attention` routes by
-//! device). The results differ from the tensor ops by rounding (sums in another order).
+//! On the GPU backends the same op is CubeCL kernels, as `norm`'s: one cube of 32 units per
+//! row, each row's largest score and sums taken as fixed trees in shared memory (the same
+//! bits on every run), forward and backward; not under burn's fusion (the `fusion` feature),
+//! where `model::Attention` keeps the tensor ops. The results differ from the tensor ops by
+//! rounding (sums in another order).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -20,6 +23,10 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Tensor, TensorData};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use cubecl::prelude::CubeDim;
 
 // The specification: one row, the scores of query position `t` against every key position.
 
@@ -59,7 +66,7 @@ pub fn causal_softmax_row_backward(y: &[f32], t: usize, scale: f32, g: &mut [f32
 
 /// The causal softmax of scores [..., T, T] (row `t` of each [T, T] matrix sees columns
 /// `0..=t`), scaled by `scale` first.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Cube: cfg(not(feature = "fusion")), Flex, Autodiff)]
 pub trait CausalSoftmaxOps: Backend {
     fn causal_softmax(scores: FloatTensor<Self>, scale: f32) -> FloatTensor<Self>;
 
@@ -68,8 +75,8 @@ pub trait CausalSoftmaxOps: Backend {
 }
 
 /// `softmax(scores * scale)` over the last dimension with the future (column > row) masked
-/// out, differentiable. On burn's Flex (CPU) backend only: the caller keeps the tensor ops
-/// for other devices.
+/// out, differentiable. On the CPU and on the GPU backends, not under burn's fusion: there
+/// the caller keeps the tensor ops.
 pub fn causal_softmax<const D: usize>(scores: Tensor<D>, scale: f64) -> Tensor<D> {
     Tensor::from_dispatch(Dispatch::causal_softmax(scores.into_dispatch(), scale as f32))
 }
@@ -131,6 +138,146 @@ impl CausalSoftmaxOps for Flex {
     }
 }
 
+mod cube_kernel {
+    use crate::norm::cube_kernel::{UNITS, cube_sum};
+    use cubecl::prelude::*;
+
+    /// The largest of every unit's `value`, as a fixed tree in `shared` (as `cube_sum`).
+    #[cube]
+    fn cube_max(value: f32, shared: &mut Shared<[f32]>) -> f32 {
+        let unit = UNIT_POS_X as usize;
+        shared[unit] = value;
+        sync_cube();
+        let mut stride = CUBE_DIM_X as usize / 2;
+        while stride > 0 {
+            if unit < stride {
+                shared[unit] = f32::max(shared[unit], shared[unit + stride]);
+            }
+            sync_cube();
+            stride = stride / 2;
+        }
+        let max = shared[0];
+        sync_cube();
+        max
+    }
+
+    /// One row of `causal_softmax_row` per cube: row `r` of the [rows, t] scores is query
+    /// position `r mod t`. A cube past the last row computes row 0 and writes nothing.
+    #[cube(launch_unchecked)]
+    pub fn causal_softmax_kernel(x: &Tensor<f32>, y: &mut Tensor<f32>, rows: u32, t: u32, scale: f32) {
+        let mut shared = Shared::<[f32]>::new_slice(UNITS);
+        let (t, row) = (t as usize, CUBE_POS);
+        let active = row < rows as usize;
+        let row = select(active, row, 0);
+        let (start, seen) = (row * t, row % t + 1);
+        // Column 0 is in every row's past: a start for the largest score.
+        let mut m = x[start] * scale;
+        let mut j = UNIT_POS_X as usize;
+        while j < seen {
+            m = f32::max(m, x[start + j] * scale);
+            j += UNITS;
+        }
+        let m = cube_max(m, &mut shared);
+        let mut sum = 0.0f32;
+        let mut j = UNIT_POS_X as usize;
+        while j < seen {
+            sum += f32::exp(x[start + j] * scale - m);
+            j += UNITS;
+        }
+        let sum = cube_sum(sum, &mut shared);
+        let mut j = UNIT_POS_X as usize;
+        while active && j < t {
+            y[start + j] = select(j < seen, f32::exp(x[start + j] * scale - m) / sum, 0.0);
+            j += UNITS;
+        }
+    }
+
+    /// One row of `causal_softmax_row_backward` per cube: `scale y (g - sum(g y))`.
+    #[cube(launch_unchecked)]
+    pub fn causal_softmax_backward_kernel(
+        y: &Tensor<f32>,
+        g: &Tensor<f32>,
+        dx: &mut Tensor<f32>,
+        rows: u32,
+        t: u32,
+        scale: f32,
+    ) {
+        let mut shared = Shared::<[f32]>::new_slice(UNITS);
+        let (t, row) = (t as usize, CUBE_POS);
+        let active = row < rows as usize;
+        let row = select(active, row, 0);
+        let (start, seen) = (row * t, row % t + 1);
+        let mut dot = 0.0f32;
+        let mut j = UNIT_POS_X as usize;
+        while j < seen {
+            dot += g[start + j] * y[start + j];
+            j += UNITS;
+        }
+        let dot = cube_sum(dot, &mut shared);
+        let mut j = UNIT_POS_X as usize;
+        while active && j < t {
+            dx[start + j] = select(j < seen, scale * y[start + j] * (g[start + j] - dot), 0.0);
+            j += UNITS;
+        }
+    }
+}
+
+impl CausalSoftmaxOps for CubeBackend {
+    fn causal_softmax(scores: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        assert!(scores.dtype == DType::F32, "the fused softmax computes in f32");
+        let x = into_contiguous(scores);
+        let shape = x.shape();
+        let t = square_side(&shape);
+        let rows = shape.num_elements() / t.max(1);
+        let y = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, DType::F32);
+        if rows == 0 {
+            return y;
+        }
+        // SAFETY: every index the kernel reads or writes is below rows * t.
+        unsafe {
+            cube_kernel::causal_softmax_kernel::launch_unchecked(
+                &x.client,
+                crate::norm::cube_per_row(rows),
+                CubeDim::new_1d(crate::norm::cube_kernel::UNITS as u32),
+                x.clone().into_tensor_arg(),
+                y.clone().into_tensor_arg(),
+                rows as u32,
+                t as u32,
+                scale,
+            );
+        }
+        y
+    }
+
+    fn causal_softmax_backward(probs: FloatTensor<Self>, grad: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        assert!(probs.dtype == DType::F32 && grad.dtype == DType::F32, "the fused softmax computes in f32");
+        let (y, g) = (into_contiguous(probs), into_contiguous(grad));
+        let shape = y.shape();
+        assert_eq!(g.shape(), shape, "the gradient has the probabilities' shape");
+        let t = square_side(&shape);
+        let rows = shape.num_elements() / t.max(1);
+        let dx = empty_device_contiguous_dtype(y.client.clone(), y.device.clone(), shape, DType::F32);
+        if rows == 0 {
+            return dx;
+        }
+        // SAFETY: as the forward's.
+        unsafe {
+            cube_kernel::causal_softmax_backward_kernel::launch_unchecked(
+                &y.client,
+                crate::norm::cube_per_row(rows),
+                CubeDim::new_1d(crate::norm::cube_kernel::UNITS as u32),
+                y.clone().into_tensor_arg(),
+                g.into_tensor_arg(),
+                dx.clone().into_tensor_arg(),
+                rows as u32,
+                t as u32,
+                scale,
+            );
+        }
+        dx
+    }
+}
+
 /// Under autodiff: the inner backend's `causal_softmax`, keeping its output for
 /// `causal_softmax_backward`.
 impl<B: CausalSoftmaxOps, C: CheckpointStrategy> CausalSoftmaxOps for Autodiff<B, C> {
@@ -187,7 +334,8 @@ mod tests {
     }
 
     fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
-        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // (An all-zero `want`, T = 1's gradient, then asks for exact zeros.)
+        let scale = want.iter().fold(f32::MIN_POSITIVE, |m, v| m.max(v.abs()));
         got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale
     }
 
@@ -242,13 +390,68 @@ mod tests {
         assert_eq!(values(stored.grad(&grads).unwrap().swap_dims(1, 2)), contiguous.1);
     }
 
+    /// [2, heads, t, t] scores of the given spread.
+    fn square(heads: usize, t: usize, spread: f32, device: &Device) -> Tensor<4> {
+        let n = 2 * heads * t * t;
+        let xs: Vec<f32> = (0..n).map(|i| (i as f32 * 0.531).sin() * spread + (i % 7) as f32 * 0.2).collect();
+        Tensor::<1>::from_floats(xs.as_slice(), device).reshape([2, heads, t, t])
+    }
+
+    #[test]
+    fn on_the_gpu_values_and_gradients_are_the_tensor_ops_up_to_rounding() {
+        // lavapipe where there is no GPU. T = 37 and 70: rows shorter and longer than a cube
+        // of 32 units, neither a multiple of it; T = 1: every row is the diagonal.
+        let device = crate::tests::wgpu().autodiff();
+        for (heads, t) in [(1, 37), (5, 37), (3, 70), (2, 1)] {
+            for spread in [1.0, 30.0] {
+                let (fused, ops) = (
+                    run(square(heads, t, spread, &device), 0.125, true),
+                    run(square(heads, t, spread, &device), 0.125, false),
+                );
+                let what = format!("{heads} heads, T {t}, spread {spread}");
+                assert!(rel_diff(&fused.0, &ops.0) < 1e-6, "{what}: values {}", rel_diff(&fused.0, &ops.0));
+                assert!(rel_diff(&fused.1, &ops.1) < 1e-5, "{what}: gradient {}", rel_diff(&fused.1, &ops.1));
+                for (i, (y, g)) in fused.0.iter().zip(&fused.1).enumerate() {
+                    if i % t > (i / t) % t {
+                        assert_eq!((*y, *g), (0.0, 0.0), "{what}: element {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn on_the_gpu_the_same_bits_every_run_and_a_strided_input_is_read_right() {
+        let device = crate::tests::wgpu().autodiff();
+        let first = run(square(3, 70, 3.0, &device), 0.3, true);
+        assert_eq!(run(square(3, 70, 3.0, &device), 0.3, true), first);
+        let stored =
+            Tensor::<4>::from_data(square(3, 70, 3.0, &device).swap_dims(1, 2).into_data(), &device).require_grad();
+        let y = causal_softmax(stored.clone().swap_dims(1, 2), 0.3);
+        let grads = (y.clone() * (square(3, 70, 3.0, &device) * 1.7).cos()).sum().backward();
+        assert_eq!(values(y), first.0);
+        assert_eq!(values(stored.grad(&grads).unwrap().swap_dims(1, 2)), first.1);
+        // Rows past one launch dimension's 32 768 cubes: 40 000 rows of T = 8.
+        let many = Tensor::<1>::from_floats(
+            (0..5000 * 64).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>().as_slice(),
+            &device,
+        )
+        .reshape([5000, 1, 8, 8]);
+        let cpu = Device::flex().autodiff();
+        let many_cpu = Tensor::<4>::from_data(many.clone().into_data(), &cpu);
+        let (gpu, cpu) = (run(many, 0.5, true), run(many_cpu, 0.5, true));
+        assert!(rel_diff(&gpu.0, &cpu.0) < 1e-6 && rel_diff(&gpu.1, &cpu.1) < 1e-5, "40 000 rows: GPU vs CPU");
+    }
+
     #[test]
     fn extreme_scores_give_no_nan() {
         let device = Device::flex().autodiff();
-        for spread in [1e4, 1e30] {
-            for fused in [true, false] {
-                let (y, g) = run(scores(1, spread, &device), 0.125, fused);
-                assert!(y.iter().chain(&g).all(|v| v.is_finite()), "spread {spread}, fused {fused}");
+        for device in [device, crate::tests::wgpu().autodiff()] {
+            for spread in [1e4, 1e30] {
+                for fused in [true, false] {
+                    let (y, g) = run(scores(1, spread, &device), 0.125, fused);
+                    assert!(y.iter().chain(&g).all(|v| v.is_finite()), "spread {spread}, fused {fused}, {device:?}");
+                }
             }
         }
     }

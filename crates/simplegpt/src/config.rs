@@ -220,7 +220,7 @@ pub struct ModelConfig {
     pub residual: bool,
     pub mlp: MlpKind,
     pub pos: PosKind,
-    /// Our fused kernels (the norms on the CPU and the GPU, the attention's causal softmax and
+    /// Our fused kernels (the norms and the attention's causal softmax on the CPU and the GPU,
     /// the vectorised GELU on the CPU: `simplegpt_shaders::{norm, causal_softmax, gelu}`)
     /// where there is one, else burn's tensor ops; the two differ by rounding, so `false` lets a user compare. Absent
     /// from configs of earlier versions and left out of the TOML when true, so that their

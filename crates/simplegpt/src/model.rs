@@ -209,8 +209,9 @@ pub struct Attention {
     pub attn_dropout: Dropout,
     pub resid_dropout: Dropout,
     pub n_head: usize,
-    /// On the CPU, the causal softmax as one kernel each way (`simplegpt_shaders::causal_softmax`)
-    /// rather than tensor ops (config key `fused`).
+    /// The causal softmax as one kernel each way (`simplegpt_shaders::causal_softmax`, on the
+    /// CPU and the GPU backends, not under burn's fusion) rather than tensor ops (config key
+    /// `fused`).
     pub fused: bool,
 }
 
@@ -256,7 +257,8 @@ impl Attention {
         if let Some(p) = probes.as_deref_mut() {
             p.attn_logit_max.push(masked(scores.clone().detach() * score_scale).max());
         }
-        let att = if self.fused && scores.device().inner() == Device::flex() {
+        let kernel = scores.device().inner() == Device::flex() || !cfg!(feature = "fusion");
+        let att = if self.fused && kernel {
             simplegpt_shaders::causal_softmax(scores, score_scale)
         } else {
             activation::softmax(masked(scores * score_scale), 3)
