@@ -36,7 +36,9 @@ fn exp_nonpositive(a: f32) -> f32 {
     // last mantissa bits are then the integer n itself.
     const ROUND: f32 = 12_582_912.0;
     let underflows = a < -87.0;
-    let a = a.max(-87.0);
+    // `f32::max` would be a scalar call per lane in wasm (whose `max` propagates NaN); this
+    // select vectorises everywhere (NaN becomes -87 either way, and `t` keeps GELU NaN).
+    let a = if a >= -87.0 { a } else { -87.0 };
     let shifted = a * core::f32::consts::LOG2_E + ROUND;
     let n = shifted - ROUND;
     // ln 2 in two parts; n times the first part is exact.

@@ -35,6 +35,12 @@ pub trait MatmulOps: Backend {
 /// `lhs [.., m, k] x rhs [.., k, n] -> [.., m, n]` over the same batch dimensions,
 /// differentiable; either operand may be a strided view (a transpose, heads split off).
 pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
+    // The backward below has no broadcasting (no sum over a batch dimension of size 1).
+    let (l, r) = (lhs.dims(), rhs.dims());
+    assert!(
+        D >= 2 && l[..D - 2] == r[..D - 2] && l[D - 1] == r[D - 2],
+        "matmul of {l:?} and {r:?}: the same batch dimensions and [.., m, k] x [.., k, n] wanted"
+    );
     Tensor::from_dispatch(Dispatch::matmul(lhs.into_dispatch(), rhs.into_dispatch()))
 }
 
@@ -55,7 +61,7 @@ impl MatmulOps for Flex {
         let d = ls.num_dims();
         let same_batch = d >= 2 && rs.num_dims() == d && ls[..d - 2] == rs[..d - 2];
         let (m, k, n) = (ls[d - 2], ls[d - 1], rs[d - 1]);
-        if lhs.dtype() != DType::F32 || rhs.dtype() != DType::F32 || !same_batch || m * n * k == 0 {
+        if lhs.dtype() != DType::F32 || rhs.dtype() != DType::F32 || !same_batch || m == 0 || n == 0 || k == 0 {
             return <Flex as FloatTensorOps<Flex>>::float_matmul(lhs, rhs);
         }
         assert_eq!(rs[d - 2], k, "matmul: [.., {m}, {k}] x [.., {}, {n}]: the inner dimensions differ", rs[d - 2]);
@@ -106,7 +112,8 @@ impl MatmulOps for Flex {
         #[cfg(not(target_family = "wasm"))]
         {
             use rayon::prelude::*;
-            let (per_matrix, total) = (m * n * k, batch * m * n * k);
+            let per_matrix = m.saturating_mul(n).saturating_mul(k);
+            let total = batch.saturating_mul(per_matrix);
             let by_matrices = total >= BATCH_PARALLEL && batch > 1;
             if per_matrix >= PARALLEL && !(by_matrices && batch >= 4) {
                 let each = |(b, o): (usize, &mut [std::mem::MaybeUninit<f32>])| {
@@ -144,29 +151,32 @@ impl<B: MatmulOps, C: CheckpointStrategy> MatmulOps for Autodiff<B, C> {
         struct MatmulBackward;
 
         impl<B: MatmulOps> Backward<B, 2> for MatmulBackward {
-            type State = (NodeId, NodeId);
+            /// Each operand is kept only for the other's gradient (as burn's matmul).
+            type State = (Option<NodeId>, Option<NodeId>);
 
             fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
                 let [node_lhs, node_rhs] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
                 let (lhs, rhs) = ops.state;
-                let (lhs, rhs) = (checkpointer.retrieve_node_output(lhs), checkpointer.retrieve_node_output(rhs));
                 let transpose = |t: FloatTensor<B>| {
                     let d = t.shape().num_dims();
                     B::float_swap_dims(t, d - 2, d - 1)
                 };
-                if let Some(node) = node_lhs {
+                if let (Some(node), Some(rhs)) = (node_lhs, rhs) {
+                    let rhs = checkpointer.retrieve_node_output(rhs);
                     grads.register::<B>(node.id, B::matmul(grad.clone(), transpose(rhs)));
                 }
-                if let Some(node) = node_rhs {
+                if let (Some(node), Some(lhs)) = (node_rhs, lhs) {
+                    let lhs = checkpointer.retrieve_node_output(lhs);
                     grads.register::<B>(node.id, B::matmul(transpose(lhs), grad));
                 }
             }
         }
 
+        let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
         match MatmulBackward.prepare::<C>([lhs.node(), rhs.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&lhs), prep.checkpoint(&rhs));
+                let state = (rhs_tracked.then(|| prep.checkpoint(&lhs)), lhs_tracked.then(|| prep.checkpoint(&rhs)));
                 prep.finish(state, B::matmul(lhs.into_primitive(), rhs.into_primitive()))
             }
             OpsKind::UnTracked(prep) => prep.finish(B::matmul(lhs.into_primitive(), rhs.into_primitive())),
@@ -237,6 +247,14 @@ mod tests {
         check_2d(&device, 37, 19, 23, true);
         check_2d(&device, 130, 64, 70, false);
         check_attention(&device, 2, 3, 13, 5);
+    }
+
+    #[test]
+    #[should_panic(expected = "the same batch dimensions")]
+    fn batch_dimensions_that_would_broadcast_are_refused() {
+        let device = Device::flex();
+        let a = Tensor::<3>::zeros([2, 3, 4], &device);
+        matmul(a, Tensor::<3>::zeros([1, 4, 5], &device));
     }
 
     #[test]
