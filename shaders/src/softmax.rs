@@ -233,7 +233,8 @@ impl CausalSoftmaxOps for CubeBackend {
         if rows == 0 {
             return y;
         }
-        // SAFETY: every index the kernel reads or writes is below rows * t.
+        // SAFETY: every index the kernel reads or writes is below rows * t. (The kernels'
+        // strides and shared memory are for cubes of UNITS units, as launched here.)
         unsafe {
             cube_kernel::causal_softmax_kernel::launch_unchecked(
                 &x.client,
@@ -453,6 +454,10 @@ mod tests {
                     assert!(y.iter().chain(&g).all(|v| v.is_finite()), "spread {spread}, fused {fused}, {device:?}");
                 }
             }
+            // Scores this far apart make the shift by the row's largest matter: a wrong maximum
+            // overflows or underflows where the tensor ops do not.
+            let (fused, ops) = (run(scores(1, 1e4, &device), 0.125, true), run(scores(1, 1e4, &device), 0.125, false));
+            assert!(rel_diff(&fused.0, &ops.0) < 1e-6, "spread 1e4, {device:?}: values {}", rel_diff(&fused.0, &ops.0));
         }
     }
 }
