@@ -27,18 +27,19 @@ use burn_cubecl::CubeBackend;
 // The specification.
 
 /// `exp(a)` for `a <= 0`, within 2 ulp of the true value, and 0 below -87 (where the true
-/// value nears f32's smallest normal: so that even `f32::MAX` times it is 0). Cody and Waite's reduction to
+/// value nears f32's smallest normal: so that even `f32::MAX` times it is 0); NaN for NaN.
+/// Also the causal softmax's exponential (its arguments are never positive). Cody and Waite's reduction to
 /// `a = n ln 2 + r` with `|r| <= ln 2 / 2`, then Cephes' `expf` polynomial for `e^r`, then
 /// `2^n` written into the exponent's bits: no branch and no table, so that it vectorises.
 #[inline(always)]
-fn exp_nonpositive(a: f32) -> f32 {
+pub(crate) fn exp_nonpositive(a: f32) -> f32 {
     // Round a / ln 2 to the nearest integer by adding and removing 1.5 * 2^23: the sum's
     // last mantissa bits are then the integer n itself.
     const ROUND: f32 = 12_582_912.0;
     let underflows = a < -87.0;
-    // `f32::max` would be a scalar call per lane in wasm (whose `max` propagates NaN); this
-    // select vectorises everywhere (NaN becomes -87 either way, and `t` keeps GELU NaN).
-    let a = if a >= -87.0 { a } else { -87.0 };
+    // A select rather than `f32::max`, which would be a scalar call per lane in wasm (whose
+    // `max` propagates NaN); a NaN stays NaN through it and out of the function.
+    let a = if underflows { -87.0 } else { a };
     let shifted = a * core::f32::consts::LOG2_E + ROUND;
     let n = shifted - ROUND;
     // ln 2 in two parts; n times the first part is exact.
@@ -89,36 +90,7 @@ pub fn gelu_backward_f32(x: f32, g: f32) -> f32 {
     g * (cdf + x * (INV_SQRT_2PI * gaussian))
 }
 
-// The loops: one body, compiled for the SIMD the machine has (on x86-64 AVX2, chosen at run
-// time, else the baseline SSE2; in wasm its 128-bit SIMD), the same bits either way.
-
-macro_rules! with_simd {
-    ($name:ident, $baseline:ident, ($($arg:ident: $ty:ty),*)) => {
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2($($arg: $ty),*) {
-                    $baseline($($arg),*)
-                }
-                // SAFETY: the CPU has AVX2 (checked just above).
-                return unsafe { avx2($($arg),*) };
-            }
-            #[cfg(target_arch = "wasm32")]
-            {
-                #[target_feature(enable = "simd128")]
-                unsafe fn simd128($($arg: $ty),*) {
-                    $baseline($($arg),*)
-                }
-                // SAFETY: wasm cannot ask, but the module already holds SIMD code (burn-flex's
-                // `gemm` kernels), so a browser that loaded it has SIMD.
-                return unsafe { simd128($($arg),*) };
-            }
-            #[allow(unreachable_code)]
-            $baseline($($arg),*)
-        }
-    };
-}
+// The loops, compiled for the SIMD the machine has (`with_simd!`).
 
 #[inline(always)]
 fn gelu_loop(y: &mut [f32], x: &[f32]) {
@@ -283,6 +255,7 @@ mod tests {
         for a in [-87.5, -1e3, -1e30, f32::NEG_INFINITY] {
             assert_eq!(exp_nonpositive(a), 0.0, "exp({a})");
         }
+        assert!(exp_nonpositive(f32::NAN).is_nan());
     }
 
     #[test]

@@ -18,6 +18,38 @@
 //! - `softmax`: the attention's causal softmax (scale, mask, softmax) and its gradient, one
 //!   pass each on all cores on the CPU, one cube per row on the GPU (as `norm`).
 
+/// `with_simd!(name, body, (args))` defines `fn name(args)` that runs `body` (an
+/// `#[inline(always)]` loop) compiled for the SIMD the machine has: on x86-64 AVX2, chosen at
+/// run time, else the baseline SSE2; in wasm its 128-bit SIMD. The same bits either way (no
+/// fused multiply-add: Rust never contracts `a * b + c`).
+macro_rules! with_simd {
+    ($name:ident, $baseline:ident, ($($arg:ident: $ty:ty),*)) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $baseline($($arg),*)
+                }
+                // SAFETY: the CPU has AVX2 (checked just above).
+                return unsafe { avx2($($arg),*) };
+            }
+            #[cfg(target_arch = "wasm32")]
+            {
+                #[target_feature(enable = "simd128")]
+                unsafe fn simd128($($arg: $ty),*) {
+                    $baseline($($arg),*)
+                }
+                // SAFETY: wasm cannot ask, but the module already holds SIMD code (burn-flex's
+                // `gemm` kernels), so a browser that loaded it has SIMD.
+                return unsafe { simd128($($arg),*) };
+            }
+            #[allow(unreachable_code)]
+            $baseline($($arg),*)
+        }
+    };
+}
+
 pub mod dropout;
 pub mod gelu;
 pub mod matmul;

@@ -16,6 +16,7 @@
 //! where `model::Attention` keeps the tensor ops. The results differ from the tensor ops by
 //! rounding (sums in another order).
 
+use crate::gelu::exp_nonpositive;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -40,12 +41,14 @@ fn lane_sum(xs: impl Iterator<Item = f32>) -> f32 {
 }
 
 /// `y[j] = exp(scale x[j] - m) / sum_{k <= t} exp(scale x[k] - m)` for `j <= t` (`m` the
-/// largest `scale x[k]`, `k <= t`), 0 for the future `j > t`.
+/// largest `scale x[k]`, `k <= t`), 0 for the future `j > t`. The exponential is GELU's
+/// branch-free one (its arguments here are never positive), so the loop vectorises.
+#[inline(always)]
 pub fn causal_softmax_row(x: &[f32], t: usize, scale: f32, y: &mut [f32]) {
     let (past, future) = y.split_at_mut(t + 1);
     let m = x[..=t].iter().fold(f32::NEG_INFINITY, |m, v| m.max(v * scale));
     for (y, x) in past.iter_mut().zip(x) {
-        *y = (x * scale - m).exp();
+        *y = exp_nonpositive(x * scale - m);
     }
     let sum = lane_sum(past.iter().copied());
     past.iter_mut().for_each(|y| *y /= sum);
@@ -61,6 +64,8 @@ pub fn causal_softmax_row_backward(y: &[f32], t: usize, scale: f32, g: &mut [f32
     }
     g[t + 1..].fill(0.0);
 }
+
+with_simd!(causal_softmax_row_simd, causal_softmax_row, (x: &[f32], t: usize, scale: f32, y: &mut [f32]));
 
 // The op.
 
@@ -120,7 +125,7 @@ impl CausalSoftmaxOps for Flex {
         let scores = if scores.as_slice::<f32>().is_some() { scores } else { scores.to_contiguous() };
         let x: &[f32] = scores.as_slice().expect("contiguous");
         let mut y = vec![0.0f32; x.len()];
-        for_each_row(&mut y, x, t, |x, row, y| causal_softmax_row(x, row, scale, y));
+        for_each_row(&mut y, x, t, |x, row, y| causal_softmax_row_simd(x, row, scale, y));
         FloatTensor::<Flex>::from_data(TensorData::new(y, shape))
     }
 
@@ -442,6 +447,18 @@ mod tests {
         let many_cpu = Tensor::<4>::from_data(many.clone().into_data(), &cpu);
         let (gpu, cpu) = (run(many, 0.5, true), run(many_cpu, 0.5, true));
         assert!(rel_diff(&gpu.0, &cpu.0) < 1e-6 && rel_diff(&gpu.1, &cpu.1) < 1e-5, "40 000 rows: GPU vs CPU");
+    }
+
+    #[test]
+    fn a_nan_score_in_a_rows_past_makes_that_row_nan() {
+        // A diverged run must stay visible as NaN, not come out as ordinary probabilities.
+        let mut x = vec![0.5f32; 3 * 3];
+        x[3] = f32::NAN; // row 1, column 0
+        let mut y = vec![0.0f32; 3];
+        causal_softmax_row_simd(&x[3..6], 1, 1.0, &mut y);
+        assert!(y[..2].iter().all(|v| v.is_nan()), "{y:?}");
+        causal_softmax_row_simd(&x[0..3], 0, 1.0, &mut y);
+        assert_eq!(y, [1.0, 0.0, 0.0]);
     }
 
     #[test]
