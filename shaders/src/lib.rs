@@ -8,6 +8,8 @@
 //! where it sums or calls `exp`). This crate depends on burn only, never on the simplegpt
 //! crate, which calls it.
 //!
+//! - `cross_entropy`: each row's cross-entropy against its target and the logits' gradient,
+//!   one pass each on all cores, keeping only the logits; CPU only.
 //! - `dropout`: the dropout mask, a keyed hash of each element's index (`dropout::feistel30`).
 //! - `gelu`: GELU and its gradient, vectorised and on all cores on the CPU (burn's is a
 //!   scalar `erff` on one); on the GPU no kernel of ours: burn's own, which its fusion fuses.
@@ -50,12 +52,14 @@ macro_rules! with_simd {
     };
 }
 
+pub mod cross_entropy;
 pub mod dropout;
 pub mod gelu;
 pub mod matmul;
 pub mod norm;
 pub mod softmax;
 
+pub use cross_entropy::{CrossEntropyOps, cross_entropy};
 pub use dropout::{DropoutMaskOps, dropout};
 pub use gelu::{GeluOps, gelu};
 pub use matmul::{MatmulOps, matmul};

@@ -119,7 +119,7 @@ impl PathMapper for Shift<'_> {
 pub fn gradient(model: &Gpt, batches: &[(Tensor<2, Int>, Tensor<2, Int>)], z_loss: f64) -> ParamVec {
     let mut sum = GradSum::default();
     for (x, y) in batches {
-        let loss = Gpt::objective(model.forward(x.clone()), y.clone(), z_loss) / batches.len() as f64;
+        let loss = model.objective(model.forward(x.clone()), y.clone(), z_loss) / batches.len() as f64;
         sum.add(model, &loss.backward());
     }
     sum.by_path
@@ -348,7 +348,7 @@ mod tests {
         assert_eq!(moved.2, v.len(), "every parameter moved");
         let inner = |t: &Tensor<2, Int>| t.clone().inner();
         let losses: Vec<Tensor<1>> =
-            batches.iter().map(|(x, y)| Gpt::loss(model.forward(inner(x)), inner(y))).collect();
+            batches.iter().map(|(x, y)| model.loss(model.forward(inner(x)), inner(y))).collect();
         scalar(Tensor::cat(losses, 0).sum()) / batches.len() as f64
     }
 
@@ -370,7 +370,7 @@ mod tests {
         let objective_along = |z_loss: f64, delta: f64| {
             let moved = params::map(model.clone(), &mut Shift { v: &v, delta });
             let sum: f64 =
-                batches.iter().map(|(x, y)| scalar(Gpt::objective(moved.forward(x.clone()), y.clone(), z_loss))).sum();
+                batches.iter().map(|(x, y)| scalar(moved.objective(moved.forward(x.clone()), y.clone(), z_loss))).sum();
             sum / batches.len() as f64
         };
         let mut slopes = Vec::new();

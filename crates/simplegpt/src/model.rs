@@ -382,6 +382,9 @@ pub struct Gpt {
     pub logit_scale: Option<Scale>,
     /// Gemma 2's soft cap c of the logits, `c tanh(logits / c)`; 0: none.
     pub logit_softcap: f64,
+    /// On the CPU, the cross-entropy as one op each way (`simplegpt_shaders::cross_entropy`)
+    /// rather than log-softmax and a gather (config key `fused`).
+    pub fused: bool,
 }
 
 impl Gpt {
@@ -442,9 +445,13 @@ impl Gpt {
     }
 
     /// Mean cross-entropy of logits [B, T, V] against targets [B, T].
-    pub fn loss(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
+    pub fn loss(&self, logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
         let [b, t, v] = logits.dims();
-        let logp = activation::log_softmax(logits.reshape([b * t, v]), 1);
+        let (logits, targets) = (logits.reshape([b * t, v]), targets.reshape([b * t]));
+        if self.fused && logits.device().inner() == Device::flex() {
+            return params::mean_all(simplegpt_shaders::cross_entropy(logits, targets));
+        }
+        let logp = activation::log_softmax(logits, 1);
         params::mean_all(logp.gather(1, targets.reshape([b * t, 1]))).neg()
     }
 
@@ -463,17 +470,22 @@ impl Gpt {
 
     /// What training minimises: the cross-entropy, and the z-loss term `z_loss` x `z_loss(..)`
     /// when `z_loss` > 0. Reported apart; their sum is the objective.
-    pub fn loss_terms(logits: Tensor<3>, targets: Tensor<2, Int>, z_loss: f64) -> (Tensor<1>, Option<Tensor<1>>) {
+    pub fn loss_terms(
+        &self,
+        logits: Tensor<3>,
+        targets: Tensor<2, Int>,
+        z_loss: f64,
+    ) -> (Tensor<1>, Option<Tensor<1>>) {
         if z_loss > 0.0 {
-            (Gpt::loss(logits.clone(), targets), Some(Gpt::z_loss(logits) * z_loss))
+            (self.loss(logits.clone(), targets), Some(Gpt::z_loss(logits) * z_loss))
         } else {
-            (Gpt::loss(logits, targets), None)
+            (self.loss(logits, targets), None)
         }
     }
 
     /// The sum of `loss_terms`: what the gradient of a training step is taken of.
-    pub fn objective(logits: Tensor<3>, targets: Tensor<2, Int>, z_loss: f64) -> Tensor<1> {
-        match Gpt::loss_terms(logits, targets, z_loss) {
+    pub fn objective(&self, logits: Tensor<3>, targets: Tensor<2, Int>, z_loss: f64) -> Tensor<1> {
+        match self.loss_terms(logits, targets, z_loss) {
             (loss, Some(z)) => loss + z,
             (loss, None) => loss,
         }
@@ -667,6 +679,7 @@ impl ModelConfig {
             rope,
             logit_scale,
             logit_softcap: self.logit_softcap,
+            fused: self.fused,
         };
         gpt
     }

@@ -147,7 +147,7 @@ impl Trainer {
                 || {
                     let logits = self.model.forward_train(x, Some(key), (diag && micro == 0).then_some(&mut probes));
                     // The gradient of the objective; the z-loss's term is logged apart from the loss.
-                    let (loss, z_term) = Gpt::loss_terms(logits, y, cfg.z_loss);
+                    let (loss, z_term) = self.model.loss_terms(logits, y, cfg.z_loss);
                     let g = match &z_term {
                         Some(z) => (loss.clone() + z.clone()).backward(),
                         None => loss.backward(),
@@ -248,7 +248,7 @@ impl Trainer {
             for i in 0..self.config.train.eval_iters {
                 let index = (step * self.config.train.eval_iters + i) as u64;
                 let (x, y) = self.data.batch(split, purpose, self.config.train.seed, index, b, t).tensors(&device);
-                losses.push(Gpt::loss(model.forward(x), y));
+                losses.push(model.loss(model.forward(x), y));
             }
             means.push(mean_all(Tensor::cat(losses, 0)));
         }

@@ -425,9 +425,9 @@ fn the_soft_cap_bounds_the_logits_smoothly_and_the_z_loss_is_the_mean_square_of_
     // The objective is the cross-entropy plus the coefficient times it; at 0 it is the cross-entropy.
     let y = || pattern(2, 8, 11, 5, &device);
     let scalar = |t: Tensor<1>| t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()[0] as f64;
-    let ce = scalar(Gpt::loss(logits.clone(), y()));
-    assert!((scalar(Gpt::objective(logits.clone(), y(), 1e-2)) - (ce + 1e-2 * z)).abs() < 1e-5);
-    assert_eq!(scalar(Gpt::objective(logits, y(), 0.0)), ce);
+    let ce = scalar(capped.loss(logits.clone(), y()));
+    assert!((scalar(capped.objective(logits.clone(), y(), 1e-2)) - (ce + 1e-2 * z)).abs() < 1e-5);
+    assert_eq!(scalar(capped.objective(logits, y(), 0.0)), ce);
 }
 
 /// Replaces every weight with a random one: matrices N(0, std^2), biases N(0, std^2), norm
@@ -519,12 +519,12 @@ fn gradients_match_finite_differences() {
         let (x, y) = (tokens(2, 8, 11, &device), pattern(2, 8, 11, 5, &device));
         let (x_plain, y_plain) = (tokens(2, 8, 11, &plain), pattern(2, 8, 11, 5, &plain));
         let mut grads = GradSum::default();
-        grads.add(&model, &Gpt::objective(model.forward(x), y, z_loss).backward());
+        grads.add(&model, &model.objective(model.forward(x), y, z_loss).backward());
         let named: std::collections::BTreeSet<String> = params::named(&model).into_iter().map(|(p, _, _)| p).collect();
         assert!(grads.by_path.keys().eq(named.iter()), "{what}: a gradient for every parameter of {named:?}");
         let loss_with = |path: &str, index: usize, delta: f32| {
             let m = params::map(model.valid(), &mut Nudge { path, index, delta });
-            let l = Gpt::objective(m.forward(x_plain.clone()), y_plain.clone(), z_loss);
+            let l = m.objective(m.forward(x_plain.clone()), y_plain.clone(), z_loss);
             l.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()[0] as f64
         };
         let values = |path: &str| -> Vec<f32> {
