@@ -25,30 +25,34 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 
 // The specification: one row of `V` logits and its target.
 
-/// `log sum_j exp(x[j])`, as `m + ln(sum_j exp(x[j] - m))` with `m` the row's largest, which
-/// cannot overflow; the sum in eight interleaved lanes, then the lanes in order.
+/// `log sum_j exp(x[j]) = m + ln s` as its two parts: `m` the row's largest and
+/// `ln s = ln(sum_j exp(x[j] - m))` (at least 0), which cannot overflow; the sum in eight
+/// interleaved lanes, then the lanes in order. Kept apart so that `x - m` is taken first, as
+/// burn's log-softmax does: `m + ln s` would round away `ln s`'s low bits when `m` is large.
 #[inline(always)]
-pub fn log_sum_exp(x: &[f32]) -> f32 {
+pub fn log_sum_exp(x: &[f32]) -> (f32, f32) {
     let m = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
     let mut lanes = [0.0f32; 8];
     for (i, v) in x.iter().enumerate() {
         lanes[i % 8] += exp_nonpositive(v - m);
     }
-    m + lanes.iter().sum::<f32>().ln()
+    (m, lanes.iter().sum::<f32>().ln())
 }
 
-/// `-log softmax(x)[target] = log_sum_exp(x) - x[target]`.
+/// `-log softmax(x)[target] = (m - x[target]) + ln s`.
 #[inline(always)]
 pub fn cross_entropy_row(x: &[f32], target: usize) -> f32 {
-    log_sum_exp(x) - x[target]
+    let (m, ln_s) = log_sum_exp(x);
+    (m - x[target]) + ln_s
 }
 
-/// The row's gradient given the loss's `g`: `g (exp(x[j] - log_sum_exp(x)) - [j = target])`.
+/// The row's gradient given the loss's `g`: `g (softmax(x)[j] - [j = target])`, with
+/// `softmax(x)[j] = exp((x[j] - m) - ln s)`.
 #[inline(always)]
 pub fn cross_entropy_row_backward(x: &[f32], target: usize, g: f32, dx: &mut [f32]) {
-    let lse = log_sum_exp(x);
+    let (m, ln_s) = log_sum_exp(x);
     for (dx, x) in dx.iter_mut().zip(x) {
-        *dx = g * exp_nonpositive(x - lse);
+        *dx = g * exp_nonpositive((x - m) - ln_s);
     }
     dx[target] -= g;
 }
@@ -275,8 +279,12 @@ mod tests {
                 && dx[1] < 0.0
                 && dx.iter().enumerate().all(|(j, d)| j == 1 || *d > 0.0)
         );
-        // A row of equal logits: the loss is ln V.
-        assert!((cross_entropy_row(&[0.3; 77], 4) - 77f32.ln()).abs() < 1e-6);
+        // A row of equal logits: the loss is ln V, however large the logits.
+        for level in [0.3, 1e30] {
+            assert!((cross_entropy_row(&[level; 77], 4) - 77f32.ln()).abs() < 1e-6, "logits {level}");
+            cross_entropy_row_backward(&[level; 77], 4, 1.0, &mut dx);
+            assert!((dx[0] - 1.0 / 77.0).abs() < 1e-7 && (dx[4] - (1.0 / 77.0 - 1.0)).abs() < 1e-6, "logits {level}");
+        }
     }
 
     #[test]

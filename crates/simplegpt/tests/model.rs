@@ -1,6 +1,6 @@
 //! The model on the CPU: shapes of every variant, each norm placement's structure and its
 //! defining property, DeepNorm's init and scaled residual, the z-loss and the logit soft cap,
-//! and a finite-difference check of the gradients.
+//! our fused ops against burn's tensor ops, and a finite-difference check of the gradients.
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -466,6 +466,41 @@ impl PathMapper for Nudge<'_> {
         let mut v: Vec<f32> = t.into_data().convert::<f32>().try_into_vec().unwrap();
         v[self.index] += self.delta;
         params::replaced(param, Tensor::from_data(TensorData::new(v, shape), &device))
+    }
+}
+
+#[test]
+fn fused_and_unfused_ops_give_the_same_objective_and_gradients_up_to_rounding() {
+    // `fused = false` (burn's tensor ops for the norms, the causal softmax, GELU and the
+    // cross-entropy) against our kernels, on the CPU, at the same random weights.
+    let device = Device::flex().autodiff();
+    for norm in [NormKind::PreLn, NormKind::Simple] {
+        let mut c = small(norm);
+        c.train.z_loss = 0.05;
+        let run = |fused: bool| {
+            let mut c = c.clone();
+            c.model.fused = fused;
+            let model = params::map(c.model.init(5, &device), &mut Randomize(0.3));
+            let (x, y) = (tokens(2, 8, 11, &device), pattern(2, 8, 11, 5, &device));
+            let objective = model.objective(model.forward(x), y, c.train.z_loss);
+            let mut grads = GradSum::default();
+            grads.add(&model, &objective.clone().backward());
+            let grads: std::collections::BTreeMap<String, Vec<f32>> = grads
+                .by_path
+                .into_iter()
+                .map(|(path, g)| (path, g.into_data().convert::<f32>().try_into_vec().unwrap()))
+                .collect();
+            (objective.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()[0], grads)
+        };
+        let ((fused, fused_grads), (ops, ops_grads)) = (run(true), run(false));
+        assert!((fused - ops).abs() < 1e-5 * ops.abs(), "{norm:?}: objective {fused} fused, {ops} as tensor ops");
+        assert!(fused_grads.keys().eq(ops_grads.keys()), "{norm:?}: the same parameters get gradients");
+        for (path, g) in &fused_grads {
+            let want = &ops_grads[path];
+            let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            let diff = g.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff < 1e-4 * scale, "{norm:?} {path}: gradients differ by {diff} (largest {scale})");
+        }
     }
 }
 
