@@ -8,9 +8,10 @@
 //! gradients of its trained inputs need (a matmul both operands; a product both factors,
 //! but only the other one when one is a constant such as a dropout mask; `exp`, `square`,
 //! `sigmoid` and GELU their input), and a tensor several ops keep is counted once. burn's
-//! attention is unfused, so the [B, nh, T, T] scores are materialised. (On the CPU with
-//! `fused`, the default, the norms keep only their input and the softmax only its
-//! probabilities: less than counted here, so there the estimate is a little high.)
+//! attention is unfused, so the [B, nh, T, T] scores are materialised. (With `fused`, the
+//! default, the norms keep only their input and the causal softmax only its probabilities,
+//! on the CPU and the GPU, and on the CPU the cross-entropy only the logits: less than
+//! counted here, so there the estimate is high, the more so with a large vocabulary.)
 //!
 //! Checked against the peak resident memory of `simplegpt bench --device cpu` (less the
 //! 21 MiB the process holds before it trains) over 23 configs (every norm, SwiGLU, RoPE,
