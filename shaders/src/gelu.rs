@@ -141,7 +141,7 @@ impl GeluOps for Flex {
         let shape = x.shape();
         // Read where it lies: autodiff keeps the input for the backward, so taking its buffer
         // would copy it (burn-flex's `into_data` copies a shared buffer, twice).
-        let x = if x.as_slice::<f32>().is_some() { x } else { x.to_contiguous() };
+        let x = crate::contiguous_f32(x);
         let x: &[f32] = x.as_slice().expect("a contiguous tensor");
         let mut y = vec![0.0f32; x.len()];
         let apply = |(y, x): (&mut [f32], &[f32])| gelu_slice(y, x);
@@ -160,7 +160,7 @@ impl GeluOps for Flex {
             return <Flex as ActivationOps<Flex>>::gelu_backward(x, grad);
         }
         // The input is read where it lies (autodiff keeps it: taking it would copy it).
-        let x = if x.as_slice::<f32>().is_some() { x } else { x.to_contiguous() };
+        let x = crate::contiguous_f32(x);
         let x: &[f32] = x.as_slice().expect("a contiguous tensor");
         // The gradient is written over the incoming one.
         let mut grad = crate::writable_f32(grad);

@@ -70,6 +70,12 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::TensorData;
 
+/// `t` itself when its elements lie in order in its buffer (a slice of it reads them), else a
+/// contiguous copy: how the CPU twins read their inputs.
+pub(crate) fn contiguous_f32(t: FloatTensor<Flex>) -> FloatTensor<Flex> {
+    if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() }
+}
+
 /// `t`'s f32 elements in a tensor that a CPU twin may write its result over: `t` itself when
 /// nothing else holds its buffer and the buffer is exactly its elements in order (a backward's
 /// incoming gradient, usually), else one contiguous copy (burn-flex's `into_data` copies a
@@ -82,7 +88,7 @@ pub(crate) fn writable_f32(t: FloatTensor<Flex>) -> FloatTensor<Flex> {
     if whole {
         return t;
     }
-    let t = if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() };
+    let t = contiguous_f32(t);
     let values = t.as_slice::<f32>().expect("a contiguous tensor").to_vec();
     FloatTensor::<Flex>::from_data(TensorData::new(values, t.shape()))
 }

@@ -122,17 +122,12 @@ fn rows_per_task(d: usize) -> usize {
     ((1 << 14) / d.max(1)).max(1)
 }
 
-/// The tensor's f32 values, in row-major order (a copy when it is a strided view).
-fn contiguous_f32(t: FloatTensor<Flex>) -> FloatTensor<Flex> {
-    if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() }
-}
-
 impl NormOps for Flex {
     fn norm_forward(x: FloatTensor<Self>, gain: FloatTensor<Self>, rms: bool, eps: f32) -> FloatTensor<Self> {
         assert!(x.dtype() == DType::F32 && gain.dtype() == DType::F32, "the fused norm computes in f32");
         let shape = x.shape();
         let d = shape[shape.num_dims() - 1];
-        let (x, gain) = (contiguous_f32(x), contiguous_f32(gain));
+        let (x, gain) = (crate::contiguous_f32(x), crate::contiguous_f32(gain));
         let (x, gain): (&[f32], &[f32]) = (x.as_slice().expect("contiguous"), gain.as_slice().expect("contiguous"));
         assert_eq!(gain.len(), d, "the gain has the size of the normalised dimension");
         let mut y = vec![0.0f32; x.len()];
@@ -161,7 +156,7 @@ impl NormOps for Flex {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let shape = grad.shape();
         let d = shape[shape.num_dims() - 1];
-        let (x, gain) = (contiguous_f32(x), contiguous_f32(gain));
+        let (x, gain) = (crate::contiguous_f32(x), crate::contiguous_f32(gain));
         let (x, gain): (&[f32], &[f32]) = (x.as_slice().expect("contiguous"), gain.as_slice().expect("contiguous"));
         // The input's gradient is written over the incoming one (its buffer when nothing else
         // holds it).

@@ -122,7 +122,7 @@ impl CausalSoftmaxOps for Flex {
         assert!(scores.dtype() == DType::F32, "the fused softmax computes in f32");
         let shape = scores.shape();
         let t = square_side(&shape);
-        let scores = if scores.as_slice::<f32>().is_some() { scores } else { scores.to_contiguous() };
+        let scores = crate::contiguous_f32(scores);
         let x: &[f32] = scores.as_slice().expect("contiguous");
         let mut y = vec![0.0f32; x.len()];
         for_each_row(&mut y, x, t, |x, row, y| causal_softmax_row_simd(x, row, scale, y));
@@ -132,7 +132,7 @@ impl CausalSoftmaxOps for Flex {
     fn causal_softmax_backward(probs: FloatTensor<Self>, grad: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
         let shape = grad.shape();
         let t = square_side(&shape);
-        let probs = if probs.as_slice::<f32>().is_some() { probs } else { probs.to_contiguous() };
+        let probs = crate::contiguous_f32(probs);
         let y: &[f32] = probs.as_slice().expect("contiguous");
         // Written over the incoming gradient (its buffer when nothing else holds it).
         let mut grad = crate::writable_f32(grad);
