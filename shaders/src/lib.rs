@@ -8,6 +8,10 @@
 //! where it sums or calls `exp`). This crate depends on burn only, never on the simplegpt
 //! crate, which calls it.
 //!
+//! - `attention`: causal self-attention, flash-style (no [B, nh, T, T] tensor kept), dropout
+//!   inside: on the CPU blocks of query rows through `gemm` on all cores, on the GPU one
+//!   query (or key) row per unit with tiles of keys (or queries) in shared memory (not under
+//!   burn's fusion).
 //! - `cross_entropy`: each row's cross-entropy against its target and the logits' gradient,
 //!   one pass each on all cores, keeping only the logits; CPU only.
 //! - `dropout`: the dropout mask, a keyed hash of each element's index (`dropout::feistel30`).
@@ -17,8 +21,6 @@
 //!   two passes over each output before the product (the same bits); on the GPU, burn's.
 //! - `norm`: LayerNorm and RMSNorm with a gain, forward and backward, one pass each on all
 //!   cores on the CPU, one cube per row on the GPU (not under burn's fusion).
-//! - `softmax`: the attention's causal softmax (scale, mask, softmax) and its gradient, one
-//!   pass each on all cores on the CPU, one cube per row on the GPU (as `norm`).
 
 /// `with_simd!(name, body, (args))` defines `fn name(args)` that runs `body` (an
 /// `#[inline(always)]` loop) compiled for the SIMD the machine has: on x86-64 AVX2, chosen at
@@ -52,19 +54,19 @@ macro_rules! with_simd {
     };
 }
 
+pub mod attention;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod gelu;
 pub mod matmul;
 pub mod norm;
-pub mod softmax;
 
+pub use attention::{AttentionDropout, CausalAttentionOps, causal_attention};
 pub use cross_entropy::{CrossEntropyOps, cross_entropy};
 pub use dropout::{DropoutMaskOps, dropout};
 pub use gelu::{GeluOps, gelu};
 pub use matmul::{MatmulOps, matmul};
 pub use norm::{NormOps, norm};
-pub use softmax::{CausalSoftmaxOps, causal_softmax};
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Flex, TensorMetadata};

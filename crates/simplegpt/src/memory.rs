@@ -7,11 +7,13 @@
 //! backward pass with gradient checkpointing off (its default): each op keeps what the
 //! gradients of its trained inputs need (a matmul both operands; a product both factors,
 //! but only the other one when one is a constant such as a dropout mask; `exp`, `square`,
-//! `sigmoid` and GELU their input), and a tensor several ops keep is counted once. burn's
-//! attention is unfused, so the [B, nh, T, T] scores are materialised. (With `fused`, the
-//! default, the norms keep only their input and the causal softmax only its probabilities,
-//! on the CPU and the GPU, and on the CPU the cross-entropy only the logits: less than
-//! counted here, so there the estimate is high, the more so with a large vocabulary.)
+//! `sigmoid` and GELU their input), and a tensor several ops keep is counted once. With
+//! `fused`, the default, the attention is one op that keeps no [B, nh, T, T] tensor (its
+//! output and two numbers a query row; its scratch is a block of query rows per thread),
+//! counted so; with `fused = false`, or under burn's fusion (`--features fusion`), where the
+//! GPU runs the tensor ops, the scores, probabilities and masks are counted. (The fused norms
+//! keep only their input, and on the CPU the cross-entropy only the logits: less than counted
+//! here, so there the estimate is high, the more so with a large vocabulary.)
 //!
 //! Checked against the peak resident memory of `simplegpt bench --device cpu` (less the
 //! 21 MiB the process holds before it trains) over 23 configs (every norm, SwiGLU, RoPE,
@@ -102,9 +104,12 @@ pub fn estimate(config: &Config) -> MemoryEstimate {
     // GELU: its input and output. SwiGLU: fc's output, its sigmoid, the SiLU, the gate's
     // output and the product the projection reads.
     let mlp = if swiglu == 1 { 5 } else { 2 };
-    // The softmax keeps the shifted scores (`exp`'s input), `exp`'s output (the division's
-    // numerator) and the probabilities (read by the product with v); dropout on them keeps
-    // its mask and the dropped probabilities in place of the probabilities.
+    // Unfused, the softmax keeps the shifted scores (`exp`'s input), `exp`'s output (the
+    // division's numerator) and the probabilities (read by the product with v); dropout on
+    // them keeps its mask and the dropped probabilities in place of the probabilities.
+    // Fused, none of these: a [B, nh, T, 2] of statistics, under a width.
+    let attention_op = m.fused && !cfg!(feature = "fusion");
+    let scores = if attention_op { 0 } else { scores };
     let attention = 3 + dropout;
     let block = width * (2 * c_norms + linear_inputs_and_qkv + rope + residual_dropout)
         + hidden * (2 * hidden_norms + mlp)
@@ -295,6 +300,7 @@ mod tests {
 
     #[test]
     fn tinys_activations_worked_by_hand() {
+        // With the attention's tensor ops (`fused = false`).
         // B 32, T 64, C 64, 2 heads, hidden 256, V 65, no dropout. [B, T, C] is 131072
         // elements, [B, T, 256] 524288, [B, 2, T, T] 262144, [B, T, V] 133120.
         // The block: ln_1 and ln_2 two each, the three linear inputs, q, k, v: 10 x 131072 =
@@ -305,9 +311,15 @@ mod tests {
         // The working set: three [B, T, 256], 1572864 (AdamW's four copies of fc's weight,
         // 65536, are less).
         // (3145728 + 659456 + 1572864) x 4 bytes = 21512192.
-        let e = estimate(&preset("tiny"));
+        let mut unfused = preset("tiny");
+        unfused.model.fused = false;
+        let e = estimate(&unfused);
         assert_eq!(e.activations, 21_512_192);
         assert_eq!(bytes(e.total()), "21.4 MiB");
+        // Fused (the default, without burn's fusion): no softmax's three, 18366464 bytes.
+        if !cfg!(feature = "fusion") {
+            assert_eq!(estimate(&preset("tiny")).activations, 18_366_464);
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 use crate::config::{MlpKind, ModelConfig, NormKind, PosKind};
 use crate::params::{self, PathMapper};
 use crate::rng::{self, Stream};
+use simplegpt_shaders::AttentionDropout;
 
 const NORM_EPS: f64 = 1e-5;
 
@@ -178,8 +179,16 @@ pub struct Dropout {
 
 impl Dropout {
     pub fn forward<const D: usize>(&self, x: Tensor<D>, key: Option<DropoutKey>) -> Tensor<D> {
-        let Some(key) = key.filter(|_| self.prob > 0.0) else { return x };
-        simplegpt_shaders::dropout(x, rng::dropout_key(key.seed, key.batch, self.site), self.prob)
+        match self.mask(key) {
+            Some(mask) => simplegpt_shaders::dropout(x, mask.key, mask.prob),
+            None => x,
+        }
+    }
+
+    /// The mask's key and probability, when this batch drops anything here.
+    fn mask(&self, key: Option<DropoutKey>) -> Option<AttentionDropout> {
+        let key = key.filter(|_| self.prob > 0.0)?;
+        Some(AttentionDropout { key: rng::dropout_key(key.seed, key.batch, self.site), prob: self.prob })
     }
 }
 
@@ -209,9 +218,8 @@ pub struct Attention {
     pub attn_dropout: Dropout,
     pub resid_dropout: Dropout,
     pub n_head: usize,
-    /// The causal softmax as one kernel each way (`simplegpt_shaders::causal_softmax`, on the
-    /// CPU and the GPU backends, not under burn's fusion) rather than tensor ops (config key
-    /// `fused`).
+    /// The attention as one op (`simplegpt_shaders::causal_attention`, on the CPU and the GPU
+    /// backends, not under burn's fusion) rather than tensor ops (config key `fused`).
     pub fused: bool,
 }
 
@@ -247,25 +255,27 @@ impl Attention {
             }
             None => 1.0 / (hs as f64).sqrt(),
         };
-        // [B, nh, T, T]: each position attends to itself and the past only. The products are
-        // burn's matmul without its extra passes over the output on the CPU.
-        let scores = simplegpt_shaders::matmul(q, k.swap_dims(2, 3));
+        // Each position attends to itself and the past only: [B, nh, T, T] scores.
         let masked = |scores: Tensor<4>| {
             let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &scores.device());
             scores.mask_fill(future.unsqueeze::<4>().expand([b, nh, t, t]), f32::NEG_INFINITY)
         };
         if let Some(p) = probes.as_deref_mut() {
-            p.attn_logit_max.push(masked(scores.clone().detach() * score_scale).max());
+            let scores = q.clone().detach().matmul(k.clone().detach().swap_dims(2, 3));
+            p.attn_logit_max.push(masked(scores * score_scale).max());
         }
-        let kernel = scores.device().inner() == Device::flex() || !cfg!(feature = "fusion");
-        let att = if self.fused && kernel {
-            simplegpt_shaders::causal_softmax(scores, score_scale)
+        let kernel = q.device().inner() == Device::flex() || !cfg!(feature = "fusion");
+        // [B, nh, T, hs]: softmax(q k^T) v, dropped weights and all.
+        let y = if self.fused && kernel {
+            // One op, flash-style: no [B, nh, T, T] tensor kept for the backward.
+            simplegpt_shaders::causal_attention(q, k, v, score_scale, self.attn_dropout.mask(key))
         } else {
-            activation::softmax(masked(scores * score_scale), 3)
+            let scores = simplegpt_shaders::matmul(q, k.swap_dims(2, 3));
+            let att = activation::softmax(masked(scores * score_scale), 3);
+            simplegpt_shaders::matmul(self.attn_dropout.forward(att, key), v)
         };
-        let att = self.attn_dropout.forward(att, key);
-        // [B, nh, T, T] x [B, nh, T, hs] -> [B, nh, T, hs] -> [B, T, C]: the heads side by side.
-        let y = simplegpt_shaders::matmul(att, v).swap_dims(1, 2).reshape([b, t, c]);
+        // [B, nh, T, hs] -> [B, T, C]: the heads side by side.
+        let y = y.swap_dims(1, 2).reshape([b, t, c]);
         let o = Probes::linear(&mut probes, "attn.o", linear(&self.o, y));
         self.resid_dropout.forward(norm_opt(&self.o_norm, o), key)
     }

@@ -6,7 +6,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use simplegpt::Config;
 use simplegpt::config::{MlpKind, NormKind, PosKind};
-use simplegpt::model::{Gpt, Probes};
+use simplegpt::model::{DropoutKey, Gpt, Probes};
 use simplegpt::optim::GradSum;
 use simplegpt::params::{self, PathMapper};
 use simplegpt::rng::Stream;
@@ -471,18 +471,24 @@ impl PathMapper for Nudge<'_> {
 
 #[test]
 fn fused_and_unfused_ops_give_the_same_objective_and_gradients_up_to_rounding() {
-    // `fused = false` (burn's tensor ops for the norms, the causal softmax, GELU and the
-    // cross-entropy) against our kernels, on the CPU, at the same random weights.
+    // `fused = false` (burn's tensor ops for the norms, the attention, GELU and the
+    // cross-entropy) against our kernels, on the CPU, at the same random weights: with
+    // dropout (the attention's inside its op) and with RoPE.
     let device = Device::flex().autodiff();
-    for norm in [NormKind::PreLn, NormKind::Simple] {
+    for (norm, pos) in
+        [(NormKind::PreLn, PosKind::Learned), (NormKind::Simple, PosKind::Learned), (NormKind::PreLn, PosKind::Rope)]
+    {
         let mut c = small(norm);
         c.train.z_loss = 0.05;
+        c.model.pos = pos;
+        c.model.dropout = 0.3;
         let run = |fused: bool| {
             let mut c = c.clone();
             c.model.fused = fused;
             let model = params::map(c.model.init(5, &device), &mut Randomize(0.3));
             let (x, y) = (tokens(2, 8, 11, &device), pattern(2, 8, 11, 5, &device));
-            let objective = model.objective(model.forward(x), y, c.train.z_loss);
+            let key = DropoutKey { seed: 3, batch: 1 };
+            let objective = model.objective(model.forward_train(x, Some(key), None), y, c.train.z_loss);
             let mut grads = GradSum::default();
             grads.add(&model, &objective.clone().backward());
             let grads: std::collections::BTreeMap<String, Vec<f32>> = grads
@@ -493,13 +499,16 @@ fn fused_and_unfused_ops_give_the_same_objective_and_gradients_up_to_rounding() 
             (objective.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()[0], grads)
         };
         let ((fused, fused_grads), (ops, ops_grads)) = (run(true), run(false));
-        assert!((fused - ops).abs() < 1e-5 * ops.abs(), "{norm:?}: objective {fused} fused, {ops} as tensor ops");
-        assert!(fused_grads.keys().eq(ops_grads.keys()), "{norm:?}: the same parameters get gradients");
+        assert!(
+            (fused - ops).abs() < 1e-5 * ops.abs(),
+            "{norm:?} {pos:?}: objective {fused} fused, {ops} as tensor ops"
+        );
+        assert!(fused_grads.keys().eq(ops_grads.keys()), "{norm:?} {pos:?}: the same parameters get gradients");
         for (path, g) in &fused_grads {
             let want = &ops_grads[path];
             let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
             let diff = g.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(diff < 1e-4 * scale, "{norm:?} {path}: gradients differ by {diff} (largest {scale})");
+            assert!(diff < 1e-4 * scale, "{norm:?} {pos:?} {path}: gradients differ by {diff} (largest {scale})");
         }
     }
 }

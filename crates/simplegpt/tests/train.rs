@@ -198,14 +198,14 @@ fn an_absurd_learning_rate_is_recorded_as_divergence_not_a_crash() {
     assert!(last.step < 60);
 }
 
-/// A config that passes validation but needs terabytes (1000 layers, each keeping two
-/// [64, 2, 2048, 2048] attention tensors: 4 GiB a layer) is refused before anything is
+/// A config that passes validation but needs terabytes (1000 layers of width 256 at context
+/// 2048 and batch 64: about 3 GiB of activations a layer) is refused before anything is
 /// allocated, instead of the allocator aborting the process mid-step.
 #[cfg(target_os = "linux")] // where the CPU's available memory is known (/proc/meminfo)
 #[test]
 fn a_run_that_needs_more_memory_than_the_machine_has_is_refused_before_it_allocates() {
     let mut c = Config::preset("tiny").unwrap();
-    (c.model.n_layer, c.model.block_size, c.train.batch_size) = (1000, 2048, 64);
+    (c.model.n_layer, c.model.n_embd, c.model.block_size, c.train.batch_size) = (1000, 256, 2048, 64);
     c.validate().unwrap();
     let data = Dataset::from_text(&simplegpt::data::default_corpus(), "embedded").unwrap();
     let err = Trainer::new(c, data, &Device::flex()).err().expect("refused").to_string();
