@@ -13,7 +13,7 @@
 //! `dropout` draws (`dropout::feistel30`), so the fused and unfused paths, and every backend,
 //! drop the same weights.
 //!
-//! On the CPU each (sequence, head) is one task on all cores; its blocks of `QUERY_BLOCK`
+//! On the CPU each (sequence, head) is one task, the tasks spread over all cores; its blocks of `QUERY_BLOCK`
 //! query rows take `gemm` products only over the keys they see (the causal half, rounded up
 //! to a block), and the backward adds each block's share of the keys' gradients in block
 //! order: the same bits for any number of threads, and a scratch of two [QUERY_BLOCK, T]
@@ -109,7 +109,8 @@ pub fn causal_attention(
     );
     let (key, threshold, keep_scale) = threshold_and_scale(dropout);
     // The hash permutes 30-bit indices (config validation keeps the weights within that).
-    assert!(threshold == 0 || b * nh * t * t <= MASK_MAX_ELEMENTS, "attention weights over 2^30 elements");
+    let weights = [b, nh, t, t].iter().fold(1usize, |n, d| n.saturating_mul(*d));
+    assert!(threshold == 0 || weights <= MASK_MAX_ELEMENTS, "attention weights over 2^30 elements");
     let (y, _stats) = Dispatch::causal_attention(
         q.into_dispatch(),
         k.into_dispatch(),
@@ -224,6 +225,14 @@ unsafe fn product(
     }
 }
 
+/// The index in the [B, nh, T, T] weights of head `bh`'s query `i`, key 0, modulo 2^32:
+/// the dropout's hash reads it only when the weights are within 2^30 elements (a tensor too
+/// large wraps harmlessly where nothing is dropped).
+fn weight_index(bh: usize, i: usize, t: usize) -> u32 {
+    let t = t as u32;
+    (bh as u32).wrapping_mul(t).wrapping_add(i as u32).wrapping_mul(t)
+}
+
 /// What a task needs to know of the dropout: the round keys, the threshold, the scale.
 #[derive(Clone, Copy)]
 struct Mask {
@@ -275,9 +284,9 @@ fn forward_rows(s: &mut [f32], n: usize, i0: usize, scale: f32, stats: &mut [f32
         let i = i0 + r;
         stats.copy_from_slice(&probabilities(row, i, scale));
         if drop.threshold > 0 {
-            let first = base + (r * t) as u32;
+            let first = base.wrapping_add((r * t) as u32);
             for (j, p) in row[..=i].iter_mut().enumerate() {
-                *p *= drop.factor(first + j as u32);
+                *p *= drop.factor(first.wrapping_add(j as u32));
             }
         }
     }
@@ -310,10 +319,10 @@ fn backward_rows(
     let rows = s.chunks_exact_mut(n).zip(dp.chunks_exact_mut(n));
     for (r, ((s, dp), (stats, dot))) in rows.zip(stats.chunks_exact(2).zip(dots)).enumerate() {
         let (i, m, sum) = (i0 + r, stats[0], stats[1]);
-        let first = base + (r * t) as u32;
+        let first = base.wrapping_add((r * t) as u32);
         for (j, (s, dp)) in s[..=i].iter_mut().zip(&mut dp[..=i]).enumerate() {
             let p = exp_nonpositive(*s * scale - m) / sum;
-            let factor = if drop.threshold > 0 { drop.factor(first + j as u32) } else { 1.0 };
+            let factor = if drop.threshold > 0 { drop.factor(first.wrapping_add(j as u32)) } else { 1.0 };
             *s = p * factor;
             *dp = scale * p * (*dp * factor - dot);
         }
@@ -379,7 +388,7 @@ impl CausalAttentionOps for Flex {
                 // SAFETY: q, k, v are [T, hs] within their buffers; s is [rows, n], y's part
                 // [T, hs]: rows i0..i0 + rows of it.
                 unsafe { product(rows, n, hs, s.as_mut_ptr(), n, false, q.from_row(i0), k.transposed()) };
-                let base = ((bh * t + i0) * t) as u32;
+                let base = weight_index(bh, i0, t);
                 forward_rows_simd(s, n, i0, scale, &mut stats[2 * i0..2 * (i0 + rows)], drop, base, t);
                 let y = y[i0 * hs..].as_mut_ptr();
                 let p = Matrix { at: s.as_ptr(), rows: n as isize, cols: 1 };
@@ -428,7 +437,7 @@ impl CausalAttentionOps for Flex {
                     product(rows, n, hs, s.as_mut_ptr(), n, false, q.from_row(i0), k.transposed());
                     product(rows, n, hs, dp.as_mut_ptr(), n, false, g.from_row(i0), v.transposed());
                 }
-                let base = ((bh * t + i0) * t) as u32;
+                let base = weight_index(bh, i0, t);
                 let block = i0..i0 + rows;
                 backward_rows_simd(s, dp, n, i0, scale, &stats[2 * i0..2 * block.end], &dots[block], drop, base, t);
                 let (p, ds) = (
@@ -782,7 +791,9 @@ fn key_sequence(key: u64) -> SequenceArg<u32> {
 /// [tile, hs] and their row terms fit in the 16 KiB of workgroup memory that every WebGPU
 /// device has; at most 32.
 fn tile_rows(hs: usize) -> usize {
-    (4000 / (2 * hs.max(1))).clamp(1, 32)
+    let tile = (4000 / (2 * hs.max(1))).clamp(1, 32);
+    assert!(tile * (2 * hs + 3) <= 4096, "the GPU attention holds heads of at most 2000 (got {hs}): use fused = false");
+    tile
 }
 
 /// The launch's cubes: `ceil(T / UNITS)` blocks of each of `heads` heads.
@@ -1076,31 +1087,45 @@ mod tests {
                 }
             }
         }
+        // Heads of 64 (nanoGPT's) and 13 (no multiple of a SIMD width), T = 65: a last block of
+        // one query row that sees every key.
+        for hs in [64, 13] {
+            let qkv = || [0.0, 1.0, 2.0].map(|salt| input_of_width(3, 65, hs, 0.5, salt, &device));
+            let what = format!("heads of {hs}, T 65");
+            assert_close(&run(qkv(), 0.2, Some(dropout), true), &run(qkv(), 0.2, Some(dropout), false), &what);
+        }
     }
 
     #[test]
     fn dropout_drops_the_weights_that_the_dropout_op_drops() {
         // v the identity's rows (T = hs = 8, one head): y is then the dropped weights
         // themselves, which must be exactly where `dropout`'s mask is 0.
-        let device = Device::flex();
+        // Two sequences of three heads: each (sequence, head) has its own part of the mask.
         let (t, prob) = (8, 0.5);
         let key = crate::dropout::splitmix64(11);
-        let eye: Vec<f32> = (0..t * t).map(|i| if i / t == i % t { 1.0 } else { 0.0 }).collect();
-        let v = Tensor::<1>::from_floats(eye.as_slice(), &device).reshape([1, 1, t, t]);
-        let q = input(1, t, 1.0, 0.0, &device).narrow(0, 0, 1);
-        let k = input(1, t, 1.0, 1.0, &device).narrow(0, 0, 1);
-        let weights = values(causal_attention(q, k, v, 0.5, Some(AttentionDropout { key, prob })));
-        let mask = values(crate::dropout(Tensor::<4>::ones([1, 1, t, t], &device), key, prob));
-        let (mut kept, mut dropped) = (0, 0);
-        for i in 0..t {
-            for j in 0..=i {
-                let (w, m) = (weights[i * t + j], mask[i * t + j]);
-                assert_eq!(w == 0.0, m == 0.0, "weight [{i}, {j}] = {w}, mask {m}");
-                if m == 0.0 { dropped += 1 } else { kept += 1 }
+        for device in [Device::flex(), crate::tests::wgpu()] {
+            let eye: Vec<f32> = (0..t * t).map(|i| if i / t == i % t { 1.0 } else { 0.0 }).collect();
+            let v = Tensor::<1>::from_floats(eye.as_slice(), &device)
+                .reshape([1, 1, t, t])
+                .repeat_dim(0, 2)
+                .repeat_dim(1, 3);
+            let q = input(3, t, 1.0, 0.0, &device);
+            let k = input(3, t, 1.0, 1.0, &device);
+            let weights = values(causal_attention(q, k, v, 0.5, Some(AttentionDropout { key, prob })));
+            let mask = values(crate::dropout(Tensor::<4>::ones([2, 3, t, t], &device), key, prob));
+            let (mut kept, mut dropped) = (0, 0);
+            for (w, m) in weights.chunks(t * t).zip(mask.chunks(t * t)) {
+                for i in 0..t {
+                    for j in 0..=i {
+                        let (w, m) = (w[i * t + j], m[i * t + j]);
+                        assert_eq!(w == 0.0, m == 0.0, "{device:?}: weight [{i}, {j}] = {w}, mask {m}");
+                        if m == 0.0 { dropped += 1 } else { kept += 1 }
+                    }
+                    assert!(w[i * t + i + 1..(i + 1) * t].iter().all(|w| *w == 0.0), "{device:?}: row {i}'s future");
+                }
             }
-            assert!(weights[i * t + i + 1..(i + 1) * t].iter().all(|w| *w == 0.0), "row {i}'s future");
+            assert!(kept > 50 && dropped > 50, "{device:?}: kept {kept}, dropped {dropped}");
         }
-        assert!(kept > 5 && dropped > 5, "kept {kept}, dropped {dropped}");
     }
 
     #[test]
