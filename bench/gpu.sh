@@ -15,7 +15,7 @@
 #            profiler (bench/kernel_profile.py): OUT/profile-BUILD.txt
 #   speed    bench/side_by_side.py at that size: nanoGPT (DTYPES, default float32 with TF32
 #            matmuls) beside simplegpt pre-LN and SimpleNorm, for each build on Vulkan and CUDA;
-#            and SimpleNorm with the norms and the causal softmax as tensor ops (`fused=false`),
+#            and SimpleNorm with the norms and the attention as tensor ops (`fused=false`),
 #            the default build
 #   repeat   each autotuned build trains tiny twice in two processes, compared step by step
 #            (autotune picks kernels by timing them: are two runs still the same numbers?)
@@ -144,7 +144,7 @@ part speed "$(left 300)" python3 bench/side_by_side.py "${runs[@]}" --nanogpt "$
   --data "$carry/input.txt" --sizes "$size" --dtype "${DTYPES:-float32}" --warmup 5 --steps 30 \
   --torch-device "${TORCH_DEVICE:-cuda}" --json "$out/speed.json"
 
-# SimpleNorm's step with the norms and the causal softmax as tensor ops rather than
+# SimpleNorm's step with the norms and the attention as tensor ops rather than
 # simplegpt's kernels (`fused=false`), on the first build, to set beside its fused figure in
 # the speed part.
 part norms-unfused "$(left 260)" "$sg" bench "${shape[@]}" --device "${gpus[0]}" --data "$carry/input.txt" \
