@@ -11,7 +11,10 @@
 //! are kept. Row by row, so any split over threads gives the same bits. The results differ
 //! from the tensor ops by rounding (sums in another order).
 //!
-//! CPU only: the GPU backends keep the tensor ops (`model::Gpt::loss` routes by device).
+//! On the GPU backends the same op is CubeCL kernels, as `norm`'s: one cube of 32 units per
+//! row, the row's largest logit and its sum of exponentials as fixed trees in shared memory
+//! (the same bits on every run), forward and backward; not under burn's fusion (the `fusion`
+//! feature), where `model::Gpt::loss` keeps the tensor ops.
 
 use crate::gelu::exp_nonpositive;
 use burn::backend::autodiff::NodeId;
@@ -19,9 +22,14 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::ops::IntTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, IntDType, Tensor, TensorData};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use cubecl::prelude::CubeDim;
 
 // The specification: one row of `V` logits and its target.
 
@@ -83,7 +91,7 @@ fn cross_entropy_rows_backward_loop(x: &[f32], targets: &[usize], g: &[f32], dx:
 // The op.
 
 /// Each row's cross-entropy: logits [N, V] and targets [N] (each in `0..V`) -> losses [N].
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Cube: cfg(not(feature = "fusion")), Flex, Autodiff)]
 pub trait CrossEntropyOps: Backend {
     fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self>;
 
@@ -95,8 +103,8 @@ pub trait CrossEntropyOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// `-log softmax(logits)[target]` of each row, [N, V] and [N] -> [N], differentiable. On
-/// burn's Flex (CPU) backend only: the caller keeps the tensor ops for other devices.
+/// `-log softmax(logits)[target]` of each row, [N, V] and [N] -> [N], differentiable. On the
+/// CPU and the GPU backends, not under burn's fusion: there the caller keeps the tensor ops.
 pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     let ([n, _], [n_targets]) = (logits.dims(), targets.dims());
     assert_eq!(n, n_targets, "cross-entropy: {n} rows of logits but {n_targets} targets");
@@ -177,6 +185,147 @@ impl CrossEntropyOps for Flex {
     }
 }
 
+mod cube_kernel {
+    use crate::norm::cube_kernel::{UNITS, cube_max, cube_sum};
+    use cubecl::prelude::*;
+
+    /// The row's largest logit and `ln` of its sum of exponentials, as `log_sum_exp`.
+    #[cube]
+    fn row_log_sum_exp(x: &Tensor<f32>, start: usize, v: usize, shared: &mut Shared<[f32]>) -> (f32, f32) {
+        // Column 0 is in every row: a start for the largest.
+        let mut m = x[start];
+        let mut j = UNIT_POS_X as usize;
+        while j < v {
+            m = f32::max(m, x[start + j]);
+            j += UNITS;
+        }
+        let m = cube_max(m, shared);
+        let mut sum = 0.0f32;
+        let mut j = UNIT_POS_X as usize;
+        while j < v {
+            sum += f32::exp(x[start + j] - m);
+            j += UNITS;
+        }
+        (m, f32::ln(cube_sum(sum, shared)))
+    }
+
+    /// The row's target, and whether it is a column of the row: a target outside `0..V` (the
+    /// data pipeline checks them; this is the GPU's only defence) reads column 0 and makes
+    /// the row's loss and gradient infinite rather than read outside the logits.
+    #[cube]
+    fn target_of(targets: &Tensor<i32>, row: usize, v: usize) -> (usize, bool) {
+        let target = targets[row];
+        let valid = target >= 0 && (target as usize) < v;
+        (select(valid, target as usize, 0), valid)
+    }
+
+    /// One row's `(m - x[target]) + ln s` per cube. A cube past the last row computes row 0
+    /// and writes nothing (every unit must reach the barriers).
+    #[cube(launch_unchecked)]
+    pub fn cross_entropy_kernel(x: &Tensor<f32>, targets: &Tensor<i32>, losses: &mut Tensor<f32>, rows: u32, v: u32) {
+        let mut shared = Shared::<[f32]>::new_slice(UNITS);
+        let (v, row) = (v as usize, CUBE_POS);
+        let active = row < rows as usize;
+        let row = select(active, row, 0);
+        let start = row * v;
+        let (m, ln_s) = row_log_sum_exp(x, start, v, &mut shared);
+        let (target, valid) = target_of(targets, row, v);
+        if active && UNIT_POS_X == 0 {
+            losses[row] = ((m - x[start + target]) + ln_s) / select(valid, 1.0f32, 0.0f32);
+        }
+    }
+
+    /// One row's gradient per cube: `g (exp((x - m) - ln s) - [j = target])`.
+    #[cube(launch_unchecked)]
+    pub fn cross_entropy_backward_kernel(
+        x: &Tensor<f32>,
+        targets: &Tensor<i32>,
+        g: &Tensor<f32>,
+        dx: &mut Tensor<f32>,
+        rows: u32,
+        v: u32,
+    ) {
+        let mut shared = Shared::<[f32]>::new_slice(UNITS);
+        let (v, row) = (v as usize, CUBE_POS);
+        let active = row < rows as usize;
+        let row = select(active, row, 0);
+        let start = row * v;
+        let (m, ln_s) = row_log_sum_exp(x, start, v, &mut shared);
+        let (target, valid) = target_of(targets, row, v);
+        let g_row = g[row] / select(valid, 1.0f32, 0.0f32);
+        let mut j = UNIT_POS_X as usize;
+        while active && j < v {
+            dx[start + j] = g_row * f32::exp((x[start + j] - m) - ln_s) - select(j == target, g_row, 0.0f32);
+            j += UNITS;
+        }
+    }
+}
+
+/// The targets as the kernels read them: i32, contiguous.
+fn i32_targets(targets: IntTensor<CubeBackend>) -> IntTensor<CubeBackend> {
+    let targets = match targets.dtype {
+        DType::I32 => targets,
+        _ => <CubeBackend as IntTensorOps<CubeBackend>>::int_cast(targets, IntDType::I32),
+    };
+    into_contiguous(targets)
+}
+
+impl CrossEntropyOps for CubeBackend {
+    fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        assert!(logits.dtype == DType::F32, "the fused cross-entropy computes in f32");
+        let (x, targets) = (into_contiguous(logits), i32_targets(targets));
+        let [n, v] = x.shape().dims::<2>();
+        let losses = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), [n].into(), DType::F32);
+        if n == 0 || v == 0 {
+            return losses;
+        }
+        // SAFETY: every index the kernel reads or writes is below n * v (x), n (targets,
+        // losses), a target outside 0..v read as column 0. (Its strides and shared memory are
+        // for cubes of UNITS units, as launched here.)
+        unsafe {
+            cube_kernel::cross_entropy_kernel::launch_unchecked(
+                &x.client,
+                crate::norm::cube_per_row(n),
+                CubeDim::new_1d(crate::norm::cube_kernel::UNITS as u32),
+                x.clone().into_tensor_arg(),
+                targets.into_tensor_arg(),
+                losses.clone().into_tensor_arg(),
+                n as u32,
+                v as u32,
+            );
+        }
+        losses
+    }
+
+    fn cross_entropy_backward(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (x, targets, g) = (into_contiguous(logits), i32_targets(targets), into_contiguous(grad));
+        let [n, v] = x.shape().dims::<2>();
+        let dx = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), [n, v].into(), DType::F32);
+        if n == 0 || v == 0 {
+            return dx;
+        }
+        // SAFETY: as the forward's; g has one value per row.
+        unsafe {
+            cube_kernel::cross_entropy_backward_kernel::launch_unchecked(
+                &x.client,
+                crate::norm::cube_per_row(n),
+                CubeDim::new_1d(crate::norm::cube_kernel::UNITS as u32),
+                x.clone().into_tensor_arg(),
+                targets.into_tensor_arg(),
+                g.into_tensor_arg(),
+                dx.clone().into_tensor_arg(),
+                n as u32,
+                v as u32,
+            );
+        }
+        dx
+    }
+}
+
 /// Under autodiff: the inner backend's `cross_entropy`, keeping the logits (and the targets)
 /// for `cross_entropy_backward`.
 impl<B: CrossEntropyOps, C: CheckpointStrategy> CrossEntropyOps for Autodiff<B, C> {
@@ -240,7 +389,11 @@ mod tests {
 
     /// Each row's loss and the logits' gradient under a weighted sum of the losses.
     fn run(spread: f32, fused: bool) -> (Vec<f32>, Vec<f32>) {
-        let device = Device::flex().autodiff();
+        run_on(&Device::flex().autodiff(), spread, fused)
+    }
+
+    fn run_on(device: &Device, spread: f32, fused: bool) -> (Vec<f32>, Vec<f32>) {
+        let device = device.clone();
         let (logits, targets) = inputs(spread, &device);
         let logits = logits.require_grad();
         let losses = if fused { cross_entropy(logits.clone(), targets) } else { unfused(logits.clone(), targets) };
@@ -312,5 +465,33 @@ mod tests {
         let device = Device::flex();
         let (logits, _) = inputs(1.0, &device);
         cross_entropy(logits, Tensor::<1, Int>::from_ints([77i64; 300].as_slice(), &device));
+    }
+
+    #[test]
+    fn on_the_gpu_losses_and_gradients_are_the_tensor_ops_up_to_rounding() {
+        // lavapipe where there is no GPU; rows of 77: longer than a cube's 32 units, no
+        // multiple of it.
+        let device = crate::tests::wgpu().autodiff();
+        for spread in [1.0, 20.0, 1e4] {
+            let (fused, ops) = (run_on(&device, spread, true), run_on(&device, spread, false));
+            assert!(rel_diff(&fused.0, &ops.0) < 1e-6, "spread {spread}: losses {}", rel_diff(&fused.0, &ops.0));
+            assert!(rel_diff(&fused.1, &ops.1) < 1e-6, "spread {spread}: gradient {}", rel_diff(&fused.1, &ops.1));
+            assert!(fused.0.iter().chain(&fused.1).all(|v| v.is_finite()), "spread {spread}");
+        }
+        // The same bits on every run, and the CPU's op up to rounding.
+        assert_eq!(run_on(&device, 3.0, true), run_on(&device, 3.0, true));
+        let (gpu, cpu) = (run_on(&device, 3.0, true), run(3.0, true));
+        assert!(rel_diff(&gpu.0, &cpu.0) < 1e-6 && rel_diff(&gpu.1, &cpu.1) < 1e-6, "GPU against CPU");
+    }
+
+    #[test]
+    fn on_the_gpu_a_target_outside_the_vocabulary_gives_an_infinite_loss() {
+        let device = crate::tests::wgpu();
+        let (logits, _) = inputs(1.0, &device);
+        let mut targets = vec![3i64; 300];
+        (targets[7], targets[8]) = (77, -1);
+        let losses = values(cross_entropy(logits, Tensor::<1, Int>::from_ints(targets.as_slice(), &device)));
+        assert!(losses[7].is_infinite() && losses[8].is_infinite(), "{:?}", &losses[6..9]);
+        assert!(losses[6].is_finite() && losses[9].is_finite());
     }
 }

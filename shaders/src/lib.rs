@@ -13,7 +13,8 @@
 //!   query (or key) row per unit with tiles of keys (or queries) in shared memory (not under
 //!   burn's fusion).
 //! - `cross_entropy`: each row's cross-entropy against its target and the logits' gradient,
-//!   one pass each on all cores, keeping only the logits; CPU only.
+//!   one pass each on all cores on the CPU, one cube per row on the GPU (not under burn's
+//!   fusion), keeping only the logits.
 //! - `dropout`: the dropout mask, a keyed hash of each element's index (`dropout::feistel30`).
 //! - `gelu`: GELU and its gradient, vectorised and on all cores on the CPU (burn's is a
 //!   scalar `erff` on one); on the GPU no kernel of ours: burn's own, which its fusion fuses.

@@ -222,6 +222,25 @@ pub(crate) mod cube_kernel {
         sum
     }
 
+    /// The largest of every unit's `value`, as a fixed tree in `shared` (as `cube_sum`).
+    #[cube]
+    pub fn cube_max(value: f32, shared: &mut Shared<[f32]>) -> f32 {
+        let unit = UNIT_POS_X as usize;
+        shared[unit] = value;
+        sync_cube();
+        let mut stride = CUBE_DIM_X as usize / 2;
+        while stride > 0 {
+            if unit < stride {
+                shared[unit] = f32::max(shared[unit], shared[unit + stride]);
+            }
+            sync_cube();
+            stride = stride / 2;
+        }
+        let max = shared[0];
+        sync_cube();
+        max
+    }
+
     /// The row's mean (0 for RMSNorm) and `1 / sqrt(var + eps)`, as `row_stats`.
     #[cube]
     fn row_stats(

@@ -220,9 +220,9 @@ pub struct ModelConfig {
     pub residual: bool,
     pub mlp: MlpKind,
     pub pos: PosKind,
-    /// Our fused kernels (the norms and the attention on the CPU and the GPU, the vectorised
-    /// GELU and the cross-entropy on the CPU: `simplegpt_shaders::{norm, causal_attention,
-    /// gelu, cross_entropy}`) where there is one, else burn's tensor ops; the two differ by
+    /// Our fused kernels (the norms, the attention and the cross-entropy on the CPU and the GPU,
+    /// the vectorised GELU on the CPU: `simplegpt_shaders::{norm, causal_attention,
+    /// cross_entropy, gelu}`) where there is one, else burn's tensor ops; the two differ by
     /// rounding, so `false` lets a user compare. Absent
     /// from configs of earlier versions and left out of the TOML when true, so that their
     /// text (and hash) is what it was.

@@ -12,7 +12,7 @@
 //! output and two numbers a query row; its scratch is a block of query rows per thread),
 //! counted so; with `fused = false`, or under burn's fusion (`--features fusion`), where the
 //! GPU runs the tensor ops, the scores, probabilities and masks are counted. (The fused norms
-//! keep only their input, and on the CPU the cross-entropy only the logits: less than counted
+//! keep only their input, and the cross-entropy only the logits: less than counted
 //! here, so there the estimate is high, the more so with a large vocabulary.)
 //!
 //! Checked against the peak resident memory of `simplegpt bench --device cpu` (less the

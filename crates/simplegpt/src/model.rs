@@ -392,8 +392,9 @@ pub struct Gpt {
     pub logit_scale: Option<Scale>,
     /// Gemma 2's soft cap c of the logits, `c tanh(logits / c)`; 0: none.
     pub logit_softcap: f64,
-    /// On the CPU, the cross-entropy as one op each way (`simplegpt_shaders::cross_entropy`)
-    /// rather than log-softmax and a gather (config key `fused`).
+    /// The cross-entropy as one op each way (`simplegpt_shaders::cross_entropy`, on the CPU and
+    /// the GPU backends, not under burn's fusion) rather than log-softmax and a gather (config
+    /// key `fused`).
     pub fused: bool,
 }
 
@@ -458,7 +459,7 @@ impl Gpt {
     pub fn loss(&self, logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
         let [b, t, v] = logits.dims();
         let (logits, targets) = (logits.reshape([b * t, v]), targets.reshape([b * t]));
-        if self.fused && logits.device().inner() == Device::flex() {
+        if self.fused && (logits.device().inner() == Device::flex() || !cfg!(feature = "fusion")) {
             return params::mean_all(simplegpt_shaders::cross_entropy(logits, targets));
         }
         let logp = activation::log_softmax(logits, 1);
