@@ -458,28 +458,12 @@ impl CausalAttentionOps for Flex {
 }
 
 mod cube_kernel {
+    use crate::dropout::cube_kernel::keep_factor;
     use cubecl::prelude::*;
 
     /// Rows of queries (forward, the queries' gradient) or of keys (the keys' gradient) per
     /// cube: one per unit.
     pub const UNITS: usize = 32;
-
-    /// `feistel30(index) >= threshold`: the kept weight's factor `keep_scale`, else 0 (as the
-    /// dropout mask's kernel).
-    #[cube]
-    fn keep_factor(index: u32, keys: &Sequence<u32>, threshold: u32, keep_scale: f32) -> f32 {
-        let mut l = index >> 15;
-        let mut r = index & 0x7FFF;
-        #[unroll]
-        for n in 0..keys.len() {
-            let t = (r ^ *keys.index(n)) * 0x5D2B; // MUL
-            let f = ((t >> 15) ^ t) & 0x7FFF;
-            let next_r = l ^ f;
-            l = r;
-            r = next_r;
-        }
-        select(((l << 15) | r) >= threshold, keep_scale, 0.0)
-    }
 
     /// Rows `first..` (at most `tile`, those below `end`) of a [rows, width] row-major
     /// tensor into `shared`, all units together.

@@ -87,16 +87,13 @@ pub fn dropout<const D: usize>(x: Tensor<D>, key: u64, prob: f64) -> Tensor<D> {
     x * Tensor::from_dispatch(mask)
 }
 
-mod cube_kernel {
+pub(crate) mod cube_kernel {
     use cubecl::prelude::*;
 
-    #[cube(launch_unchecked)]
-    pub fn dropout_mask_kernel(output: &mut Tensor<f32>, keys: Sequence<u32>, threshold: u32, scale: f32) {
-        if ABSOLUTE_POS >= output.len() {
-            terminate!();
-        }
-        // feistel30, on u32: every intermediate stays below 2^31.
-        let index = u32::cast_from(ABSOLUTE_POS);
+    /// `scale` where `feistel30(index) >= threshold`, else 0: the mask's value at `index`.
+    /// feistel30 on u32: every intermediate stays below 2^31.
+    #[cube]
+    pub fn keep_factor(index: u32, keys: &Sequence<u32>, threshold: u32, scale: f32) -> f32 {
         let mut l = index >> 15;
         let mut r = index & 0x7FFF;
         #[unroll]
@@ -107,8 +104,15 @@ mod cube_kernel {
             l = r;
             r = next_r;
         }
-        let hash = (l << 15) | r;
-        output[ABSOLUTE_POS] = select(hash >= threshold, scale, 0.0);
+        select(((l << 15) | r) >= threshold, scale, 0.0)
+    }
+
+    #[cube(launch_unchecked)]
+    pub fn dropout_mask_kernel(output: &mut Tensor<f32>, keys: Sequence<u32>, threshold: u32, scale: f32) {
+        if ABSOLUTE_POS >= output.len() {
+            terminate!();
+        }
+        output[ABSOLUTE_POS] = keep_factor(u32::cast_from(ABSOLUTE_POS), &keys, threshold, scale);
     }
 }
 
