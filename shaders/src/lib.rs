@@ -8,6 +8,8 @@
 //! where it sums or calls `exp`). This crate depends on burn only, never on the simplegpt
 //! crate, which calls it.
 //!
+//! - `adamw`: one AdamW step of one parameter (the moments and the parameter in one pass), one
+//!   kernel on the GPU (not under burn's fusion), one loop on all cores on the CPU.
 //! - `attention`: causal self-attention, flash-style (no [B, nh, T, T] tensor kept), dropout
 //!   inside: on the CPU blocks of query rows through `gemm` on all cores, on the GPU one
 //!   query (or key) row per unit with tiles of keys (or queries) in shared memory (not under
@@ -55,6 +57,7 @@ macro_rules! with_simd {
     };
 }
 
+pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod dropout;
@@ -62,6 +65,7 @@ pub mod gelu;
 pub mod matmul;
 pub mod norm;
 
+pub use adamw::{AdamWOps, AdamWScalars, adamw_step};
 pub use attention::{AttentionDropout, CausalAttentionOps, causal_attention};
 pub use cross_entropy::{CrossEntropyOps, cross_entropy};
 pub use dropout::{DropoutMaskOps, dropout};

@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use burn::module::{Module, Param};
-use burn::tensor::{Gradients, Tensor};
+use burn::tensor::{Device, Gradients, Tensor};
+use simplegpt_shaders::AdamWScalars;
 
 use crate::config::TrainConfig;
 use crate::params::{self, PathMapper, PathVisitor};
@@ -67,7 +68,9 @@ pub struct AdamW {
 impl AdamW {
     /// One update of every parameter that has a gradient. `grad_scale` (a scalar on the
     /// device) multiplies every gradient: 1/accumulation steps times the clip coefficient,
-    /// so clipping costs no read-back.
+    /// so clipping costs no read-back. `fused`: each parameter's step as one op
+    /// (`simplegpt_shaders::adamw_step`, on the CPU and the GPU backends, not under burn's
+    /// fusion) rather than the tensor ops below (config key `fused`).
     pub fn update<M: Module>(
         &mut self,
         model: M,
@@ -75,9 +78,10 @@ impl AdamW {
         grad_scale: Tensor<1>,
         lr: f64,
         cfg: &TrainConfig,
+        fused: bool,
     ) -> M {
         self.step += 1;
-        params::map(model, &mut Update { opt: self, grads, grad_scale, lr, cfg })
+        params::map(model, &mut Update { opt: self, grads, grad_scale, lr, cfg, fused })
     }
 }
 
@@ -87,6 +91,7 @@ struct Update<'a> {
     grad_scale: Tensor<1>,
     lr: f64,
     cfg: &'a TrainConfig,
+    fused: bool,
 }
 
 impl PathMapper for Update<'_> {
@@ -97,23 +102,32 @@ impl PathMapper for Update<'_> {
         let tensor = param.val();
         let shape = tensor.shape();
         let p = tensor.inner().reshape([-1]);
-        let g = g * self.grad_scale.clone();
         let (b1, b2, t) = (self.cfg.beta1, self.cfg.beta2, self.opt.step as i32);
-        let m = match self.opt.m.remove(key) {
-            Some(m) => m * b1 + g.clone() * (1.0 - b1),
-            None => g.clone() * (1.0 - b1),
-        };
-        let v = match self.opt.v.remove(key) {
-            Some(v) => v * b2 + g.square() * (1.0 - b2),
-            None => g.square() * (1.0 - b2),
-        };
         // Decoupled weight decay (Loshchilov & Hutter), on weights of rank >= 2 only unless
         // `decay_all`: biases, norm gains are left alone, as nanoGPT's parameter groups.
         let decay = if D >= 2 || self.cfg.decay_all { self.cfg.weight_decay } else { 0.0 };
-        let p = p * (1.0 - self.lr * decay);
-        let m_hat = m.clone() / (1.0 - b1.powi(t));
-        let v_hat = v.clone() / (1.0 - b2.powi(t));
-        let p = p - m_hat / (v_hat.sqrt() + self.cfg.eps) * self.lr;
+        let (m, v) = (self.opt.m.remove(key), self.opt.v.remove(key));
+        let kernel = p.device().inner() == Device::flex() || !cfg!(feature = "fusion");
+        let (p, m, v) = if self.fused && kernel {
+            let scalars = AdamWScalars::new(self.lr, b1, b2, self.cfg.eps, decay, self.opt.step);
+            let m = m.unwrap_or_else(|| g.zeros_like());
+            let v = v.unwrap_or_else(|| g.zeros_like());
+            simplegpt_shaders::adamw_step(p, g, m, v, self.grad_scale.clone(), scalars)
+        } else {
+            let g = g * self.grad_scale.clone();
+            let m = match m {
+                Some(m) => m * b1 + g.clone() * (1.0 - b1),
+                None => g.clone() * (1.0 - b1),
+            };
+            let v = match v {
+                Some(v) => v * b2 + g.square() * (1.0 - b2),
+                None => g.square() * (1.0 - b2),
+            };
+            let p = p * (1.0 - self.lr * decay);
+            let m_hat = m.clone() / (1.0 - b1.powi(t));
+            let v_hat = v.clone() / (1.0 - b2.powi(t));
+            (p - m_hat / (v_hat.sqrt() + self.cfg.eps) * self.lr, m, v)
+        };
         self.opt.m.insert(key.to_string(), m);
         self.opt.v.insert(key.to_string(), v);
         params::replaced(param, Tensor::from_inner(p.reshape(shape)))
@@ -173,10 +187,23 @@ mod tests {
         }
     }
 
-    /// A 1x2 weight (rank 2: decayed) and a bias of 2 (rank 1: not decayed), two AdamW steps.
+    /// A 1x2 weight (rank 2: decayed) and a bias of 2 (rank 1: not decayed), two AdamW steps:
+    /// the tensor ops and the fused step, on the CPU and on the GPU code path (lavapipe in CI).
     #[test]
     fn two_adamw_steps_match_the_formula_worked_by_hand() {
-        let device = Device::flex().autodiff();
+        let gpu = crate::device::open("wgpu").expect("a wgpu adapter (lavapipe in CI)").device;
+        for device in [Device::flex(), gpu] {
+            let unfused = two_adamw_steps(device.clone().autodiff(), false);
+            let fused = two_adamw_steps(device.clone().autodiff(), true);
+            if device == Device::flex() {
+                // The fused step does the tensor ops' f32 arithmetic in their order.
+                assert_eq!(fused, unfused, "the CPU's fused step and its tensor ops, bit for bit");
+            }
+        }
+    }
+
+    /// The weight and the bias after the two steps.
+    fn two_adamw_steps(device: Device, fused: bool) -> (Vec<f64>, Vec<f64>) {
         let mut cfg = crate::Config::preset("tiny").unwrap().train;
         (cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, cfg.decay_all) = (0.9, 0.99, 1e-8, 0.5, false);
         let lr = 0.1;
@@ -195,7 +222,7 @@ mod tests {
         // m^ = g and v^ = g^2 (bias-corrected), so each moves by lr sign(g); the weight first
         // shrinks by 1 - lr wd = 0.95: (0.95 - 0.1, -1.9 + 0.1); the bias: (0.3 - 0.1, -0.1 - 0.1).
         let half = Tensor::<1>::from_data(TensorData::new(vec![0.5f32], [1]), &inner);
-        model = opt.update(model, grads([0.4, -0.2], [0.02, 0.1]), half, lr, &cfg);
+        model = opt.update(model, grads([0.4, -0.2], [0.02, 0.1]), half, lr, &cfg, fused);
         assert_close(&values(model.weight.val()), &[0.85, -1.8], "weight after step 1");
         assert_close(&values(model.bias.as_ref().unwrap().val()), &[0.2, -0.2], "bias after step 1");
 
@@ -205,10 +232,11 @@ mod tests {
         // Element 1: m^ = 0.2684211, sqrt(v^) = 0.4311373: -1.8 * 0.95 - 0.1 * 0.6225884 = -1.7722588.
         // Bias, g = (0.1, 0.1): m^ = (0.0573684, 0.0763158), v^ = (0.0050749, 0.0062688).
         let one = Tensor::<1>::from_data(TensorData::new(vec![1.0f32], [1]), &inner);
-        model = opt.update(model, grads([-0.2, 0.6], [0.1, 0.1]), one, lr, &cfg);
+        model = opt.update(model, grads([-0.2, 0.6], [0.1, 0.1]), one, lr, &cfg, fused);
         assert_close(&values(model.weight.val()), &[0.812_763_16, -1.772_258_84], "weight after step 2");
         assert_close(&values(model.bias.as_ref().unwrap().val()), &[0.119_469_64, -0.296_387_46], "bias after step 2");
         assert_eq!(opt.step, 2);
+        (values(model.weight.val()), values(model.bias.unwrap().val()))
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl Trainer {
             grad_norm.ones_like() * accum
         };
         let norms = diag.then(|| grads.norms());
-        self.model = self.optimizer.update(self.model.clone(), grads, scale, lr, &cfg);
+        self.model = self.optimizer.update(self.model.clone(), grads, scale, lr, &cfg, self.config.model.fused);
         if self.config.model.norm == NormKind::Ngpt {
             // nGPT's matrices live on the unit sphere: each update is projected back onto it.
             self.model = self.model.clone().with_unit_vectors();
