@@ -15,8 +15,8 @@
 #            profiler (bench/kernel_profile.py): OUT/profile-BUILD.txt
 #   speed    bench/side_by_side.py at that size: nanoGPT (DTYPES, default float32 with TF32
 #            matmuls) beside simplegpt pre-LN and SimpleNorm, for each build on Vulkan and CUDA;
-#            and SimpleNorm with the norms and the attention as tensor ops (`fused=false`),
-#            the default build
+#            and SimpleNorm with burn's tensor ops for what has a kernel of ours (norms,
+#            attention, cross-entropy, GELU, AdamW's step: `fused=false`), the default build
 #   repeat   each autotuned build trains tiny twice in two processes, compared step by step
 #            (autotune picks kernels by timing them: are two runs still the same numbers?)
 #   train    the nanogpt-shakespeare-char preset with the fastest build and device, for the
@@ -144,9 +144,9 @@ part speed "$(left 300)" python3 bench/side_by_side.py "${runs[@]}" --nanogpt "$
   --data "$carry/input.txt" --sizes "$size" --dtype "${DTYPES:-float32}" --warmup 5 --steps 30 \
   --torch-device "${TORCH_DEVICE:-cuda}" --json "$out/speed.json"
 
-# SimpleNorm's step with the norms and the attention as tensor ops rather than
-# simplegpt's kernels (`fused=false`), on the first build, to set beside its fused figure in
-# the speed part.
+# SimpleNorm's step with burn's tensor ops rather than simplegpt's kernels (`fused=false`:
+# the norms, the attention, the cross-entropy, GELU and AdamW's step), on the first build, to
+# set beside its fused figure in the speed part.
 part norms-unfused "$(left 260)" "$sg" bench "${shape[@]}" --device "${gpus[0]}" --data "$carry/input.txt" \
   --warmup 5 --steps 30 --set norm=simple --set fused=false
 

@@ -19,7 +19,8 @@
 //!   fusion), keeping only the logits.
 //! - `dropout`: the dropout mask, a keyed hash of each element's index (`dropout::feistel30`).
 //! - `gelu`: GELU and its gradient, vectorised and on all cores on the CPU (burn's is a
-//!   scalar `erff` on one); on the GPU no kernel of ours: burn's own, which its fusion fuses.
+//!   scalar `erff` on one); on the GPU one kernel each way (burn's is a chain, its gradient
+//!   the tanh approximation's); under burn's fusion, burn's own, which its fusion fuses.
 //! - `matmul`: the model's matrix products on the CPU, burn-flex's `gemm` calls without its
 //!   two passes over each output before the product (the same bits); on the GPU, burn's.
 //! - `norm`: LayerNorm and RMSNorm with a gain, forward and backward, one pass each on all

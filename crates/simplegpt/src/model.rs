@@ -285,8 +285,9 @@ impl Attention {
 /// (`proj(silu(fc x) * gate x)`). Under SimpleNorm each linear's output is normalised,
 /// the norm sitting before the activation as in the reference. nGPT scales the SiLU's
 /// input by s_nu sqrt(C) (`fc_scale`) and the gate by s_u (`gate_scale`). GELU is the exact
-/// (erf) form; on the CPU vectorised and on all cores (`simplegpt_shaders::gelu`) rather than
-/// burn's scalar loop on one (config key `fused`).
+/// (erf) form, one op each way (`simplegpt_shaders::gelu`, config key `fused`): on the CPU
+/// vectorised and on all cores rather than burn's scalar loop on one, on the GPU one kernel
+/// rather than burn's chain, whose gradient is the tanh approximation's.
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub fc: Linear,
