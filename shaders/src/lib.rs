@@ -27,12 +27,21 @@
 //!   cores on the CPU, one cube per row on the GPU (not under burn's fusion).
 
 /// `with_simd!(name, body, (args))` defines `fn name(args)` that runs `body` (an
-/// `#[inline(always)]` loop) compiled for the SIMD the machine has: on x86-64 AVX2, chosen at
-/// run time, else the baseline SSE2; in wasm its 128-bit SIMD. The same bits either way (no
-/// fused multiply-add: Rust never contracts `a * b + c`).
+/// `#[inline(always)]` loop) compiled for the SIMD the machine has: on x86-64 AVX-512 or
+/// AVX2, chosen at run time, else the baseline SSE2; in wasm its 128-bit SIMD. The same bits
+/// either way (no fused multiply-add: Rust never contracts `a * b + c`).
 macro_rules! with_simd {
     ($name:ident, $baseline:ident, ($($arg:ident: $ty:ty),*)) => {
         fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $baseline($($arg),*)
+                }
+                // SAFETY: the CPU has AVX-512 (checked just above).
+                return unsafe { avx512($($arg),*) };
+            }
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2") {
                 #[target_feature(enable = "avx2")]
