@@ -6,11 +6,11 @@
 //! as PyTorch's vectorised CPU GELU does (Abramowitz and Stegun 7.1.26: a polynomial in
 //! `t = 1 / (1 + p z)` times `exp(-z^2)`, at most 1.5e-7 from erf) with a branch-free `exp`,
 //! so that the compiler turns each loop into SIMD code (16 lanes with AVX-512, 8 with AVX2,
-//! checked at run time; 4 with SSE2 otherwise, and 4 with wasm's SIMD), split over all cores. The gradient shares
-//! the forward's `exp(-x^2 / 2)`: one exponential per element for both erf and the density.
-//! The loops use no fused multiply-add (Rust never contracts `a * b + c`), so every path, AVX-512,
-//! AVX2 or not, gives the same bits: those of `gelu_f32` and `gelu_backward_f32`, the
-//! specification. On the GPU backends the same arithmetic is one CubeCL kernel each way
+//! checked at run time; 4 with SSE2 otherwise, and 4 with wasm's SIMD), split over all
+//! cores. The gradient shares the forward's `exp(-x^2 / 2)`: one exponential per element for
+//! both erf and the density. The loops use no fused multiply-add (Rust never contracts
+//! `a * b + c`), so every path, AVX-512, AVX2 or not, gives the same bits: those of
+//! `gelu_f32` and `gelu_backward_f32`, the specification. On the GPU backends the same arithmetic is one CubeCL kernel each way
 //! (with the GPU's own `exp`, so within a few ulp of those bits) where burn's GELU takes five
 //! element-wise kernels forward and about twenty backward, and its backward is the
 //! derivative of GELU's tanh approximation (up to 8.7e-4 from the exact one); under burn's
