@@ -124,8 +124,9 @@ impl Checkpoint {
         }
     }
 
-    /// AdamW's state on `device`.
-    pub fn optimizer(&self, device: &Device) -> AdamW {
+    /// AdamW's state on `device`: each moment as long as the weight it belongs to (a
+    /// checkpoint from before checksums may have been edited by hand).
+    pub fn optimizer(&self, device: &Device) -> Result<AdamW> {
         let mut opt = AdamW { step: self.optimizer_step, m: BTreeMap::new(), v: BTreeMap::new() };
         for (name, (shape, values)) in &self.tensors {
             let (target, path) = if let Some(p) = name.strip_prefix("optim.m.") {
@@ -135,9 +136,17 @@ impl Checkpoint {
             } else {
                 continue;
             };
+            let weight = self.tensors.get(&format!("model.{path}")).map(|(_, w)| w.len());
+            if weight != Some(values.len()) {
+                return Err(Error::Input(format!(
+                    "checkpoint does not match its config: {name} holds {} values where model.{path} {}; retrain or restore the file",
+                    values.len(),
+                    weight.map_or("is missing".to_string(), |n| format!("has {n}"))
+                )));
+            }
             target.insert(path.to_string(), Tensor::from_data(TensorData::new(values.clone(), shape.clone()), device));
         }
-        opt
+        Ok(opt)
     }
 }
 
@@ -175,7 +184,7 @@ impl Checkpoint {
         self.check_data(&data)?;
         let mut trainer = Trainer::new(self.config.clone(), data, device)?;
         trainer.model = self.model(&trainer.device)?;
-        trainer.optimizer = self.optimizer(&trainer.device.clone().inner());
+        trainer.optimizer = self.optimizer(&trainer.device.clone().inner())?;
         trainer.progress = self.progress.clone();
         Ok(trainer)
     }
@@ -191,5 +200,40 @@ impl Checkpoint {
         weights.sort_by_key(|(name, _)| *name);
         let (name, _) = weights.into_iter().find(|(_, (_, values))| values.iter().any(|v| !v.is_finite()))?;
         Some(format!("its weights are not finite ({} holds NaN or infinity)", name.trim_start_matches("model.")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A moment of another length than its weight is refused with a one-line error, before
+    /// AdamW's step would meet it.
+    #[test]
+    fn a_moment_that_does_not_fit_its_weight_is_refused() {
+        let device = Device::flex();
+        let mut config = Config::preset("tiny").unwrap();
+        (config.model.n_layer, config.model.n_embd, config.model.n_head, config.model.block_size) = (1, 16, 2, 8);
+        config.train.batch_size = 2;
+        let data = Dataset::from_text(&"to be or not to be ".repeat(20), "test text").unwrap();
+        let mut trainer = Trainer::new(config, data.clone(), &device).unwrap();
+        pollster::block_on(trainer.step()).unwrap();
+        let path = std::env::temp_dir().join(format!("simplegpt-moment-{}.safetensors", std::process::id()));
+        crate::files::write_atomic(&path, &pollster::block_on(to_bytes(&trainer)).unwrap()).unwrap();
+        let mut ckpt = Checkpoint::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        ckpt.resume(data.clone(), &device).expect("the checkpoint as written resumes");
+
+        let (_, values) = ckpt.tensors.get_mut("optim.m.wte").expect("the embedding's first moment");
+        let n = values.len();
+        values.pop();
+        let err = ckpt.resume(data, &device).err().expect("refused").to_string();
+        assert_eq!(
+            err,
+            format!(
+                "checkpoint does not match its config: optim.m.wte holds {} values where model.wte has {n}; retrain or restore the file",
+                n - 1
+            )
+        );
     }
 }

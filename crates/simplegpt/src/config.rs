@@ -220,13 +220,13 @@ pub struct ModelConfig {
     pub residual: bool,
     pub mlp: MlpKind,
     pub pos: PosKind,
-    /// Our fused kernels (the norms, the attention, the cross-entropy and AdamW's step on the
-    /// CPU and the GPU, the vectorised GELU on the CPU: `simplegpt_shaders::{norm,
-    /// causal_attention, cross_entropy, adamw_step, gelu}`) where there is one, else burn's
-    /// tensor ops; the two differ by rounding (AdamW's step on the CPU excepted: the same
-    /// bits), so `false` lets a user compare. Absent
-    /// from configs of earlier versions and left out of the TOML when true, so that their
-    /// text (and hash) is what it was.
+    /// Our fused kernels (the norms, the attention, the cross-entropy, GELU and AdamW's step,
+    /// on the CPU and the GPU: `simplegpt_shaders::{norm, causal_attention, cross_entropy,
+    /// gelu, adamw_step}`) where there is one, else burn's tensor ops; the two differ by
+    /// rounding (AdamW's step on the CPU excepted: the same bits), and on the GPU in GELU's
+    /// gradient, which burn's takes from GELU's tanh approximation (up to 8.7e-4 from exact
+    /// GELU's), so `false` lets a user compare. Absent from configs of earlier versions and
+    /// left out of the TOML when true, so that their text (and hash) is what it was.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub fused: bool,
 }

@@ -190,7 +190,8 @@ mod tests {
     }
 
     /// A 1x2 weight (rank 2: decayed) and a bias of 2 (rank 1: not decayed), two AdamW steps:
-    /// the tensor ops and the fused step, on the CPU and on the GPU code path (lavapipe in CI).
+    /// the tensor ops and the fused step, on the CPU and on the GPU code path (lavapipe in CI;
+    /// under `--features fusion` the GPU's fused step is the tensor ops, see `Update`).
     #[test]
     fn two_adamw_steps_match_the_formula_worked_by_hand() {
         for device in [Device::flex(), crate::device::open("wgpu").expect("a wgpu adapter (lavapipe in CI)").device] {
