@@ -16,8 +16,6 @@ use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMe
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
-use cubecl::calculate_cube_count_elemwise;
-use cubecl::prelude::CubeDim;
 
 // The specification.
 
@@ -134,6 +132,19 @@ with_simd!(
     (p_out: &mut [f32], m: &mut [f32], v: &mut [f32], p: &[f32], g: &[f32], scale: f32, s: &AdamWScalars)
 );
 
+/// The step's operands, as the loop and the kernel read them unchecked: all f32, the
+/// gradient and the moments as long as the parameter (the first), and one scale (the last).
+fn check_operands<T: TensorMetadata>([param, grad, m, v, grad_scale]: [&T; 5]) {
+    for t in [param, grad, m, v, grad_scale] {
+        assert!(t.dtype() == DType::F32, "the fused AdamW step computes in f32");
+    }
+    let n = param.shape().num_elements();
+    assert!(
+        [grad, m, v].iter().all(|t| t.shape().num_elements() == n) && grad_scale.shape().num_elements() == 1,
+        "adamw_step: a gradient and moments as long as the parameter, and one scale"
+    );
+}
+
 impl AdamWOps for Flex {
     fn adamw_step(
         param: FloatTensor<Self>,
@@ -143,14 +154,7 @@ impl AdamWOps for Flex {
         grad_scale: FloatTensor<Self>,
         scalars: AdamWScalars,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        for t in [&param, &grad, &m, &v, &grad_scale] {
-            assert!(t.dtype() == DType::F32, "the fused AdamW step computes in f32");
-        }
-        let n = param.shape().num_elements();
-        assert!(
-            [&grad, &m, &v].iter().all(|t| t.shape().num_elements() == n) && grad_scale.shape().num_elements() == 1,
-            "adamw_step: a gradient and moments as long as the parameter, and one scale"
-        );
+        check_operands([&param, &grad, &m, &v, &grad_scale]);
         let shape = param.shape();
         // The parameter and the gradient are read where they lie (the model still holds the
         // parameter); the moments are written over.
@@ -230,15 +234,7 @@ impl AdamWOps for CubeBackend {
         grad_scale: FloatTensor<Self>,
         scalars: AdamWScalars,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        for t in [&param, &grad, &m, &v, &grad_scale] {
-            assert!(t.dtype == DType::F32, "the fused AdamW step computes in f32");
-        }
-        let n = param.shape().num_elements();
-        // What the kernel reads and writes unchecked: n elements of each, one of the scale.
-        assert!(
-            [&grad, &m, &v].iter().all(|t| t.shape().num_elements() == n) && grad_scale.shape().num_elements() == 1,
-            "adamw_step: a gradient and moments as long as the parameter, and one scale"
-        );
+        check_operands([&param, &grad, &m, &v, &grad_scale]);
         let (p, g, scale) = (into_contiguous(param), into_contiguous(grad), into_contiguous(grad_scale));
         // The moments are written over: each a buffer of its own, contiguous.
         let own = |t: FloatTensor<Self>| {
@@ -252,36 +248,34 @@ impl AdamWOps for CubeBackend {
             p.shape(),
             DType::F32,
         );
-        if n == 0 {
-            return (out, m, v);
-        }
-        let cube_dim = CubeDim::new(&out.client, n);
-        let cube_count = calculate_cube_count_elemwise(&out.client, n, cube_dim);
         let s = scalars;
-        // SAFETY: the kernel checks its bounds (ABSOLUTE_POS < len) before it reads or writes;
-        // every tensor holds n elements (grad_scale one, read at 0), contiguous.
-        unsafe {
-            cube_kernel::adamw_kernel::launch_unchecked(
-                &out.client,
-                cube_count,
-                cube_dim,
-                p.into_tensor_arg(),
-                g.into_tensor_arg(),
-                scale.into_tensor_arg(),
-                m.clone().into_tensor_arg(),
-                v.clone().into_tensor_arg(),
-                out.clone().into_tensor_arg(),
-                s.beta1,
-                s.one_minus_beta1,
-                s.beta2,
-                s.one_minus_beta2,
-                s.decay,
-                s.bias_correction1,
-                s.bias_correction2,
-                s.eps,
-                s.lr,
-            );
-        }
+        crate::launch_per_element(&out, |count, dim| {
+            // SAFETY: the kernel checks its bounds (ABSOLUTE_POS < len) before it reads or
+            // writes; every tensor holds as many elements as `out` (grad_scale one, read at 0),
+            // contiguous (checked above).
+            unsafe {
+                cube_kernel::adamw_kernel::launch_unchecked(
+                    &out.client,
+                    count,
+                    dim,
+                    p.into_tensor_arg(),
+                    g.into_tensor_arg(),
+                    scale.into_tensor_arg(),
+                    m.clone().into_tensor_arg(),
+                    v.clone().into_tensor_arg(),
+                    out.clone().into_tensor_arg(),
+                    s.beta1,
+                    s.one_minus_beta1,
+                    s.beta2,
+                    s.one_minus_beta2,
+                    s.decay,
+                    s.bias_correction1,
+                    s.bias_correction2,
+                    s.eps,
+                    s.lr,
+                )
+            }
+        });
         (out, m, v)
     }
 }

@@ -19,8 +19,7 @@ use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMe
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
-use cubecl::calculate_cube_count_elemwise;
-use cubecl::prelude::{CubeDim, SequenceArg};
+use cubecl::prelude::SequenceArg;
 
 // The specification: what every backend computes.
 
@@ -118,27 +117,25 @@ pub(crate) mod cube_kernel {
 
 impl DropoutMaskOps for CubeBackend {
     fn dropout_mask(like: FloatTensor<Self>, key: u64, threshold: u32, scale: f32) -> FloatTensor<Self> {
-        let shape = like.shape();
-        let n = shape.num_elements();
-        let output = empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, DType::F32);
+        let output = empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), like.shape(), DType::F32);
         let mut keys = SequenceArg::new();
         for k in round_keys(key) {
             keys.push(k);
         }
-        let cube_dim = CubeDim::new(&output.client, n);
-        let cube_count = calculate_cube_count_elemwise(&output.client, n, cube_dim);
-        // SAFETY: the kernel checks its bounds (ABSOLUTE_POS < len) before it writes.
-        unsafe {
-            cube_kernel::dropout_mask_kernel::launch_unchecked(
-                &output.client,
-                cube_count,
-                cube_dim,
-                output.clone().into_tensor_arg(),
-                keys,
-                threshold,
-                scale,
-            );
-        }
+        crate::launch_per_element(&output, |count, dim| {
+            // SAFETY: the kernel checks its bounds (ABSOLUTE_POS < len) before it writes.
+            unsafe {
+                cube_kernel::dropout_mask_kernel::launch_unchecked(
+                    &output.client,
+                    count,
+                    dim,
+                    output.clone().into_tensor_arg(),
+                    keys,
+                    threshold,
+                    scale,
+                )
+            }
+        });
         match like.dtype {
             DType::F32 => output,
             other => CubeBackend::float_cast(output, other.into()),

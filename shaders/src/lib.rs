@@ -86,6 +86,19 @@ pub use norm::{NormOps, norm};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::TensorData;
+use burn_cubecl::CubeBackend;
+use cubecl::calculate_cube_count_elemwise;
+use cubecl::prelude::{CubeCount, CubeDim};
+
+/// Launches `launch(cube_count, cube_dim)` with one unit per element of `out`, if it has any:
+/// how the element-wise kernels (dropout mask, GELU, AdamW) are launched.
+pub(crate) fn launch_per_element(out: &FloatTensor<CubeBackend>, launch: impl FnOnce(CubeCount, CubeDim)) {
+    let n = out.shape().num_elements();
+    if n > 0 {
+        let dim = CubeDim::new(&out.client, n);
+        launch(calculate_cube_count_elemwise(&out.client, n, dim), dim);
+    }
+}
 
 /// `t` itself when its elements lie in order in its buffer (a slice of it reads them), else a
 /// contiguous copy: how the CPU twins read their inputs.
