@@ -29,8 +29,6 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
-use cubecl::calculate_cube_count_elemwise;
-use cubecl::prelude::{CubeCount, CubeDim};
 
 // The specification.
 
@@ -182,7 +180,7 @@ impl GeluOps for CubeBackend {
         }
         let x = into_contiguous(x);
         let y = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), x.shape(), DType::F32);
-        launch_elementwise(&y, |count, dim| {
+        crate::launch_per_element(&y, |count, dim| {
             // SAFETY: the kernel checks its bounds (ABSOLUTE_POS < len); x and y hold the same
             // number of elements, contiguous.
             unsafe {
@@ -204,7 +202,7 @@ impl GeluOps for CubeBackend {
         }
         let (x, grad) = (into_contiguous(x), into_contiguous(grad));
         let dx = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), x.shape(), DType::F32);
-        launch_elementwise(&dx, |count, dim| {
+        crate::launch_per_element(&dx, |count, dim| {
             // SAFETY: as the forward's; grad holds as many elements as x and dx.
             unsafe {
                 cube_kernel::gelu_backward_kernel::launch_unchecked(
@@ -218,15 +216,6 @@ impl GeluOps for CubeBackend {
             }
         });
         dx
-    }
-}
-
-/// Launches `launch(cube_count, cube_dim)` with one unit per element of `out`, if it has any.
-fn launch_elementwise(out: &FloatTensor<CubeBackend>, launch: impl FnOnce(CubeCount, CubeDim)) {
-    let n = out.shape().num_elements();
-    if n > 0 {
-        let dim = CubeDim::new(&out.client, n);
-        launch(calculate_cube_count_elemwise(&out.client, n, dim), dim);
     }
 }
 
@@ -432,11 +421,13 @@ mod tests {
         // compiler may fuse a multiply-add (lavapipe: 1.2e-7 and 3.6e-7 from the specification,
         // 1.7e-7 and 2.6e-7 from exact); burn's GPU gradient is 4.6e-4 from exact here.
         assert!(
-            value_spec <= 5e-7 && grad_spec <= 6e-7,
+            value_spec <= 5e-7 && grad_spec <= 8e-7,
             "from the specification: GELU {value_spec:e}, gradient {grad_spec:e}"
         );
         assert!(value_exact <= 6e-7 && grad_exact <= 8e-7, "from exact GELU: {value_exact:e}, gradient {grad_exact:e}");
-        let extremes = [f32::MAX, f32::MIN, 1e30, -1e30, 88.0, -88.0, 0.0, f32::NAN];
+        // Past where the Gaussian underflows the values are exact (x or 0, slopes 1 or 0),
+        // however the GPU rounds; 0 is among the inputs above.
+        let extremes = [f32::MAX, f32::MIN, 1e30, -1e30, 88.0, -88.0, f32::NAN];
         let x = Tensor::<1>::from_floats(extremes, &device).require_grad();
         let y = gelu(x.clone());
         let grad = values(x.grad(&y.clone().sum().backward()).unwrap());
