@@ -35,22 +35,30 @@ use cubecl::prelude::{CubeCount, CubeDim};
 
 // The specification: one row of `d` elements.
 
-/// `sum_i f(i)` for `i < n`, in eight interleaved lanes (`i mod 8`), then the lanes in
-/// order: a fixed order that the compiler can keep in vector registers (a single running sum
-/// it may not reorder).
+/// Lanes of the row sums: one AVX-512 register, two AVX2, four SSE or wasm SIMD registers.
+const LANES: usize = 16;
+
+/// `sum_i f(rows[0][i], rows[1][i], ...)` over a row: in 16 interleaved lanes (`i mod 16`) up
+/// to the last multiple of 16, the lanes added in order, then the last elements in order. A
+/// fixed order, the same for every SIMD width, in a loop the compiler keeps in vector
+/// registers (a single running sum it may not reorder). One sum a pass: two in one loop, the
+/// compiler pairs the sums rather than the lanes.
 #[inline(always)]
-fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let full = n / 8 * 8;
-    for i in (0..full).step_by(8) {
+fn lane_sum<const S: usize>(rows: [&[f32]; S], f: impl Fn([f32; S]) -> f32) -> f32 {
+    let n = rows[0].len();
+    let full = n / LANES * LANES;
+    let mut lanes = [0.0f32; LANES];
+    for start in (0..full).step_by(LANES) {
+        let chunks: [&[f32; LANES]; S] = rows.map(|r| r[start..start + LANES].try_into().expect("LANES elements"));
         for (l, lane) in lanes.iter_mut().enumerate() {
-            *lane += f(i + l);
+            *lane += f(chunks.map(|c| c[l]));
         }
     }
-    for (lane, i) in lanes.iter_mut().zip(full..n) {
-        *lane += f(i);
+    let mut sum: f32 = lanes.iter().sum();
+    for i in full..n {
+        sum += f(rows.map(|r| r[i]));
     }
-    lanes.iter().sum()
+    sum
 }
 
 /// The row's mean (0 for RMSNorm) and `1 / sqrt(var + eps)` (`var`: the mean square of the
@@ -58,12 +66,13 @@ fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
 #[inline(always)]
 fn row_stats(x: &[f32], rms: bool, eps: f32) -> (f32, f32) {
     let d = x.len() as f32;
-    let mean = if rms { 0.0 } else { lane_sum(x.len(), |i| x[i]) / d };
-    let var = lane_sum(x.len(), |i| (x[i] - mean) * (x[i] - mean)) / d;
+    let mean = if rms { 0.0 } else { lane_sum([x], |[x]| x) / d };
+    let var = lane_sum([x], |[x]| (x - mean) * (x - mean)) / d;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
 /// `y = (x - mean) / sqrt(var + eps) * gain` for one row (LayerNorm; RMSNorm without the mean).
+#[inline(always)]
 pub fn norm_row(x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [f32]) {
     let (mean, rstd) = row_stats(x, rms, eps);
     for ((y, x), w) in y.iter_mut().zip(x).zip(gain) {
@@ -74,20 +83,46 @@ pub fn norm_row(x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [f32]) {
 /// The gradient of one row, given `g` (the output's gradient, overwritten with the input's)
 /// and `gain_grad` (`g * xhat` is added to it). With `xhat = (x - mean) rstd` and
 /// `gx = g * gain`: `rstd (gx - mean(gx) - xhat mean(gx xhat))` for LayerNorm,
-/// `rstd (gx - xhat mean(gx xhat))` for RMSNorm.
+/// `rstd (gx - xhat mean(gx xhat))` for RMSNorm; `mean(gx xhat)` taken as
+/// `rstd mean(gx (x - mean))`.
+#[inline(always)]
 pub fn norm_row_backward(x: &[f32], gain: &[f32], rms: bool, eps: f32, g: &mut [f32], gain_grad: &mut [f32]) {
     let n = x.len();
     let (gain, g, gain_grad) = (&gain[..n], &mut g[..n], &mut gain_grad[..n]);
-    let (mean, rstd) = row_stats(x, rms, eps);
     let d = n as f32;
-    let gx_mean = if rms { 0.0 } else { lane_sum(n, |i| g[i] * gain[i]) / d };
-    let gx_xhat_mean = lane_sum(n, |i| g[i] * gain[i] * ((x[i] - mean) * rstd)) / d;
-    for i in 0..n {
-        let xh = (x[i] - mean) * rstd;
-        gain_grad[i] += g[i] * xh;
-        g[i] = rstd * (g[i] * gain[i] - gx_mean - xh * gx_xhat_mean);
+    let (mean, rstd) = row_stats(x, rms, eps);
+    let gx_mean = if rms { 0.0 } else { lane_sum([g, gain], |[g, w]| g * w) / d };
+    let gx_xhat_mean = rstd * lane_sum([x, g, gain], |[x, g, w]| g * w * (x - mean)) / d;
+    for (((g, gain_grad), x), w) in g.iter_mut().zip(gain_grad.iter_mut()).zip(x).zip(gain) {
+        let xh = (x - mean) * rstd;
+        *gain_grad += *g * xh;
+        *g = rstd * (*g * w - gx_mean - xh * gx_xhat_mean);
     }
 }
+
+/// `norm_row` on each row of `x` (rows of `gain.len()`).
+#[inline(always)]
+fn norm_rows(x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [f32]) {
+    for (y, x) in y.chunks_exact_mut(gain.len()).zip(x.chunks_exact(gain.len())) {
+        norm_row(x, gain, rms, eps, y);
+    }
+}
+
+with_simd!(norm_rows_simd, norm_rows, (x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [f32]));
+
+/// `norm_row_backward` on each row of `x` (rows of `gain.len()`).
+#[inline(always)]
+fn norm_rows_backward(x: &[f32], gain: &[f32], rms: bool, eps: f32, g: &mut [f32], gain_grad: &mut [f32]) {
+    for (g, x) in g.chunks_exact_mut(gain.len()).zip(x.chunks_exact(gain.len())) {
+        norm_row_backward(x, gain, rms, eps, g, gain_grad);
+    }
+}
+
+with_simd!(
+    norm_rows_backward_simd,
+    norm_rows_backward,
+    (x: &[f32], gain: &[f32], rms: bool, eps: f32, g: &mut [f32], gain_grad: &mut [f32])
+);
 
 // The op.
 
@@ -131,11 +166,7 @@ impl NormOps for Flex {
         let (x, gain): (&[f32], &[f32]) = (x.as_slice().expect("contiguous"), gain.as_slice().expect("contiguous"));
         assert_eq!(gain.len(), d, "the gain has the size of the normalised dimension");
         let mut y = vec![0.0f32; x.len()];
-        let task = |(y, x): (&mut [f32], &[f32])| {
-            for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                norm_row(x, gain, rms, eps, y);
-            }
-        };
+        let task = |(y, x): (&mut [f32], &[f32])| norm_rows_simd(x, gain, rms, eps, y);
         let n = rows_per_task(d) * d;
         #[cfg(not(target_family = "wasm"))]
         {
@@ -165,9 +196,7 @@ impl NormOps for Flex {
         assert_eq!(g.len(), x.len(), "the gradient has the input's shape");
         let task = |(g, x): (&mut [f32], &[f32])| {
             let mut gain_grad = vec![0.0f32; d];
-            for (g, x) in g.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                norm_row_backward(x, gain, rms, eps, g, &mut gain_grad);
-            }
+            norm_rows_backward_simd(x, gain, rms, eps, g, &mut gain_grad);
             gain_grad
         };
         let n = rows_per_task(d) * d;
@@ -646,6 +675,31 @@ mod tests {
         for rms in [false, true] {
             let all = run(input(&device), gain(&device), rms, true);
             assert_eq!(one.install(|| run(input(&device), gain(&device), rms, true)), all, "rms {rms}");
+        }
+    }
+
+    /// The row loops compiled for the machine's SIMD (AVX-512 or AVX2 where it has them) give
+    /// the bits of the baseline build of the same loops: rows of 45 (lanes and a tail) and of
+    /// 384 (lanes only).
+    #[test]
+    fn the_simd_loops_give_the_baseline_bits() {
+        for d in [45, 384] {
+            let x: Vec<f32> = (0..7 * d).map(|i| (i as f32 * 0.37).sin() * (1.0 + (i % 7) as f32) + 0.3).collect();
+            let gain: Vec<f32> = (0..d).map(|i| 0.5 + (i as f32 * 0.11).cos()).collect();
+            let g: Vec<f32> = x.iter().map(|v| (v * 3.0).cos()).collect();
+            for rms in [false, true] {
+                let (mut y_simd, mut y_base) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+                norm_rows_simd(&x, &gain, rms, 1e-5, &mut y_simd);
+                norm_rows(&x, &gain, rms, 1e-5, &mut y_base);
+                let (mut g_simd, mut g_base) = (g.clone(), g.clone());
+                let (mut gain_simd, mut gain_base) = (vec![0.0; d], vec![0.0; d]);
+                norm_rows_backward_simd(&x, &gain, rms, 1e-5, &mut g_simd, &mut gain_simd);
+                norm_rows_backward(&x, &gain, rms, 1e-5, &mut g_base, &mut gain_base);
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y_simd), bits(&y_base), "d {d}, rms {rms}: values");
+                assert_eq!(bits(&g_simd), bits(&g_base), "d {d}, rms {rms}: input's gradient");
+                assert_eq!(bits(&gain_simd), bits(&gain_base), "d {d}, rms {rms}: gain's gradient");
+            }
         }
     }
 
