@@ -89,26 +89,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match on_a_worker(|| dispatch(cli.command)) {
+    // On a thread of the CPU backend's pool, so that its parallel ops start where they are
+    // called (simplegpt::threads).
+    match simplegpt::threads::on_a_worker(|| dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Runs `command` on a thread of rayon's pool, the pool that burn's CPU backend and
-/// simplegpt's CPU ops split their work over. From any other thread each parallel op is
-/// handed to the pool and the caller sleeps until it is done: two or three thread wake-ups
-/// an op, a tenth of a small model's step (BENCHMARKS.md). On a worker the op is split where
-/// it is called: the calling thread takes a part and the other workers steal the rest. The
-/// stack is the main thread's (8 MiB), not a spawned thread's 2 MiB.
-fn on_a_worker<R: Send>(command: impl FnOnce() -> R + Send) -> R {
-    match rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build() {
-        Ok(pool) => pool.install(command),
-        // No threads to be had: the command runs here, as it would with a pool of one.
-        Err(_) => command(),
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 #[cfg(not(target_family = "wasm"))]
 use std::sync::{Mutex, OnceLock};
 
+use burn::backend::DispatchDevice;
 use burn::tensor::Device;
 #[cfg(not(target_family = "wasm"))]
 use burn::tensor::wgpu::WgpuBackend;
@@ -30,6 +31,18 @@ pub struct Opened {
     pub adapter: String,
     /// A software rasteriser (lavapipe, SwiftShader): real GPU code, CPU speed.
     pub software: bool,
+}
+
+/// Whether `device` is the CPU backend (burn's Flex), itself or under autodiff.
+pub fn is_cpu(device: &Device) -> bool {
+    fn flex(device: &DispatchDevice) -> bool {
+        match device {
+            DispatchDevice::Autodiff(inner) => flex(inner),
+            DispatchDevice::Flex(_) => true,
+            DispatchDevice::Cube(_) => false,
+        }
+    }
+    flex(device.as_dispatch())
 }
 
 /// Opens a device by name. `auto` prefers CUDA (when built with it), then a wgpu GPU,

@@ -8,7 +8,8 @@
 //! checked before it allocates), `checkpoint`, `record` (a run's header and metrics, and
 //! how two runs compare), `run` (a run directory and its one writer), `study` (compare and
 //! sweep: their runs, statistics, reports and plots), `hessian` (its extreme eigenvalues),
-//! `interop` (weights in PyTorch names), `sample`, `bench`, `device`; below them `files`
+//! `interop` (weights in PyTorch names), `sample`, `bench`, `device`, `threads` (the CPU
+//! backend's threads); below them `files`
 //! (files written whole or not at all), `params` (parameters by path, the read-back from
 //! the device, a run-to-run repeatable sum), `rng` (the portable random streams) and
 //! `error`. Our own kernels (the dropout mask) are a crate of their own,
@@ -38,6 +39,8 @@ pub mod sample;
 #[cfg(not(target_family = "wasm"))]
 pub mod shards;
 pub mod study;
+#[cfg(not(target_family = "wasm"))]
+pub mod threads;
 pub mod tokenizer;
 pub mod train;
 

@@ -96,6 +96,11 @@ impl Trainer {
         if self.finished() {
             return Ok(None);
         }
+        // The CPU's other threads wait for this step's ops awake (`threads`).
+        #[cfg(not(target_family = "wasm"))]
+        if crate::device::is_cpu(&self.device) {
+            crate::threads::keep_awake();
+        }
         let cfg = self.config.train.clone();
         let step = self.progress.step;
         let last = step == cfg.max_steps;
