@@ -77,6 +77,9 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error ({info}); please report it");
     }));
+    // The first thread to start: the CPU backend's parallel ops now start where they are
+    // called (simplegpt::threads).
+    simplegpt::threads::join_the_pool();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -89,9 +92,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // On a thread of the CPU backend's pool, so that its parallel ops start where they are
-    // called (simplegpt::threads).
-    match simplegpt::threads::on_a_worker(|| dispatch(cli.command)) {
+    match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");

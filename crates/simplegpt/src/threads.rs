@@ -2,9 +2,9 @@
 //! simplegpt's CPU ops split their work. Two things make a small model's step on the CPU
 //! faster here (BENCHMARKS.md, "CPU step: threads that wait awake"):
 //!
-//! - The work runs on one of the pool's threads (`on_a_worker`). From any other thread each
-//!   parallel op is handed to the pool and the caller sleeps until it is done; on a worker
-//!   the op is split where it is called, the caller taking a part.
+//! - The main thread is one of the pool's workers (`join_the_pool`). From any other thread
+//!   each parallel op is handed to the pool and the caller sleeps until it is done; on a
+//!   worker the op is split where it is called, the caller taking a part.
 //! - During a step the other workers wait for the next op spinning, not asleep
 //!   (`keep_awake`). A sleeping worker is woken through the kernel (a futex; on a virtual
 //!   machine an interrupt to another virtual CPU): tens of microseconds on the step's path,
@@ -23,14 +23,13 @@ use std::time::{Duration, Instant};
 /// The gaps between a step's parallel ops are a few to a few hundred microseconds.
 const IDLE: Duration = Duration::from_millis(2);
 
-/// Runs `work` on a thread of a rayon pool (one thread per core, as rayon's global pool),
-/// the thread's stack the size of the main thread's (8 MiB, not a spawned thread's 2 MiB).
-/// Where no thread can be started, `work` runs here, as it would with a pool of one.
-pub fn on_a_worker<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    match rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build() {
-        Ok(pool) => pool.install(work),
-        Err(_) => work(),
-    }
+/// Makes the calling thread the first worker of rayon's global pool (the pool's other
+/// workers are spawned as before: one thread per core in all). Call it at the start of the
+/// main thread, before any parallel op; where the pool exists already it does nothing. The
+/// thread keeps its stack and, under glibc, its heap: a spawned thread's own malloc arena
+/// would map large blocks afresh each step (2.3x the page faults at nanoGPT's size).
+pub fn join_the_pool() {
+    let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
 }
 
 /// Workers now spinning.
@@ -44,7 +43,7 @@ thread_local! {
 }
 
 /// Keeps the pool's other workers spinning, ready for the next parallel op, until each has
-/// gone `IDLE` without work. Call it from a worker (`on_a_worker`) where a step on the CPU
+/// gone `IDLE` without work. Call it from a worker (`join_the_pool`) where a step on the CPU
 /// begins; elsewhere, or with one thread, it does nothing.
 pub fn keep_awake() {
     let Some(caller) = rayon::current_thread_index() else { return };
@@ -53,11 +52,13 @@ pub fn keep_awake() {
     }
     // One copy runs on each worker, the caller's included (which drops it).
     rayon::spawn_broadcast(move |worker| {
-        if worker.index() == caller || IN_SPIN.get() {
+        if worker.index() == caller {
             return;
         }
         SENT.store(false, Ordering::Release);
-        spin();
+        if !IN_SPIN.get() {
+            spin();
+        }
     });
 }
 
@@ -108,7 +109,6 @@ mod tests {
         pool(1).install(keep_awake);
         assert_eq!(SPINNING.load(Ordering::Acquire), 0);
         assert!(!SENT.load(Ordering::Acquire));
-        assert!(on_a_worker(|| rayon::current_thread_index().is_some()));
 
         let xs: Vec<u64> = (0..1_000_000).collect();
         let (sums, most_spinning) = pool(2).install(|| {
