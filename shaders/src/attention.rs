@@ -29,6 +29,7 @@
 
 use crate::dropout::{MASK_MAX_ELEMENTS, feistel30, round_keys};
 use crate::gelu::exp_nonpositive;
+use crate::lanes;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -250,9 +251,9 @@ impl Mask {
     }
 }
 
-/// Sums in eight interleaved lanes, then the lanes in order (as `norm`'s), so the loop
-/// vectorises.
-fn lane_sum(xs: impl Iterator<Item = f32>) -> f32 {
+/// Sums in eight interleaved lanes, then the lanes in order: the rows of a matrix of any
+/// strides (`lanes::sum` takes slices).
+fn strided_sum(xs: impl Iterator<Item = f32>) -> f32 {
     let mut lanes = [0.0f32; 8];
     for (i, x) in xs.enumerate() {
         lanes[i % 8] += x;
@@ -267,9 +268,9 @@ fn lane_sum(xs: impl Iterator<Item = f32>) -> f32 {
 #[inline(always)]
 fn probabilities(s: &mut [f32], i: usize, scale: f32) -> [f32; 2] {
     let (past, future) = s.split_at_mut(i + 1);
-    let m = past.iter().fold(f32::NEG_INFINITY, |m, v| m.max(v * scale));
+    let m = lanes::max(past, |v| v * scale);
     past.iter_mut().for_each(|x| *x = exp_nonpositive(*x * scale - m));
-    let sum = lane_sum(past.iter().copied());
+    let sum = lanes::sum([past], |[p]| p);
     past.iter_mut().for_each(|p| *p /= sum);
     future.fill(0.0);
     [m, sum]
@@ -426,7 +427,7 @@ impl CausalAttentionOps for Flex {
             // gradient), which the softmax's backward subtracts.
             // SAFETY: g is [T, hs] within its buffer.
             let dots: Vec<f32> =
-                (0..t).map(|i| lane_sum((0..hs).map(|c| unsafe { g.get(i, c) } * y[i * hs + c]))).collect();
+                (0..t).map(|i| strided_sum((0..hs).map(|c| unsafe { g.get(i, c) } * y[i * hs + c]))).collect();
             let mut s = vec![0.0f32; QUERY_BLOCK.min(t) * t];
             let mut dp = vec![0.0f32; QUERY_BLOCK.min(t) * t];
             for i0 in (0..t).step_by(QUERY_BLOCK) {
@@ -1110,6 +1111,31 @@ mod tests {
             }
             assert!(kept > 50 && dropped > 50, "{device:?}: kept {kept}, dropped {dropped}");
         }
+    }
+
+    /// The softmax's row loops compiled for the machine's SIMD (AVX-512 or AVX2 where it has
+    /// them) give the bits of the baseline build of the same loops: a block of the last 6
+    /// query rows of 70 keys (lanes and a tail), with dropout.
+    #[test]
+    fn the_simd_loops_give_the_baseline_bits() {
+        let (rows, t) = (6, 70);
+        let i0 = t - rows;
+        let scores: Vec<f32> = (0..rows * t).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
+        let dp: Vec<f32> = (0..rows * t).map(|i| (i as f32 * 0.11).cos()).collect();
+        let dots: Vec<f32> = (0..rows).map(|r| r as f32 * 0.1 - 0.2).collect();
+        let drop = Mask { keys: round_keys(7), threshold: 1 << 28, scale: 1.25 };
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let (mut s_simd, mut s_base) = (scores.clone(), scores.clone());
+        let (mut stats_simd, mut stats_base) = (vec![0.0; 2 * rows], vec![0.0; 2 * rows]);
+        forward_rows_simd(&mut s_simd, t, i0, 0.3, &mut stats_simd, drop, 5, t);
+        forward_rows(&mut s_base, t, i0, 0.3, &mut stats_base, drop, 5, t);
+        assert_eq!(bits(&s_simd), bits(&s_base), "weights");
+        assert_eq!(bits(&stats_simd), bits(&stats_base), "row statistics");
+        let (mut s_simd, mut s_base, mut dp_simd, mut dp_base) = (scores.clone(), scores, dp.clone(), dp);
+        backward_rows_simd(&mut s_simd, &mut dp_simd, t, i0, 0.3, &stats_base, &dots, drop, 5, t);
+        backward_rows(&mut s_base, &mut dp_base, t, i0, 0.3, &stats_base, &dots, drop, 5, t);
+        assert_eq!(bits(&s_simd), bits(&s_base), "weights, recomputed");
+        assert_eq!(bits(&dp_simd), bits(&dp_base), "scores' gradient");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! feature), where `model::Gpt::loss` keeps the tensor ops.
 
 use crate::gelu::exp_nonpositive;
+use crate::lanes;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -34,17 +35,13 @@ use cubecl::prelude::CubeDim;
 // The specification: one row of `V` logits and its target.
 
 /// `log sum_j exp(x[j]) = m + ln s` as its two parts: `m` the row's largest and
-/// `ln s = ln(sum_j exp(x[j] - m))` (at least 0), which cannot overflow; the sum in eight
-/// interleaved lanes, then the lanes in order. Kept apart so that `x - m` is taken first, as
-/// burn's log-softmax does: `m + ln s` would round away `ln s`'s low bits when `m` is large.
+/// `ln s = ln(sum_j exp(x[j] - m))` (at least 0), which cannot overflow; the maximum and the
+/// sum in lanes (`lanes`). Kept apart so that `x - m` is taken first, as burn's log-softmax
+/// does: `m + ln s` would round away `ln s`'s low bits when `m` is large.
 #[inline(always)]
 pub fn log_sum_exp(x: &[f32]) -> (f32, f32) {
-    let m = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-    let mut lanes = [0.0f32; 8];
-    for (i, v) in x.iter().enumerate() {
-        lanes[i % 8] += exp_nonpositive(v - m);
-    }
-    (m, lanes.iter().sum::<f32>().ln())
+    let m = lanes::max(x, |v| v);
+    (m, lanes::sum([x], |[v]| exp_nonpositive(v - m)).ln())
 }
 
 /// `-log softmax(x)[target] = (m - x[target]) + ln s`.
@@ -446,6 +443,23 @@ mod tests {
     fn the_same_bits_on_one_thread_as_on_all() {
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         assert_eq!(one.install(|| run(3.0, true)), run(3.0, true));
+    }
+
+    /// The row loops compiled for the machine's SIMD (AVX-512 or AVX2 where it has them)
+    /// give the bits of the baseline build of the same loops: rows of 77 (lanes and a tail).
+    #[test]
+    fn the_simd_loops_give_the_baseline_bits() {
+        let x: Vec<f32> = (0..5 * 77).map(|i| (i as f32 * 0.61).sin() * 9.0).collect();
+        let (targets, g) = ([0, 76, 3, 40, 16], [1.0, 0.5, -0.25, 2.0, 0.125]);
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let (mut simd, mut base) = ([0.0; 5], [0.0; 5]);
+        cross_entropy_rows(&x, &targets, &mut simd);
+        cross_entropy_rows_loop(&x, &targets, &mut base);
+        assert_eq!(bits(&simd), bits(&base), "losses");
+        let (mut simd, mut base) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        cross_entropy_rows_backward(&x, &targets, &g, &mut simd);
+        cross_entropy_rows_backward_loop(&x, &targets, &g, &mut base);
+        assert_eq!(bits(&simd), bits(&base), "gradients");
     }
 
     #[test]

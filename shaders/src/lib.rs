@@ -72,6 +72,7 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod gelu;
+mod lanes;
 pub mod matmul;
 pub mod norm;
 

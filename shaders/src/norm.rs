@@ -17,6 +17,7 @@
 //! results differ from the tensor ops by rounding (`x * (1 / s)` here, `x / s` there, and sums
 //! taken in another order): simplegpt's `fused = false` runs the tensor ops, to compare.
 
+use crate::lanes;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -35,39 +36,13 @@ use cubecl::prelude::{CubeCount, CubeDim};
 
 // The specification: one row of `d` elements.
 
-/// Lanes of the row sums: one AVX-512 register, two AVX2, four SSE or wasm SIMD registers.
-const LANES: usize = 16;
-
-/// `sum_i f(rows[0][i], rows[1][i], ...)` over a row: in 16 interleaved lanes (`i mod 16`) up
-/// to the last multiple of 16, the lanes added in order, then the last elements in order. A
-/// fixed order, the same for every SIMD width, in a loop the compiler keeps in vector
-/// registers (a single running sum it may not reorder). One sum a pass: two in one loop, the
-/// compiler pairs the sums rather than the lanes.
-#[inline(always)]
-fn lane_sum<const S: usize>(rows: [&[f32]; S], f: impl Fn([f32; S]) -> f32) -> f32 {
-    let n = rows[0].len();
-    let full = n / LANES * LANES;
-    let mut lanes = [0.0f32; LANES];
-    for start in (0..full).step_by(LANES) {
-        let chunks: [&[f32; LANES]; S] = rows.map(|r| r[start..start + LANES].try_into().expect("LANES elements"));
-        for (l, lane) in lanes.iter_mut().enumerate() {
-            *lane += f(chunks.map(|c| c[l]));
-        }
-    }
-    let mut sum: f32 = lanes.iter().sum();
-    for i in full..n {
-        sum += f(rows.map(|r| r[i]));
-    }
-    sum
-}
-
 /// The row's mean (0 for RMSNorm) and `1 / sqrt(var + eps)` (`var`: the mean square of the
 /// row less its mean).
 #[inline(always)]
 fn row_stats(x: &[f32], rms: bool, eps: f32) -> (f32, f32) {
     let d = x.len() as f32;
-    let mean = if rms { 0.0 } else { lane_sum([x], |[x]| x) / d };
-    let var = lane_sum([x], |[x]| (x - mean) * (x - mean)) / d;
+    let mean = if rms { 0.0 } else { lanes::sum([x], |[x]| x) / d };
+    let var = lanes::sum([x], |[x]| (x - mean) * (x - mean)) / d;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -91,8 +66,8 @@ pub fn norm_row_backward(x: &[f32], gain: &[f32], rms: bool, eps: f32, g: &mut [
     let (gain, g, gain_grad) = (&gain[..n], &mut g[..n], &mut gain_grad[..n]);
     let d = n as f32;
     let (mean, rstd) = row_stats(x, rms, eps);
-    let gx_mean = if rms { 0.0 } else { lane_sum([g, gain], |[g, w]| g * w) / d };
-    let gx_xhat_mean = rstd * lane_sum([x, g, gain], |[x, g, w]| g * w * (x - mean)) / d;
+    let gx_mean = if rms { 0.0 } else { lanes::sum([g, gain], |[g, w]| g * w) / d };
+    let gx_xhat_mean = rstd * lanes::sum([x, g, gain], |[x, g, w]| g * w * (x - mean)) / d;
     for (((g, gain_grad), x), w) in g.iter_mut().zip(gain_grad.iter_mut()).zip(x).zip(gain) {
         let xh = (x - mean) * rstd;
         *gain_grad += *g * xh;
