@@ -146,23 +146,25 @@ impl DropoutMaskOps for CubeBackend {
 impl DropoutMaskOps for Flex {
     fn dropout_mask(like: FloatTensor<Self>, key: u64, threshold: u32, scale: f32) -> FloatTensor<Self> {
         let (shape, keys) = (like.shape(), round_keys(key));
-        let mut values = vec![0.0f32; shape.num_elements()];
-        let fill = |start: usize, chunk: &mut [f32]| {
+        let fill = |start: usize, chunk: &mut [std::mem::MaybeUninit<f32>]| {
             for (i, v) in (start as u32..).zip(chunk) {
-                if feistel30(i, &keys) >= threshold {
-                    *v = scale;
-                }
+                v.write(if feistel30(i, &keys) >= threshold { scale } else { 0.0 });
             }
         };
-        // Natively on all cores (the attention masks are large); wasm has no threads here.
-        #[cfg(not(target_family = "wasm"))]
-        {
-            use rayon::prelude::*;
-            const CHUNK: usize = 1 << 16;
-            values.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| fill(c * CHUNK, chunk));
-        }
-        #[cfg(target_family = "wasm")]
-        fill(0, &mut values);
+        // SAFETY: `fill` writes every element of its chunk.
+        let values = unsafe {
+            crate::written(shape.num_elements(), |values| {
+                // Natively on all cores (the attention masks are large); wasm has no threads here.
+                #[cfg(not(target_family = "wasm"))]
+                {
+                    use rayon::prelude::*;
+                    const CHUNK: usize = 1 << 16;
+                    values.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| fill(c * CHUNK, chunk));
+                }
+                #[cfg(target_family = "wasm")]
+                fill(0, values);
+            })
+        };
         let data = TensorData::new(values, shape).convert_dtype(like.dtype());
         Flex::float_from_data(data, &like.device())
     }

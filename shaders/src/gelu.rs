@@ -17,6 +17,8 @@
 //! fusion the op is burn's own, which its fusion can fuse. The model calls burn's GELU
 //! instead under `fused = false`.
 
+use std::mem::MaybeUninit;
+
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -98,11 +100,14 @@ pub fn gelu_backward_f32(x: f32, g: f32) -> f32 {
 
 // The loops, compiled for the SIMD the machine has (`with_simd!`).
 
+/// Writes every element of `y` (as long as `x`).
 #[inline(always)]
-fn gelu_loop(y: &mut [f32], x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y = gelu_f32(*x));
+fn gelu_loop(y: &mut [MaybeUninit<f32>], x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| {
+        y.write(gelu_f32(*x));
+    });
 }
-with_simd!(gelu_slice, gelu_loop, (y: &mut [f32], x: &[f32]));
+with_simd!(gelu_slice, gelu_loop, (y: &mut [MaybeUninit<f32>], x: &[f32]));
 
 #[inline(always)]
 fn gelu_backward_loop(grad: &mut [f32], x: &[f32]) {
@@ -233,15 +238,19 @@ impl GeluOps for Flex {
         // would copy it (burn-flex's `into_data` copies a shared buffer, twice).
         let x = crate::contiguous_f32(x);
         let x: &[f32] = x.as_slice().expect("a contiguous tensor");
-        let mut y = vec![0.0f32; x.len()];
-        let apply = |(y, x): (&mut [f32], &[f32])| gelu_slice(y, x);
-        #[cfg(not(target_family = "wasm"))]
-        {
-            use rayon::prelude::*;
-            y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(apply);
-        }
-        #[cfg(target_family = "wasm")]
-        apply((y.as_mut_slice(), x));
+        let apply = |(y, x): (&mut [MaybeUninit<f32>], &[f32])| gelu_slice(y, x);
+        // SAFETY: gelu_slice writes all of each chunk (as long as its chunk of x).
+        let y = unsafe {
+            crate::written(x.len(), |y| {
+                #[cfg(not(target_family = "wasm"))]
+                {
+                    use rayon::prelude::*;
+                    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(apply);
+                }
+                #[cfg(target_family = "wasm")]
+                apply((y, x));
+            })
+        };
         FloatTensor::<Flex>::from_data(TensorData::new(y, shape))
     }
 
@@ -351,8 +360,8 @@ mod tests {
     #[test]
     fn the_simd_loops_give_the_specifications_bits() {
         let x = xs();
-        let mut forward = vec![0.0; x.len()];
-        gelu_slice(&mut forward, &x);
+        // SAFETY: gelu_slice writes all of its output.
+        let forward = unsafe { crate::written(x.len(), |y| gelu_slice(y, &x)) };
         let mut backward: Vec<f32> = x.iter().map(|x| x.cos()).collect();
         let g = backward.clone();
         gelu_backward_slice(&mut backward, &x);

@@ -84,6 +84,8 @@ pub use gelu::{GeluOps, gelu};
 pub use matmul::{MatmulOps, matmul};
 pub use norm::{NormOps, norm};
 
+use std::mem::MaybeUninit;
+
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::TensorData;
@@ -99,6 +101,20 @@ pub(crate) fn launch_per_element(out: &FloatTensor<CubeBackend>, launch: impl Fn
         let dim = CubeDim::new(&out.client, n);
         launch(calculate_cube_count_elemwise(&out.client, n, dim), dim);
     }
+}
+
+/// `len` f32 that `write` computes, handed the buffer not yet initialised: a CPU twin's
+/// output without the pass over memory that zeroing it first (`vec![0.0; len]`) would cost,
+/// as long as the op's own write.
+///
+/// # Safety
+/// `write` writes every element of the slice it is given.
+pub(crate) unsafe fn written(len: usize, write: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut values = Vec::with_capacity(len);
+    write(&mut values.spare_capacity_mut()[..len]);
+    // SAFETY: the first `len` elements were written (the caller's promise).
+    unsafe { values.set_len(len) };
+    values
 }
 
 /// `t` itself when its elements lie in order in its buffer (a slice of it reads them), else a

@@ -17,6 +17,8 @@
 //! results differ from the tensor ops by rounding (`x * (1 / s)` here, `x / s` there, and sums
 //! taken in another order): simplegpt's `fused = false` runs the tensor ops, to compare.
 
+use std::mem::MaybeUninit;
+
 use crate::lanes;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -46,12 +48,13 @@ fn row_stats(x: &[f32], rms: bool, eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// `y = (x - mean) / sqrt(var + eps) * gain` for one row (LayerNorm; RMSNorm without the mean).
+/// `y = (x - mean) / sqrt(var + eps) * gain` for one row (LayerNorm; RMSNorm without the
+/// mean), every element of `y` written.
 #[inline(always)]
-pub fn norm_row(x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [f32]) {
+pub fn norm_row(x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [MaybeUninit<f32>]) {
     let (mean, rstd) = row_stats(x, rms, eps);
     for ((y, x), w) in y.iter_mut().zip(x).zip(gain) {
-        *y = (x - mean) * rstd * w;
+        y.write((x - mean) * rstd * w);
     }
 }
 
@@ -75,15 +78,16 @@ pub fn norm_row_backward(x: &[f32], gain: &[f32], rms: bool, eps: f32, g: &mut [
     }
 }
 
-/// `norm_row` on each row of `x` (rows of `gain.len()`).
+/// `norm_row` on each row of `x` (rows of `gain.len()`): every element of `y` (as long as `x`)
+/// written.
 #[inline(always)]
-fn norm_rows(x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [f32]) {
+fn norm_rows(x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [MaybeUninit<f32>]) {
     for (y, x) in y.chunks_exact_mut(gain.len()).zip(x.chunks_exact(gain.len())) {
         norm_row(x, gain, rms, eps, y);
     }
 }
 
-with_simd!(norm_rows_simd, norm_rows, (x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [f32]));
+with_simd!(norm_rows_simd, norm_rows, (x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [MaybeUninit<f32>]));
 
 /// `norm_row_backward` on each row of `x` (rows of `gain.len()`).
 #[inline(always)]
@@ -140,16 +144,20 @@ impl NormOps for Flex {
         let (x, gain) = (crate::contiguous_f32(x), crate::contiguous_f32(gain));
         let (x, gain): (&[f32], &[f32]) = (x.as_slice().expect("contiguous"), gain.as_slice().expect("contiguous"));
         assert_eq!(gain.len(), d, "the gain has the size of the normalised dimension");
-        let mut y = vec![0.0f32; x.len()];
-        let task = |(y, x): (&mut [f32], &[f32])| norm_rows_simd(x, gain, rms, eps, y);
+        let task = |(y, x): (&mut [MaybeUninit<f32>], &[f32])| norm_rows_simd(x, gain, rms, eps, y);
         let n = rows_per_task(d) * d;
-        #[cfg(not(target_family = "wasm"))]
-        {
-            use rayon::prelude::*;
-            y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(task);
-        }
-        #[cfg(target_family = "wasm")]
-        y.chunks_mut(n).zip(x.chunks(n)).for_each(task);
+        // SAFETY: each task writes all of its chunk (whole rows, as long as its rows of x).
+        let y = unsafe {
+            crate::written(x.len(), |y| {
+                #[cfg(not(target_family = "wasm"))]
+                {
+                    use rayon::prelude::*;
+                    y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(task);
+                }
+                #[cfg(target_family = "wasm")]
+                y.chunks_mut(n).zip(x.chunks(n)).for_each(task);
+            })
+        };
         FloatTensor::<Flex>::from_data(TensorData::new(y, shape))
     }
 
@@ -663,9 +671,9 @@ mod tests {
             let gain: Vec<f32> = (0..d).map(|i| 0.5 + (i as f32 * 0.11).cos()).collect();
             let g: Vec<f32> = x.iter().map(|v| (v * 3.0).cos()).collect();
             for rms in [false, true] {
-                let (mut y_simd, mut y_base) = (vec![0.0; x.len()], vec![0.0; x.len()]);
-                norm_rows_simd(&x, &gain, rms, 1e-5, &mut y_simd);
-                norm_rows(&x, &gain, rms, 1e-5, &mut y_base);
+                // SAFETY: norm_rows writes all of y.
+                let y_simd = unsafe { crate::written(x.len(), |y| norm_rows_simd(&x, &gain, rms, 1e-5, y)) };
+                let y_base = unsafe { crate::written(x.len(), |y| norm_rows(&x, &gain, rms, 1e-5, y)) };
                 let (mut g_simd, mut g_base) = (g.clone(), g.clone());
                 let (mut gain_simd, mut gain_base) = (vec![0.0; d], vec![0.0; d]);
                 norm_rows_backward_simd(&x, &gain, rms, 1e-5, &mut g_simd, &mut gain_simd);
