@@ -1,6 +1,7 @@
 //! The CPU backend's threads: rayon's pool, over which burn's Flex backend, `gemm` and
 //! simplegpt's CPU ops split their work. Two things make a small model's step on the CPU
-//! faster here (BENCHMARKS.md, "CPU step: threads that wait awake"):
+//! faster here (BENCHMARKS.md, "CPU step: threads that wait awake, row loops in SIMD,
+//! outputs not zeroed"):
 //!
 //! - The main thread is one of the pool's workers (`join_the_pool`). From any other thread
 //!   each parallel op is handed to the pool and the caller sleeps until it is done; on a
