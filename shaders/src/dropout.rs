@@ -12,6 +12,8 @@
 //! the CPU. Both compute `feistel30` bit for bit. `tests/reference_gpt.py` implements the
 //! same hash in numpy.
 
+use std::mem::MaybeUninit;
+
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
@@ -49,6 +51,7 @@ pub fn round_keys(key: u64) -> [u32; ROUNDS] {
 /// `tests/reference_gpt.py` too. A 5-round Feistel network on 15-bit halves whose every
 /// intermediate stays below 2^31, so 32-bit integer arithmetic (GPU kernels, WebGPU) and any
 /// wider one give the same bits.
+#[inline(always)]
 pub fn feistel30(index: u32, keys: &[u32; ROUNDS]) -> u32 {
     let (mut l, mut r) = (index >> 15, index & 0x7FFF);
     for k in keys {
@@ -62,6 +65,22 @@ pub fn feistel30(index: u32, keys: &[u32; ROUNDS]) -> u32 {
 pub fn keep_threshold(prob: f64) -> u32 {
     (prob * (1u64 << 30) as f64).round() as u32
 }
+
+/// The mask's values of elements `start..start + chunk.len()`, every one written: `scale`
+/// where kept, 0 where dropped. In SIMD lanes (`with_simd!`: AVX2 and AVX-512 multiply 32-bit
+/// integers lane by lane, which the baseline SSE2 cannot).
+#[inline(always)]
+fn mask_values(start: u32, chunk: &mut [MaybeUninit<f32>], keys: &[u32; ROUNDS], threshold: u32, scale: f32) {
+    for (i, v) in (start..).zip(chunk) {
+        v.write(if feistel30(i, keys) >= threshold { scale } else { 0.0 });
+    }
+}
+
+with_simd!(
+    mask_values_simd,
+    mask_values,
+    (start: u32, chunk: &mut [MaybeUninit<f32>], keys: &[u32; ROUNDS], threshold: u32, scale: f32)
+);
 
 // The op.
 
@@ -146,12 +165,10 @@ impl DropoutMaskOps for CubeBackend {
 impl DropoutMaskOps for Flex {
     fn dropout_mask(like: FloatTensor<Self>, key: u64, threshold: u32, scale: f32) -> FloatTensor<Self> {
         let (shape, keys) = (like.shape(), round_keys(key));
-        let fill = |start: usize, chunk: &mut [std::mem::MaybeUninit<f32>]| {
-            for (i, v) in (start as u32..).zip(chunk) {
-                v.write(if feistel30(i, &keys) >= threshold { scale } else { 0.0 });
-            }
+        let fill = |start: usize, chunk: &mut [MaybeUninit<f32>]| {
+            mask_values_simd(start as u32, chunk, &keys, threshold, scale)
         };
-        // SAFETY: `fill` writes every element of its chunk.
+        // SAFETY: `mask_values` writes every element of its chunk.
         let values = unsafe {
             crate::written(shape.num_elements(), |values| {
                 // Natively on all cores (the attention masks are large); wasm has no threads here.
