@@ -373,7 +373,7 @@ mod tests {
         activation::log_softmax(logits, 1).gather(1, targets.reshape([n, 1])).reshape([n]).neg()
     }
 
-    /// [300, 77] logits (77 columns: not a multiple of the 8 lanes; 300 rows: two tasks of
+    /// [300, 77] logits (77 columns: not a multiple of the 16 lanes; 300 rows: two tasks of
     /// `rows_per_task(77)` = 212, the second partial) of the given spread, and targets.
     fn inputs(spread: f32, device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
         let xs: Vec<f32> = (0..300 * 77).map(|i| (i as f32 * 0.613).sin() * spread + (i % 13) as f32 * 0.05).collect();

@@ -1,5 +1,5 @@
 //! Sums and maxima over a row in 16 interleaved lanes, for the CPU twins' row loops (norms,
-//! the causal softmax): a fixed order, the same for every SIMD width, in loops the compiler
+//! the causal softmax, the cross-entropy): a fixed order, the same for every SIMD width, in loops the compiler
 //! keeps in vector registers (one AVX-512 register, two AVX2, four SSE or wasm SIMD). A
 //! single running sum it may not reorder, so it stays scalar; so does a running maximum
 //! (`f32::max` is a call with NaN handling in a chain). Called inside `with_simd!` loops.
@@ -69,6 +69,9 @@ mod tests {
         x[5] = f32::NAN;
         x[36] = f32::NAN;
         assert_eq!(max(&x, |v| v * 2.0), 32.0);
+        // The largest in the tail (past the 32 elements of the lanes).
+        x[34] = 40.0;
+        assert_eq!(max(&x, |v| v), 40.0);
         assert_eq!(max(&[], |v| v), f32::NEG_INFINITY);
         assert_eq!(max(&[f32::NAN; 20], |v| v), f32::NEG_INFINITY);
     }

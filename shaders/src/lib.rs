@@ -111,6 +111,10 @@ pub(crate) fn launch_per_element(out: &FloatTensor<CubeBackend>, launch: impl Fn
 /// `write` writes every element of the slice it is given.
 pub(crate) unsafe fn written(len: usize, write: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     let mut values = Vec::with_capacity(len);
+    // In the tests (debug builds) an element left unwritten reads as NaN, which they catch,
+    // rather than as the 0 of a fresh page.
+    #[cfg(debug_assertions)]
+    values.spare_capacity_mut()[..len].fill(MaybeUninit::new(f32::NAN));
     write(&mut values.spare_capacity_mut()[..len]);
     // SAFETY: the first `len` elements were written (the caller's promise).
     unsafe { values.set_len(len) };

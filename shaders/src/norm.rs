@@ -51,7 +51,7 @@ fn row_stats(x: &[f32], rms: bool, eps: f32) -> (f32, f32) {
 /// `y = (x - mean) / sqrt(var + eps) * gain` for one row (LayerNorm; RMSNorm without the
 /// mean), every element of `y` written.
 #[inline(always)]
-pub fn norm_row(x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [MaybeUninit<f32>]) {
+pub(crate) fn norm_row(x: &[f32], gain: &[f32], rms: bool, eps: f32, y: &mut [MaybeUninit<f32>]) {
     let (mean, rstd) = row_stats(x, rms, eps);
     for ((y, x), w) in y.iter_mut().zip(x).zip(gain) {
         y.write((x - mean) * rstd * w);
@@ -144,6 +144,7 @@ impl NormOps for Flex {
         let (x, gain) = (crate::contiguous_f32(x), crate::contiguous_f32(gain));
         let (x, gain): (&[f32], &[f32]) = (x.as_slice().expect("contiguous"), gain.as_slice().expect("contiguous"));
         assert_eq!(gain.len(), d, "the gain has the size of the normalised dimension");
+        assert!(d > 0 && x.len() % d == 0, "whole rows of {d}");
         let task = |(y, x): (&mut [MaybeUninit<f32>], &[f32])| norm_rows_simd(x, gain, rms, eps, y);
         let n = rows_per_task(d) * d;
         // SAFETY: each task writes all of its chunk (whole rows, as long as its rows of x).
@@ -588,7 +589,7 @@ mod tests {
         x * gain.unsqueeze()
     }
 
-    /// [5, 300, 45]: rows of 45 (not a multiple of the 8 lanes), 1500 rows, so several tasks
+    /// [5, 300, 45]: rows of 45 (not a multiple of the 16 lanes), 1500 rows, so several tasks
     /// of `rows_per_task(45)` = 364 rows, the last one partial. Values of several scales and
     /// a nonzero mean.
     fn input(device: &Device) -> Tensor<3> {

@@ -9,8 +9,9 @@
 //! - During a step the other workers wait for the next op spinning, not asleep
 //!   (`keep_awake`). A sleeping worker is woken through the kernel (a futex; on a virtual
 //!   machine an interrupt to another virtual CPU): tens of microseconds on the step's path,
-//!   and a small model's step has a few hundred parallel ops. PyTorch's OpenMP threads do
-//!   the same (they spin for 200 ms after each parallel region). A worker stops spinning
+//!   and a small model's step has a few hundred parallel ops. OpenMP's threads, which
+//!   PyTorch's CPU ops run on, do the same (GNU libgomp spins some 300 000 rounds before it
+//!   sleeps; Intel's runtime 200 ms). A worker stops spinning
 //!   after `IDLE` without work, so a pause between steps, or a run on a GPU, does not keep
 //!   a core busy.
 //!
@@ -29,8 +30,16 @@ const IDLE: Duration = Duration::from_millis(2);
 /// main thread, before any parallel op; where the pool exists already it does nothing. The
 /// thread keeps its stack and, under glibc, its heap: a spawned thread's own malloc arena
 /// would map large blocks afresh each step (2.3x the page faults at nanoGPT's size).
+///
+/// Not with a pool of one thread (`RAYON_NUM_THREADS=1`, or one core): that thread would be
+/// the main thread only, which runs the pool's jobs only while it waits inside an op, so a
+/// job handed to the pool from another thread could wait on it for ever.
 pub fn join_the_pool() {
-    let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
+    let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0);
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads >= 2 {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global();
+    }
 }
 
 /// Workers now spinning.
@@ -44,8 +53,11 @@ thread_local! {
 }
 
 /// Keeps the pool's other workers spinning, ready for the next parallel op, until each has
-/// gone `IDLE` without work. Call it from a worker (`join_the_pool`) where a step on the CPU
-/// begins; elsewhere, or with one thread, it does nothing.
+/// gone `IDLE` without work; while one still spins, no other is sent (a worker that stopped
+/// waits asleep for the next call). Call it from the main thread after `join_the_pool`,
+/// where a step on the CPU begins, with no parallel op in flight: a spinner sent to a worker
+/// that is waiting inside an op would hold that op up. Elsewhere, or with one thread, it does
+/// nothing.
 pub fn keep_awake() {
     let Some(caller) = rayon::current_thread_index() else { return };
     if rayon::current_num_threads() < 2 || SPINNING.load(Ordering::Acquire) > 0 || SENT.swap(true, Ordering::AcqRel) {
