@@ -135,16 +135,10 @@ impl CrossEntropyOps for Flex {
         let x: &[f32] = logits.as_slice().expect("contiguous");
         let mut losses = vec![0.0f32; targets.len()];
         if v > 0 {
-            let n = rows_per_task(v);
-            let task =
-                |((losses, x), targets): ((&mut [f32], &[f32]), &[usize])| cross_entropy_rows(x, targets, losses);
-            #[cfg(not(target_family = "wasm"))]
-            {
-                use rayon::prelude::*;
-                losses.par_chunks_mut(n).zip(x.par_chunks(n * v)).zip(targets.par_chunks(n)).for_each(task);
-            }
-            #[cfg(target_family = "wasm")]
-            losses.chunks_mut(n).zip(x.chunks(n * v)).zip(targets.chunks(n)).for_each(task);
+            crate::for_each_chunk(&mut losses, rows_per_task(v), |r, losses| {
+                let rows = r..r + losses.len();
+                cross_entropy_rows(&x[rows.start * v..rows.end * v], &targets[rows], losses)
+            });
         }
         let n = losses.len();
         FloatTensor::<Flex>::from_data(TensorData::new(losses, [n]))
@@ -162,21 +156,10 @@ impl CrossEntropyOps for Flex {
         assert_eq!(g.len(), targets.len(), "one loss gradient per row");
         let mut dx = vec![0.0f32; x.len()];
         if v > 0 {
-            let n = rows_per_task(v);
-            let task = |(((dx, x), targets), g): (((&mut [f32], &[f32]), &[usize]), &[f32])| {
-                cross_entropy_rows_backward(x, targets, g, dx)
-            };
-            #[cfg(not(target_family = "wasm"))]
-            {
-                use rayon::prelude::*;
-                dx.par_chunks_mut(n * v)
-                    .zip(x.par_chunks(n * v))
-                    .zip(targets.par_chunks(n))
-                    .zip(g.par_chunks(n))
-                    .for_each(task);
-            }
-            #[cfg(target_family = "wasm")]
-            dx.chunks_mut(n * v).zip(x.chunks(n * v)).zip(targets.chunks(n)).zip(g.chunks(n)).for_each(task);
+            crate::for_each_chunk(&mut dx, rows_per_task(v) * v, |start, dx| {
+                let rows = start / v..(start + dx.len()) / v;
+                cross_entropy_rows_backward(&x[start..start + dx.len()], &targets[rows.clone()], &g[rows], dx)
+            });
         }
         FloatTensor::<Flex>::from_data(TensorData::new(dx, logits.shape()))
     }

@@ -165,21 +165,12 @@ impl DropoutMaskOps for CubeBackend {
 impl DropoutMaskOps for Flex {
     fn dropout_mask(like: FloatTensor<Self>, key: u64, threshold: u32, scale: f32) -> FloatTensor<Self> {
         let (shape, keys) = (like.shape(), round_keys(key));
-        let fill = |start: usize, chunk: &mut [MaybeUninit<f32>]| {
-            mask_values_simd(start as u32, chunk, &keys, threshold, scale)
-        };
         // SAFETY: `mask_values` writes every element of its chunk.
         let values = unsafe {
             crate::written(shape.num_elements(), |values| {
-                // Natively on all cores (the attention masks are large); wasm has no threads here.
-                #[cfg(not(target_family = "wasm"))]
-                {
-                    use rayon::prelude::*;
-                    const CHUNK: usize = 1 << 16;
-                    values.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| fill(c * CHUNK, chunk));
-                }
-                #[cfg(target_family = "wasm")]
-                fill(0, values);
+                crate::for_each_chunk(values, 1 << 16, |start, chunk| {
+                    mask_values_simd(start as u32, chunk, &keys, threshold, scale)
+                })
             })
         };
         let data = TensorData::new(values, shape).convert_dtype(like.dtype());

@@ -225,7 +225,6 @@ impl GeluOps for CubeBackend {
 }
 
 /// Elements per task: large enough that a task outweighs handing it to a thread.
-#[cfg(not(target_family = "wasm"))]
 const CHUNK: usize = 1 << 14;
 
 impl GeluOps for Flex {
@@ -238,17 +237,10 @@ impl GeluOps for Flex {
         // would copy it (burn-flex's `into_data` copies a shared buffer, twice).
         let x = crate::contiguous_f32(x);
         let x: &[f32] = x.as_slice().expect("a contiguous tensor");
-        let apply = |(y, x): (&mut [MaybeUninit<f32>], &[f32])| gelu_slice(y, x);
-        // SAFETY: gelu_slice writes all of each chunk (as long as its chunk of x).
+        // SAFETY: gelu_slice writes all of each chunk (as long as its part of x).
         let y = unsafe {
             crate::written(x.len(), |y| {
-                #[cfg(not(target_family = "wasm"))]
-                {
-                    use rayon::prelude::*;
-                    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(apply);
-                }
-                #[cfg(target_family = "wasm")]
-                apply((y, x));
+                crate::for_each_chunk(y, CHUNK, |start, y| gelu_slice(y, &x[start..start + y.len()]))
             })
         };
         FloatTensor::<Flex>::from_data(TensorData::new(y, shape))
@@ -264,14 +256,7 @@ impl GeluOps for Flex {
         // The gradient is written over the incoming one.
         let mut grad = crate::writable_f32(grad);
         let values: &mut [f32] = grad.try_storage_mut().expect("a buffer of its own");
-        let apply = |(g, x): (&mut [f32], &[f32])| gelu_backward_slice(g, x);
-        #[cfg(not(target_family = "wasm"))]
-        {
-            use rayon::prelude::*;
-            values.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(apply);
-        }
-        #[cfg(target_family = "wasm")]
-        apply((values, x));
+        crate::for_each_chunk(values, CHUNK, |start, g| gelu_backward_slice(g, &x[start..start + g.len()]));
         grad
     }
 }

@@ -103,6 +103,20 @@ pub(crate) fn launch_per_element(out: &FloatTensor<CubeBackend>, launch: impl Fn
     }
 }
 
+/// `task(start, part)` for each part of `out` of `chunk` elements (the last one shorter),
+/// `start` the index of its first element: on all cores natively, one after another in wasm
+/// (no threads there). How the CPU twins split an output over the cores.
+pub(crate) fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize, &mut [T]) + Sync + Send) {
+    let chunk = chunk.max(1);
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        out.par_chunks_mut(chunk).enumerate().for_each(|(i, part)| task(i * chunk, part));
+    }
+    #[cfg(target_family = "wasm")]
+    out.chunks_mut(chunk).enumerate().for_each(|(i, part)| task(i * chunk, part));
+}
+
 /// `len` f32 that `write` computes, handed the buffer not yet initialised: a CPU twin's
 /// output without the pass over memory that zeroing it first (`vec![0.0; len]`) would cost,
 /// as long as the op's own write.

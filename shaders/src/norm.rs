@@ -145,18 +145,12 @@ impl NormOps for Flex {
         let (x, gain): (&[f32], &[f32]) = (x.as_slice().expect("contiguous"), gain.as_slice().expect("contiguous"));
         assert_eq!(gain.len(), d, "the gain has the size of the normalised dimension");
         assert!(d > 0 && x.len() % d == 0, "whole rows of {d}");
-        let task = |(y, x): (&mut [MaybeUninit<f32>], &[f32])| norm_rows_simd(x, gain, rms, eps, y);
-        let n = rows_per_task(d) * d;
         // SAFETY: each task writes all of its chunk (whole rows, as long as its rows of x).
         let y = unsafe {
             crate::written(x.len(), |y| {
-                #[cfg(not(target_family = "wasm"))]
-                {
-                    use rayon::prelude::*;
-                    y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(task);
-                }
-                #[cfg(target_family = "wasm")]
-                y.chunks_mut(n).zip(x.chunks(n)).for_each(task);
+                crate::for_each_chunk(y, rows_per_task(d) * d, |start, y| {
+                    norm_rows_simd(&x[start..start + y.len()], gain, rms, eps, y)
+                })
             })
         };
         FloatTensor::<Flex>::from_data(TensorData::new(y, shape))
